@@ -1,0 +1,306 @@
+"""One config system for every part of raydino.
+
+A run is described by a tree of plain dataclasses. Presets are YAML files
+shipped inside the package (``raydino/configs/<name>.yaml``); a user file can
+replace a preset, and ``key.sub=value`` overrides go on top. Every key and
+every value type is checked, so a typo fails before any Ray work starts
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from; empty ``images`` means synthetic faces."""
+
+    images: str = ""
+    synth_count: int = 256
+    synth_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class PyramidConfig:
+    """DINOv2 feature-pyramid extraction (milestone 1)."""
+
+    dino: str = "facebook/dinov2-base"
+    clip: str = ""
+    sizes: list[int] = field(default_factory=lambda: [56, 112, 224])
+    thumb_size: int = 32
+    batch_size: int = 64
+    actors: int = 1
+    num_gpus: float = 0.0
+    decode_concurrency: int = 0
+    min_side: int = 64
+    max_pixels: int = 89_478_485
+    max_failure_fraction: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    """Progressive generator sizes; ``channels[i]`` is the width at 16 * 2**i px."""
+
+    code_dim: int = 64
+    noise_dim: int = 64
+    channels: list[int] = field(default_factory=lambda: [512, 512, 256, 128, 64])
+    max_resolution: int = 256
+
+
+@dataclass
+class LossConfig:
+    """Weights of the multi-scale DINOv2 loss.
+
+    ``level_weights[i]`` weighs pyramid level ``i``; ``stage_level_weights``
+    optionally overrides them per stage resolution (key: resolution as str).
+    """
+
+    level_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    stage_level_weights: dict[str, list[float]] = field(default_factory=dict)
+    cls_weight: float = 0.5
+    color_weight: float = 1.0
+    shift_px: int = 2
+
+
+@dataclass
+class StageConfig:
+    """One progressive stage: its output resolution and its schedule."""
+
+    resolution: int = 16
+    images: int = 1024
+    batch_size: int = 16
+    lr: float = 2e-3
+    fade_images: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train DDP progressive training."""
+
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    num_workers: int = 2
+    use_gpu: bool = False
+    bf16: bool = True
+    ema_beta: float = 0.995
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    checkpoint_every: int = 50
+    num_to_keep: int = 2
+    max_failures: int = 0
+    max_bad_steps: int = 10
+    log_every: int = 10
+    sample_every: int = 100
+    val_count: int = 16
+    seed: int = 0
+
+
+@dataclass
+class TuneConfig:
+    """Ray Tune sweep over loss weights.
+
+    ``search`` maps a config key (as in overrides) to ``[low, high]``, sampled
+    log-uniformly.
+    """
+
+    trials: int = 4
+    max_concurrent_trials: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    grace_period: int = 1
+    reduction_factor: int = 2
+    metric: str = "val/dist_unweighted"
+    search: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            "loss.level_weights.0": [0.1, 10.0],
+            "loss.level_weights.1": [0.1, 10.0],
+            "loss.level_weights.2": [0.1, 10.0],
+            "loss.color_weight": [0.1, 10.0],
+        }
+    )
+
+
+@dataclass
+class SampleConfig:
+    """Sampling, the text mapping and the prior over coarse codes."""
+
+    n: int = 8
+    seed: int = 0
+    prompts: list[str] = field(default_factory=list)
+    prior_components: int = 16
+    mapping_steps: int = 500
+    mapping_noise: float = 0.1
+    fd_encoder: str = ""
+
+
+@dataclass
+class Config:
+    """A whole raydino run."""
+
+    preset: str = "demo"
+    out: str = "data/demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    pyramids: PyramidConfig = field(default_factory=PyramidConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _check(tp: Any, value: Any, key: str) -> Any:
+    """Return ``value`` converted to type ``tp`` or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(item, v, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_check(kt, k, f"{key}"): _check(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and value is None:
+        return ""
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build a :class:`Config` from a nested mapping, checking every key and type."""
+    return _from_dict(Config, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def preset_path(name: str) -> Path:
+    path = Path(str(resources.files("raydino") / "configs" / f"{name}.yaml"))
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(known)})")
+    return path
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _set(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"override '{key}': no list item '{last}'") from None
+    else:
+        node[last] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        except (IndexError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"override '{item}': {exc}") from None
+    return data
+
+
+def load_config(preset: str = "demo", config_file: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve a run's config: full defaults <- preset or file <- overrides."""
+    base = to_dict(Config())
+    layer = load_yaml(config_file) if config_file else load_yaml(preset_path(preset))
+    _validate_keys(layer)
+    merged = _merge(base, layer)
+    merged = apply_overrides(merged, list(overrides or []))
+    return from_dict(merged)
+
+
+def _validate_keys(layer: dict) -> None:
+    from_dict(_merge(to_dict(Config()), layer))
+
+
+def _merge(base: Any, layer: Any) -> Any:
+    if isinstance(base, dict) and isinstance(layer, dict):
+        out = dict(base)
+        for key, value in layer.items():
+            # free-form mappings (search spaces, per-stage weights) are replaced whole
+            replace_whole = key in ("search", "stage_level_weights")
+            out[key] = value if replace_whole or key not in base else _merge(base[key], value)
+        return out
+    return layer
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config, so every output says how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

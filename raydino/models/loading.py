@@ -1,0 +1,165 @@
+"""Load the frozen encoders (DINOv2, open_clip) the same way everywhere.
+
+Real runs name hub models; offline runs and tests name local directories
+written by ``raydino tiny-models``. Both go through the same functions, and
+every load reports what it loaded (source and a short hash of the weights),
+so a run can never silently train against random weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TINY_HINT = "run `raydino tiny-models --out DIR` for offline tiny models, or download the weights and pass their directory"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model spec that names nothing loadable."""
+
+
+def weights_hash(module: nn.Module) -> str:
+    """A short, order-stable hash of the parameters: which weights were used."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~", "file://")) or Path(spec).exists() or spec.startswith("data/")
+
+
+@dataclass
+class Dino:
+    """A frozen DINOv2 with what the pyramid and the loss need to use it."""
+
+    model: nn.Module
+    source: str
+    hash: str
+    patch_size: int
+    dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "hash": self.hash, "patch_size": self.patch_size, "dim": self.dim}
+
+
+def load_dino(spec: str, device: str | torch.device = "cpu") -> Dino:
+    """Load ``facebook/dinov2-*`` (or any Dinov2Model) from the hub or a directory."""
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    if not spec:
+        raise ModelNotFoundError(f"no DINOv2 model given: {TINY_HINT}")
+    local = _looks_local(spec)
+    path = spec.removeprefix("file://")
+    if local and not Path(path).expanduser().is_dir():
+        raise ModelNotFoundError(f"DINOv2 model directory not found: {path}: {TINY_HINT}")
+    source = str(Path(path).expanduser().resolve()) if local else spec
+    try:
+        model = Dinov2Model.from_pretrained(source, attn_implementation="sdpa", local_files_only=local)
+        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load DINOv2 '{spec}': {exc}. {TINY_HINT}") from exc
+    model.eval().requires_grad_(False).to(device)
+    dino = Dino(
+        model=model,
+        source=source,
+        hash=weights_hash(model),
+        patch_size=int(model.config.patch_size),
+        dim=int(model.config.hidden_size),
+        mean=tuple(processor.image_mean),
+        std=tuple(processor.image_std),
+    )
+    log.info("DINOv2 weights: %s (hash %s, dim %d)", dino.source, dino.hash, dino.dim)
+    return dino
+
+
+@dataclass
+class Clip:
+    """An open_clip model with its own preprocessing and tokenizer."""
+
+    model: nn.Module
+    preprocess: object
+    tokenizer: object
+    source: str
+    hash: str
+    dim: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "hash": self.hash, "dim": self.dim}
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings; an empty prompt is refused."""
+        for p in prompts:
+            if not p.strip():
+                raise ValueError("empty prompt: give some text to condition on")
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(prompts).to(device)
+        return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings of CLIP-normalised ``pixels``."""
+        return nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+
+def clip_model_name(spec: str) -> tuple[str, str | None]:
+    """Turn a CLIP spec into open_clip's (model_name, pretrained) arguments.
+
+    ``NAME:TAG`` is a built-in architecture with a pretrained tag,
+    ``hf-hub:org/repo`` a hub repo, anything else a local directory holding
+    ``open_clip_config.json`` and its weights.
+    """
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return spec, None
+    if _looks_local(spec):
+        path = Path(spec.removeprefix("file://")).expanduser()
+        if not (path / "open_clip_config.json").is_file():
+            raise ModelNotFoundError(f"CLIP model directory not found or incomplete: {path}: {TINY_HINT}")
+        return f"local-dir:{path.resolve()}", None
+    if ":" in spec:
+        name, tag = spec.split(":", 1)
+        return name, tag
+    raise ModelNotFoundError(f"CLIP spec '{spec}' names no weights: use NAME:PRETRAINED_TAG, hf-hub:ORG/REPO or a directory")
+
+
+def load_clip(spec: str, device: str | torch.device = "cpu") -> Clip:
+    """Load an open_clip model; refuses to run without pretrained weights."""
+    import open_clip
+
+    name, pretrained = clip_model_name(spec)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, require_pretrained=True, device=device
+        )
+    except (RuntimeError, FileNotFoundError, ValueError, OSError) as exc:
+        raise ModelNotFoundError(f"cannot load CLIP '{spec}': {exc}. {TINY_HINT}") from exc
+    model.eval().requires_grad_(False)
+    visual = model.visual
+    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    clip = Clip(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(name),
+        source=name if pretrained is None else f"{name}:{pretrained}",
+        hash=weights_hash(model),
+        dim=int(visual.output_dim),
+        image_size=int(size),
+        mean=tuple(visual.preprocess_cfg["mean"]),
+        std=tuple(visual.preprocess_cfg["std"]),
+    )
+    log.info("CLIP weights: %s (hash %s, dim %d)", clip.source, clip.hash, clip.dim)
+    return clip

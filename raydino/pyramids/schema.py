@@ -1,0 +1,118 @@
+"""The on-disk pyramid format: column names, Arrow types and the manifest.
+
+Shards are plain parquet with Arrow's canonical ``fixed_shape_tensor``
+extension type, so pyarrow alone reads them (no Ray needed) and Ray Data reads
+them as tensor columns. See ``docs/01-feature-pyramid.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raydino import __version__
+
+MANIFEST = "manifest.json"
+THUMB = "thumb"
+CLIP = "clip"
+
+
+def tokens_col(size: int) -> str:
+    return f"tokens_{size}"
+
+
+def cls_col(size: int) -> str:
+    return f"cls_{size}"
+
+
+def stable_id(path: str) -> str:
+    """Same source path, same id, on every machine and every rerun."""
+    return hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
+
+
+def tensor_array(values: np.ndarray) -> pa.Array:
+    """``[rows, *shape]`` numpy -> Arrow fixed-shape tensor array."""
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+
+
+def to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Arrow fixed-shape tensor column (or Ray's tensor column) -> ``[rows, *shape]``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if hasattr(column, "to_numpy_ndarray"):
+        return column.to_numpy_ndarray()
+    return np.asarray(column.to_numpy(zero_copy_only=False))
+
+
+def make_table(batch: dict[str, Any]) -> pa.Table:
+    """A pyramid shard from a batch dict of numpy arrays (ids and paths as lists)."""
+    cols = {}
+    for name, value in batch.items():
+        if isinstance(value, np.ndarray) and value.ndim > 1:
+            cols[name] = tensor_array(value)
+        else:
+            cols[name] = pa.array(list(value), type=pa.string())
+    return pa.table(cols)
+
+
+def write_manifest(out: str | Path, manifest: dict) -> Path:
+    path = Path(out) / MANIFEST
+    path.write_text(json.dumps({**manifest, "raydino_version": __version__}, indent=2))
+    return path
+
+
+def read_manifest(pyramid_dir: str | Path) -> dict:
+    path = Path(pyramid_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no pyramid at {pyramid_dir}: {MANIFEST} is missing (run `raydino pyramids` first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+class ManifestMismatch(ValueError):
+    """A pyramid that was made with other settings than the run expects."""
+
+
+def check_manifest(manifest: dict, *, levels: list[int], dino_source: str | None = None,
+                   dim: int | None = None, need_clip: bool = False, where: str = "") -> None:
+    """Refuse a pyramid that does not match the config, naming the field."""
+    where = f"{where}: " if where else ""
+    if list(manifest.get("levels", [])) != list(levels):
+        raise ManifestMismatch(f"{where}pyramid field 'levels' is {manifest.get('levels')}, config expects {levels}")
+    if dim is not None and manifest.get("dim") != dim:
+        raise ManifestMismatch(f"{where}pyramid field 'dim' is {manifest.get('dim')}, the DINOv2 model has {dim}")
+    if dino_source is not None and manifest.get("dino", {}).get("source") != dino_source:
+        raise ManifestMismatch(
+            f"{where}pyramid field 'dino' is {manifest.get('dino', {}).get('source')}, config uses {dino_source}"
+        )
+    if need_clip and not manifest.get("clip"):
+        raise ManifestMismatch(f"{where}pyramid field 'clip' is empty: recompute the pyramid with a CLIP model")
+    if not manifest.get("rows"):
+        raise ManifestMismatch(f"{where}pyramid field 'rows' is 0: the pyramid holds no images")
+
+
+def shard_files(pyramid_dir: str | Path) -> list[str]:
+    return sorted(str(p) for p in Path(pyramid_dir).glob("*.parquet"))
+
+
+def load_arrays(pyramid_dir: str | Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read a whole (small) pyramid with pyarrow alone, rows sorted by id."""
+    import pyarrow.parquet as pq
+
+    files = shard_files(pyramid_dir)
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    if "id" in table.column_names:
+        table = table.sort_by("id")
+    return {
+        name: (to_numpy(table[name]) if isinstance(table[name].type, pa.ExtensionType) else np.asarray(table[name].to_pylist()))
+        for name in table.column_names
+    }
