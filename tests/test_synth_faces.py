@@ -23,7 +23,7 @@ def _attrs(**kw) -> FaceAttributes:
 def test_hair_region_follows_hair_colour():
     size = 128
     region = (slice(int(0.26 * size), int(0.32 * size)), slice(int(0.42 * size), int(0.58 * size)))
-    for name, rgb in HAIR_COLOURS.items():
+    for name in HAIR_COLOURS:
         img = np.asarray(render_face(_attrs(hair_colour=name), size), dtype=np.float32)
         mean = img[region].reshape(-1, 3).mean(0)
         nearest = min(HAIR_COLOURS, key=lambda n: np.linalg.norm(np.array(HAIR_COLOURS[n]) - mean))

@@ -63,3 +63,41 @@ def dino_levels(dino: Dino, x: torch.Tensor, sizes: list[int]) -> list[tuple[tor
 def clip_image_embedding(clip: Clip, x: torch.Tensor) -> torch.Tensor:
     """CLIP image embedding of float [0, 1] images (square already)."""
     return clip.encode_image(normalise(resize(x, clip.image_size), clip.mean, clip.std))
+
+
+class PyramidEncoder:
+    """Every pyramid level (and the CLIP embedding) of a batch, in one call.
+
+    This is the callable class Ray Data's actor pool runs (one model load per
+    actor), and also what tests and small local jobs call directly. Input:
+    ``{"image": uint8 [B, S, S, 3], "id": [...], "path": [...]}`` with ``S`` the
+    largest level size; output: the pyramid columns of ``schema``.
+    """
+
+    def __init__(self, dino: str, sizes: list[int], thumb_size: int = 32, clip: str = "",
+                 device: str | None = None, bf16: bool | None = None):
+        from raydino.models.loading import load_clip, load_dino
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+        self.dino = load_dino(dino, self.device)
+        self.clip = load_clip(clip, self.device) if clip else None
+        self.sizes, self.thumb_size = list(sizes), thumb_size
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        from raydino.pyramids import schema
+
+        x = to_float(batch["image"], self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            levels = dino_levels(self.dino, x, self.sizes)
+            emb = clip_image_embedding(self.clip, x) if self.clip is not None else None
+        out = {"id": list(batch["id"]), "path": list(batch["path"])}
+        for size, (cls, tokens) in zip(self.sizes, levels):
+            out[schema.tokens_col(size)] = tokens.to(torch.float16).cpu().numpy()
+            out[schema.cls_col(size)] = cls.to(torch.float16).cpu().numpy()
+        thumb = resize(x, self.thumb_size).mul(255).round().clamp(0, 255).to(torch.uint8)
+        out[schema.THUMB] = thumb.permute(0, 2, 3, 1).cpu().numpy()
+        if emb is not None:
+            out[schema.CLIP] = emb.float().cpu().numpy()
+        return out
