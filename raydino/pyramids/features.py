@@ -93,7 +93,7 @@ class PyramidEncoder:
             levels = dino_levels(self.dino, x, self.sizes)
             emb = clip_image_embedding(self.clip, x) if self.clip is not None else None
         out = {"id": list(batch["id"]), "path": list(batch["path"])}
-        for size, (cls, tokens) in zip(self.sizes, levels):
+        for size, (cls, tokens) in zip(self.sizes, levels, strict=True):
             out[schema.tokens_col(size)] = tokens.to(torch.float16).cpu().numpy()
             out[schema.cls_col(size)] = cls.to(torch.float16).cpu().numpy()
         thumb = resize(x, self.thumb_size).mul(255).round().clamp(0, 255).to(torch.uint8)
