@@ -45,6 +45,89 @@ def cmd_run(args: argparse.Namespace) -> None:
     run(load_config(args.preset, args.config, overrides), address=args.address)
 
 
+def cmd_pyramids(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from raydino.pipeline import init_ray
+    from raydino.pyramids.extract import build_pyramids
+
+    flags = {"dino": args.dino, "clip": args.clip, "sizes": args.sizes, "batch_size": args.batch_size,
+             "actors": args.actors, "max_failure_fraction": args.max_failure_fraction}
+    cfg = dataclasses.replace(_cfg(args).pyramids, **{k: v for k, v in flags.items() if v is not None})
+    init_ray(args.address)
+    build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite)
+
+
+def cmd_bench_pyramids(args: argparse.Namespace) -> None:
+    from raydino.bench.pyramids import run_bench
+
+    run_bench(arch=args.arch, dino=args.dino, count=args.count, naive_count=args.naive_count,
+              batch_size=args.batch_size, sizes=args.sizes, image_size=args.image_size, device=args.device,
+              actors=args.actors, phases=args.phases.split(",") if args.phases else None, out=args.out)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 56,112,224, got {text!r}") from None
+
+
+def cmd_fit_codes(args: argparse.Namespace) -> None:
+    from raydino.pipeline import init_ray
+    from raydino.train.checkpoint import load_generator
+    from raydino.train.mapping import fit_mapping, fit_prior
+
+    cfg = load_generator(args.run)[1]
+    print(f"prior: {fit_prior(cfg, args.pyramids, args.run)}")
+    if not args.no_text:
+        init_ray(args.address)
+        print(f"text mapping: {fit_mapping(cfg, args.pyramids, args.run)}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from raydino.sample import sample
+
+    rows = sample(args.run, args.out, from_image=args.from_image, prompts=args.prompt, prior=args.prior,
+                  mix=args.mix, region=args.region, n=args.n, seed=args.seed, save_each_dir=args.save_each)
+    print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from raydino.pipeline import init_ray
+    from raydino.tune import tune_sweep
+
+    overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
+    cfg = load_config(args.preset, args.config, overrides)
+    init_ray(args.address)
+    tune_sweep(cfg, args.pyramids, args.out)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from raydino.evaluate import EVAL_FILE, evaluate
+    from raydino.train.checkpoint import load_generator
+
+    prompts = args.prompt if args.prompt is not None else load_generator(args.run)[1].sample.prompts
+    figures = evaluate(args.run, args.pyramids, n=args.n, seed=args.seed, prompts=prompts)
+    for key, value in figures.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {args.run}/{EVAL_FILE}")
+
+
+def cmd_bench_sample(args: argparse.Namespace) -> None:
+    from raydino.bench.sample import run_bench
+
+    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps, dit_batch=args.dit_batch,
+              compile=args.compile, device=args.device, out=args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from raydino.report import write_report
+
+    page = write_report(args.run, sweep=args.sweep, pyramids=args.pyramids, samples=args.samples, out=args.out)
+    print(f"wrote {page}; open file://{page.resolve()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydino", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +151,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output root (default: the preset's `out`)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pyramids", help="DINOv2 feature pyramids of an image folder/glob/URI, through Ray Data")
+    _config_args(p)
+    p.add_argument("--images", required=True, help="local folder (recursive), glob, or file:// s3:// gs:// URI")
+    p.add_argument("--out", required=True, help="output folder (written to a temporary folder, then renamed)")
+    p.add_argument("--dino", default=None, help="DINOv2 hub id or local directory (default: the preset's)")
+    p.add_argument("--sizes", type=_sizes, default=None, help="level input sizes, multiples of 14 (e.g. 56,112,224)")
+    p.add_argument("--clip", default=None, help="open_clip model for image embeddings (NAME:TAG, hf-hub:..., DIR)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--actors", type=int, default=None, help="encoder actors (one GPU each when pyramids.num_gpus=1)")
+    p.add_argument("--overwrite", action="store_true", help="recompute a finished output")
+    p.add_argument("--max-failure-fraction", type=float, default=None,
+                   help="fail when more than this fraction of the image files cannot be used")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.set_defaults(func=cmd_pyramids)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench.add_parser("pyramids", help="Ray Data pyramid extraction vs a naive loop and a model-only ceiling")
+    p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="vits14",
+                   help="random-weight DINOv2 architecture, saved and loaded through the normal loader")
+    p.add_argument("--dino", default=None, help="an existing DINOv2 model instead of --arch")
+    p.add_argument("--count", type=int, default=256, help="synthetic faces through the pipeline and the ceiling")
+    p.add_argument("--naive-count", type=int, default=None, help="images through the naive loop (default: --count)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--sizes", type=_sizes, default=[56, 112, 224])
+    p.add_argument("--image-size", type=int, default=256, help="side of the synthetic faces")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="encoder actors (default: 1 per GPU, or one per core on a CPU-only machine)")
+    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,ray (default: all)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=cmd_bench_pyramids)
+    p = bench.add_parser("sample", help="one-pass generator vs DiT-XL/2 (250 steps, CFG); needs the bench extra")
+    p.add_argument("--preset", default="ffhq256", help="whose generator to time")
+    p.add_argument("--batches", type=_sizes, default=[1, 8, 64], help="generator batch sizes")
+    p.add_argument("--dit-steps", type=int, default=250)
+    p.add_argument("--dit-batch", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_bench_sample)
+
+    p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")
+    p.add_argument("--run", required=True, help="a finished training run directory")
+    p.add_argument("--pyramids", required=True, help="the pyramid the run was trained on")
+    p.add_argument("--no-text", action="store_true", help="fit the prior only")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.set_defaults(func=cmd_fit_codes)
+
+    p = sub.add_parser("sample", help="images from a real image, the prior, text prompts or a mix (no Ray)")
+    p.add_argument("--run", required=True, help="a finished training run directory")
+    p.add_argument("--out", required=True, help="the labelled PNG grid to write")
+    p.add_argument("--from-image", default=None, metavar="PATH", help="reconstruction and variations of an image")
+    p.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
+    p.add_argument("--prior", action="store_true", help="unconditional samples from the coarse-code prior")
+    p.add_argument("--mix", nargs=2, default=None, metavar=("A", "B"), help="two images whose coarse codes to mix")
+    p.add_argument("--region", default="top", choices=["top", "bottom", "left", "right"])
+    p.add_argument("--n", type=int, default=8, help="images per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-each", action="store_true", help="also write every image to a folder next to --out")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("tune", help="Ray Tune sweep of the per-scale loss weights (ASHA), resumable")
+    _config_args(p)
+    p.add_argument("--pyramids", required=True)
+    p.add_argument("--out", required=True, help="sweep directory (rerun with the same one to resume)")
+    p.add_argument("--trials", type=int, default=None, help="number of trials (default: tune.trials)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("eval", help="weight-independent figures of a run: distances, FD-DINOv2, CLIP score")
+    p.add_argument("--run", required=True)
+    p.add_argument("--pyramids", required=True, help="held-out pyramids (not the training rows)")
+    p.add_argument("--n", type=int, default=64, help="held-out images to use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", action="append", default=None, help="prompts to score (default: sample.prompts)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="one static HTML page of a run: grids, samples, curves, trials, the pyramid")
+    p.add_argument("--run", required=True, help="a training run directory (OUT/runs/train in `raydino run`'s layout)")
+    p.add_argument("--sweep", default=None, help="a `raydino tune` folder (default: OUT/sweep)")
+    p.add_argument("--pyramids", default=None, help="pyramid to picture (default: OUT/pyramids-val, OUT/pyramids)")
+    p.add_argument("--samples", default=None, help="folder of `raydino sample` grids (default: OUT/samples)")
+    p.add_argument("--out", default=None, help="the page to write (default: OUT/report/index.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -73,6 +73,7 @@ class LossConfig:
     stage_level_weights: dict[str, list[float]] = field(default_factory=dict)
     cls_weight: float = 0.5
     color_weight: float = 1.0
+    color_size: int = 8
     shift_px: int = 2
 
 
@@ -105,6 +106,9 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 100
     val_count: int = 16
+    shuffle_buffer: int = 1024
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
     seed: int = 0
 
 
@@ -124,6 +128,7 @@ class TuneConfig:
     grace_period: int = 1
     reduction_factor: int = 2
     metric: str = "val/dist_unweighted"
+    overrides: list[str] = field(default_factory=list)  # key=value applied to every trial (e.g. a shorter schedule)
     search: dict[str, list[float]] = field(
         default_factory=lambda: {
             "loss.level_weights.0": [0.1, 10.0],

@@ -6,6 +6,7 @@ steps, so a crash costs only the step it happened in.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +20,22 @@ class Step:
     name: str
     marker: Path
     action: Callable[[], object]
+    needs_ray: bool = False
 
 
-def _faces(cfg: Config, out: Path) -> Path:
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+
+
+def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = None) -> Path:
     from raydino.data.synth_faces import write_faces
 
-    return write_faces(out, cfg.data.synth_count, seed=cfg.data.seed, size=cfg.data.synth_size)
+    return write_faces(out, count or cfg.data.synth_count, seed=cfg.data.seed if seed is None else seed,
+                       size=cfg.data.synth_size)
 
 
 def _models(cfg: Config, faces: Path, out: Path) -> None:
@@ -33,17 +44,93 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     write_tiny_models(out, seed=cfg.data.seed, train_clip_on=faces)
 
 
+def _pyramids(cfg: Config, images: Path, out: Path) -> None:
+    from raydino.pyramids.extract import build_pyramids
+
+    build_pyramids(cfg.pyramids, str(images), out)
+
+
+def _train(cfg: Config, pyramids: Path, run_dir: Path) -> None:
+    from raydino.train.trainer import EXPERIMENT, train
+
+    resume = (run_dir / EXPERIMENT / "checkpoint_manager_snapshot.json").exists()  # a crashed earlier attempt
+    train(cfg, pyramids, run_dir, resume=resume)
+
+
+def _fit_codes(cfg: Config, pyramids: Path, run_dir: Path) -> None:
+    from raydino.train.mapping import fit_mapping, fit_prior
+
+    fit_prior(cfg, pyramids, run_dir)
+    if cfg.pyramids.clip:
+        fit_mapping(cfg, pyramids, run_dir)
+
+
+def _tune(cfg: Config, pyramids: Path, sweep: Path) -> None:
+    from raydino.tune import tune_sweep
+
+    tune_sweep(cfg, pyramids, sweep)
+
+
+def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
+    from raydino.evaluate import evaluate
+
+    evaluate(run_dir, pyramids, n=cfg.train.val_count * 4, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
+
+
+def _samples(cfg: Config, run_dir: Path, faces: Path, out: Path) -> None:
+    from raydino.sample import sample
+
+    images = sorted(p for p in faces.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    n, seed = cfg.sample.n, cfg.sample.seed
+    sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
+    sample(run_dir, out / "prior.png", prior=True, n=n, seed=seed)
+    if cfg.pyramids.clip and cfg.sample.prompts:
+        sample(run_dir, out / "prompts.png", prompts=cfg.sample.prompts, n=n, seed=seed)
+    sample(run_dir, out / "mix.png", mix=[str(images[1]), str(images[2])], region="top", seed=seed)
+
+
+def _report(run_dir: Path, sweep: Path, pyramids: Path, samples: Path, out: Path) -> None:
+    from raydino.report import write_report
+
+    write_report(run_dir, sweep=sweep, pyramids=pyramids, samples=samples, out=out)
+
+
 def plan(cfg: Config) -> list[Step]:
-    """The steps of a run, in order; later issues append theirs."""
+    """The steps of a run, in order, each with the file that proves it finished."""
     root = Path(cfg.out)
-    faces = root / "faces" if not cfg.data.images else Path(cfg.data.images)
     steps = []
-    if not cfg.data.images:
+    if cfg.data.images:
+        faces, val_faces = Path(cfg.data.images), None
+    else:
+        faces, val_faces = root / "faces", root / "faces-val"
         steps.append(Step("synthetic faces", faces / "metadata.parquet", lambda: _faces(cfg, faces)))
+        held_out = max(16, cfg.data.synth_count // 8)
+        steps.append(Step("held-out faces", val_faces / "metadata.parquet",
+                          lambda: _faces(cfg, val_faces, count=held_out, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
         models = root / "models"
         steps.append(Step("tiny models", models / "clip-tiny" / "open_clip_model.safetensors",
                           lambda: _models(cfg, faces, models)))
+    pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
+    steps.append(Step("feature pyramids", pyramids / "manifest.json", lambda: _pyramids(cfg, faces, pyramids),
+                      needs_ray=True))
+    if val_faces is not None:
+        steps.append(Step("held-out pyramids", val_pyramids / "manifest.json",
+                          lambda: _pyramids(cfg, val_faces, val_pyramids), needs_ray=True))
+    else:
+        val_pyramids = pyramids  # a user folder: evaluate on its pyramid (say so in the figures)
+    run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
+    steps += [
+        Step("progressive training", run_dir / "generator.safetensors", lambda: _train(cfg, pyramids, run_dir),
+             needs_ray=True),
+        Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
+             lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True),
+        Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, sweep), needs_ray=True),
+        Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
+        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_faces or faces, samples)),
+        Step("report", root / "report" / "index.html",
+             lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
+    ]
     return steps
 
 
@@ -59,6 +146,27 @@ def run(cfg: Config, address: str | None = None) -> None:
             continue
         t0 = time.time()
         print(f"[{i}/{len(steps)}] {step.name} ...", flush=True)
+        if step.needs_ray:
+            init_ray(address)
         step.action()
         print(f"[{i}/{len(steps)}] {step.name}: {time.time() - t0:.1f}s -> {step.marker.parent}", flush=True)
     print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {root.resolve()}")
+    summarise(root)
+
+
+def summarise(root: Path) -> None:
+    """Where everything is, the key figures, and how to look at them."""
+    run_dir = root / "runs" / "train"
+    lines = [f"  pyramids     {root / 'pyramids'}", f"  run          {run_dir}",
+             f"  sweep        {root / 'sweep'}", f"  samples      {root / 'samples'}",
+             f"  report       {(root / 'report' / 'index.html').resolve()}"]
+    figures = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else {}
+    for key in ("train_encoder/dist_unweighted", "fd_dinov2/reconstructions", "fd_dinov2/prior", "colour_error",
+                "clip_score/matched", "clip_score/mismatched"):
+        if key in figures:
+            lines.append(f"  {key:<30} {figures[key]:.4f}")
+    if (root / "sweep" / "best.json").exists():
+        best = json.loads((root / "sweep" / "best.json").read_text())
+        lines.append(f"  best weights {best['best']} (default {best['default']})")
+    lines.append(f"  TensorBoard: tensorboard --logdir {root.resolve()}")
+    print("\n".join(lines), flush=True)

@@ -33,3 +33,106 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` but holds no pixels: a bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def write_messy_folder(out, faces_dir) -> dict[str, str]:
+    """A folder like real ones: every encoding we accept, broken files and non-images.
+
+    Returns relative path -> expected failure kind ("" for a good image);
+    ignored files (hidden, non-image extensions) are not in the mapping.
+    """
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out)
+    faces = sorted(Path(faces_dir).glob("*.png"))
+    face = [Image.open(p).convert("RGB") for p in faces[:12]]
+    expected: dict[str, str] = {}
+
+    def save(rel: str, img: Image.Image, kind: str = "", **kwargs) -> None:
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, **kwargs)
+        expected[rel] = kind
+
+    def write(rel: str, data: bytes, kind: str) -> None:
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        expected[rel] = kind
+
+    save("jpeg/visage n°1 ümlaut.jpg", face[0], quality=95)
+    save("UPPER/FACE.JPEG", face[1], format="JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: viewers turn it upright
+    save("exif_rotated.jpg", face[2].rotate(90, expand=True).crop((0, 0, 128, 100)), exif=exif, quality=95)
+    save("gray.png", face[3].convert("L"))
+    save("cmyk.jpg", face[4].convert("CMYK"), quality=95)
+    save("palette_transparent.png", face[5].convert("P"), transparency=0)
+    save("palette.gif", face[6].convert("P"))
+    rgba = face[7].convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    save("rgba.png", rgba)
+    save("la.png", face[8].convert("LA"))
+    sixteen = (np.asarray(face[9].convert("L"), dtype=np.uint16) * 257)
+    save("sixteen.png", Image.fromarray(sixteen))  # mode I;16
+    save("face.WebP", face[10], format="WEBP", quality=90)
+    save("deep/a/b/c/face.bmp", face[11])
+    save("tiny.png", face[0].resize((16, 16)), kind="too small")
+    buf = io.BytesIO()
+    face[1].save(buf, "JPEG", quality=95)
+    write("truncated.jpg", buf.getvalue()[: len(buf.getvalue()) // 2], "corrupt")
+    write("zero.jpg", b"", "empty file")
+    write("text.jpg", b"this is not a picture, just a text file with a .jpg name\n", "not an image")
+    write("random.png", np.random.default_rng(0).bytes(4096), "not an image")
+    write("bomb.png", _png_header_only(30000, 30000), "too large")
+    (out / "notes.txt").write_text("ignored\n")
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (out / "jpeg" / "._visage.jpg").write_bytes(b"\0\5\26\7")  # macOS resource fork
+    return expected
+
+
+@pytest.fixture(scope="session")
+def messy_images(tmp_path_factory, faces_dir):
+    """(folder, {relative path: expected failure kind or ""}) of a messy real-world folder."""
+    out = tmp_path_factory.mktemp("messy")
+    return out, write_messy_folder(out, faces_dir)
+
+
+@pytest.fixture(scope="session")
+def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
+    """A demo-like pyramid (levels 56/84/112, two parquet shards) of the 48 faces, made without Ray Data."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raydino.pyramids import schema
+    from raydino.pyramids.features import PyramidEncoder, square_crop
+
+    sizes = [56, 84, 112]
+    out = tmp_path_factory.mktemp("train_pyramids")
+    encoder = PyramidEncoder(str(tiny_models["dino"]), sizes, device="cpu", bf16=False)
+    paths = sorted(str(p) for p in faces_dir.glob("*.png"))
+    images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
+    for i, part in enumerate(np.array_split(np.arange(len(paths)), 2)):
+        batch = {"image": images[part], "id": [schema.stable_id(paths[j]) for j in part],
+                 "path": [paths[j] for j in part]}
+        pq.write_table(schema.make_table(encoder(batch)), out / f"part-{i:05d}.parquet")
+    schema.write_manifest(out, {"rows": len(paths), "failures": [], "levels": sizes, "dim": encoder.dino.dim,
+                                "dtype": "float16", "dino": encoder.dino.describe(), "clip": None})
+    return out

@@ -113,6 +113,7 @@ def load_arrays(pyramid_dir: str | Path, columns: list[str] | None = None) -> di
     if "id" in table.column_names:
         table = table.sort_by("id")
     return {
-        name: (to_numpy(table[name]) if isinstance(table[name].type, pa.ExtensionType) else np.asarray(table[name].to_pylist()))
+        name: (to_numpy(table[name]) if isinstance(table[name].type, pa.BaseExtensionType)
+               else np.asarray(table[name].to_pylist()))
         for name in table.column_names
     }

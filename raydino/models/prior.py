@@ -1,0 +1,46 @@
+"""An unconditional prior over coarse codes: a Gaussian in a PCA space.
+
+A coarse code is a handful of DINO tokens (e.g. 4x4x768), so a simple density
+over it already gives varied samples, while the image still comes in one
+generator pass. The prior can grow into a flow later without touching the
+generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class PCAGaussianPrior:
+    """mean + components @ (sqrt(var) * z), over flattened coarse codes."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, std: torch.Tensor, shape: tuple[int, int]):
+        self.mean, self.components, self.std, self.shape = mean, components, std, tuple(shape)
+
+    @classmethod
+    def fit(cls, codes: torch.Tensor, k: int) -> PCAGaussianPrior:
+        """Fit on ``codes [N, tokens, dim]``; ``k`` is capped by the sample count."""
+        if len(codes) < 2:
+            raise ValueError("a prior needs at least 2 coarse codes")
+        x = codes.reshape(len(codes), -1).double()
+        mean = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(k, len(codes) - 1, vh.shape[0])
+        std = s[:k] / (len(codes) - 1) ** 0.5
+        return cls(mean.float(), vh[:k].float().contiguous(), std.float(), tuple(codes.shape[1:]))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        z = torch.randn(n, len(self.std), generator=generator) * self.std * temperature
+        return (self.mean + z @ self.components).reshape(n, *self.shape)
+
+    def save(self, path: str | Path) -> None:
+        save_file({"mean": self.mean, "components": self.components, "std": self.std,
+                   "shape": torch.tensor(self.shape)}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PCAGaussianPrior:
+        t = load_file(str(path))
+        return cls(t["mean"], t["components"], t["std"], tuple(t["shape"].tolist()))

@@ -1,0 +1,1 @@
+"""DINOv2 feature pyramids: decoding, the Ray Data extraction, the on-disk schema."""

@@ -1,0 +1,175 @@
+"""Find the images of a source and turn each one into a square RGB crop, or a reason.
+
+Real image folders hold more than clean RGB JPEGs: phone photos that rely on
+EXIF rotation, CMYK scans, palette and 16-bit PNGs, transparent cut-outs,
+stray text files, truncated downloads and the odd decompression bomb. Every
+file either becomes one ``uint8 [S, S, 3]`` crop or a :class:`BadImage` with a
+short reason, so one bad file costs one failure record, never a job.
+
+Both functions here are pure (no Ray): the Ray Data stages in ``extract`` call
+them, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from raydino.pyramids.features import square_crop
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Transparent pixels are composited on white: the usual background of cut-outs
+# and product shots, and fixed, so the same file always gives the same pixels.
+BACKGROUND = (255, 255, 255)
+GLOB_CHARS = "*?["
+
+
+class BadImage(Exception):
+    """A file that gives no image; ``kind`` groups failures, ``str()`` is the full reason."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclass
+class Listing:
+    """The files a source names: image candidates, and what was skipped by extension."""
+
+    filesystem: pafs.FileSystem
+    prefix: str  # prepended to filesystem paths to show them (``s3://``; empty for local files)
+    images: list[str] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # extension -> count
+
+    def display(self, path: str) -> str:
+        return self.prefix + path
+
+
+def _open_source(src: str) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, filesystem path, display prefix) of a folder, glob or URI.
+
+    Only the scheme and authority go through ``FileSystem.from_uri``: the rest
+    of the path is used as is, so spaces and non-ASCII names need no
+    percent-encoding.
+    """
+    if "://" not in src or src.startswith("file://"):
+        path = Path(src.removeprefix("file://")).expanduser()
+        return pafs.LocalFileSystem(), str(path.absolute()), ""
+    scheme, rest = src.split("://", 1)
+    authority, _, key = rest.partition("/")
+    fs, base = pafs.FileSystem.from_uri(f"{scheme}://{authority}")
+    root = f"{scheme}://{authority}"
+    prefix = root[: len(root) - len(base)] if base and root.endswith(base) else root
+    return fs, f"{base}/{key}" if key else base, prefix
+
+
+def source_uri(src: str) -> str:
+    """``src`` in one spelling (absolute local path, or scheme://...), to compare sources by."""
+    _, path, prefix = _open_source(src)
+    return prefix + path.rstrip("/")
+
+
+def _glob_base(path: str) -> str:
+    """The longest leading folder of a glob pattern that holds no wildcard."""
+    parts = PurePosixPath(path).parts
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS))
+    return str(PurePosixPath(*parts[:fixed])) if fixed else ""
+
+
+def list_images(src: str) -> Listing:
+    """Every image file under ``src``: a folder (recursive), a single file, or a glob.
+
+    In a glob, ``*`` also matches ``/`` (``photos/*.jpg`` finds nested files
+    too). Hidden files and folders (``.DS_Store``, ``._x.jpg`` resource forks,
+    ``.ipynb_checkpoints``) and files without an image extension (case
+    ignored) are skipped and counted by extension. Paths come back sorted, so
+    a listing is the same on every run.
+    """
+    fs, path, prefix = _open_source(src)
+    if any(c in path for c in GLOB_CHARS):
+        root = _glob_base(path)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        infos = [i for i in infos if fnmatch.fnmatchcase(i.path, path)]
+    else:
+        root, info = path, fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"image source not found: {src}")
+        infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    listing = Listing(fs, prefix)
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        below_root = PurePosixPath(info.path[len(root):] if info.path.startswith(root) else info.base_name)
+        if any(part.startswith(".") for part in below_root.parts):
+            listing.ignored["(hidden)"] += 1
+        elif info.extension and f".{info.extension.lower()}" in IMAGE_EXTENSIONS:
+            listing.images.append(info.path)
+        else:
+            listing.ignored[f".{info.extension.lower()}" if info.extension else "(none)"] += 1
+    listing.images.sort()
+    return listing
+
+
+def _is_sixteen_bit(img: Image.Image) -> bool:
+    """16-bit grayscale: ``I;16*`` modes, and PNG's ``I`` (older Pillow opens 16-bit PNGs so)."""
+    return img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG")
+
+
+def _to_rgb(img: Image.Image, sixteen_bit: bool) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, with transparency composited on :data:`BACKGROUND`.
+
+    16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it at
+    255, turning most of the image white); other modes convert as PIL does.
+    """
+    if sixteen_bit:
+        values = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, size: int, *, min_side: int, max_pixels: int) -> np.ndarray:
+    """File bytes -> ``uint8 [size, size, 3]``: the square crop every level starts from.
+
+    Order matters for safety and speed: the header is read first and the
+    pixel count checked before any pixel is decoded (a bomb is refused
+    without being decompressed); JPEGs are then decoded at the largest DCT
+    reduction (``draft``: 1/2, 1/4 or 1/8) whose result still covers
+    ``size``, which saves most of the decode time of large photos; EXIF
+    orientation is applied before the crop. Raises :class:`BadImage`.
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():  # our own max_pixels governs, checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise BadImage("too large", str(exc)) from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image", f"no known image format starts with {data[:8]!r}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage("not an image", str(exc) or type(exc).__name__) from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImage("too large", f"{w}x{h} is over max_pixels={max_pixels}")
+    if min(w, h) < min_side:
+        raise BadImage("too small", f"{w}x{h}, shortest side under min_side={min_side}")
+    try:
+        sixteen_bit = _is_sixteen_bit(img)
+        img.draft(None, (size, size))
+        img.load()
+        img = _to_rgb(ImageOps.exif_transpose(img), sixteen_bit)
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
+        raise BadImage("corrupt", str(exc) or type(exc).__name__) from None
+    return square_crop(img, size)

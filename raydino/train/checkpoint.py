@@ -1,0 +1,169 @@
+"""Training checkpoints and the finished generator, on disk, without Ray.
+
+A checkpoint directory holds everything needed to continue bit for bit:
+
+- ``model.safetensors`` and ``ema.safetensors``: weights (safetensors: no
+  pickle, and the header carries the shapes the generator is built from);
+- ``optimizer.pt``: the optimizer state, read back with ``weights_only=True``;
+- ``state.json``: stage, step, data position, skipped-step counters, baselines;
+- ``rng_rank<r>.pt``: each worker's noise/shift generator (every rank writes its own);
+- ``config.yaml``: the resolved config.
+
+A file that cannot be read is a :class:`CheckpointError` naming it; the
+caller falls back to an older checkpoint when there is one. A finished run
+directory holds ``generator.safetensors`` (the EMA weights) and
+``config.yaml``, which :func:`load_generator` turns back into a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from raydino.config import Config, load_config, save_config
+from raydino.models.generator import Generator
+
+log = logging.getLogger(__name__)
+
+MODEL, EMA, OPTIMIZER, STATE, CONFIG = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json", "config.yaml"
+GENERATOR = "generator.safetensors"  # a finished run's EMA weights
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or corrupt."""
+
+
+@dataclass
+class Progress:
+    """Where training is: enough to resume with the same next batch."""
+
+    stage: int = 0          # index into train.stages; == len(stages) when finished
+    step: int = 0           # global steps taken, skipped ones included
+    stage_step: int = 0
+    epoch: int = 0          # data epoch (each stage starts a new one)
+    epoch_batch: int = 0    # batches of this epoch already consumed
+    images_seen: int = 0
+    bad_steps: int = 0      # skipped (non-finite) steps in total
+    bad_in_row: int = 0
+    baselines: dict[str, float] = field(default_factory=dict)
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def generator_metadata(model: Generator) -> dict[str, str]:
+    return {"code_tokens_dim": str(model.code_tokens_dim), "grid": str(model.grid)}
+
+
+def save(directory: str | Path, *, rank: int, model: Generator, ema: Generator, opt: torch.optim.Optimizer,
+         progress: Progress, rng: torch.Generator, cfg: Config) -> None:
+    """Write this rank's part of a checkpoint: rank 0 everything shared, every rank its RNG."""
+    d = Path(directory)
+    if rank == 0:
+        meta = generator_metadata(model)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / MODEL, metadata=meta)
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / EMA, metadata=meta)
+        torch.save(opt.state_dict(), d / OPTIMIZER)
+        (d / STATE).write_text(json.dumps(asdict(progress), indent=1))
+        save_config(cfg, d / CONFIG)
+    torch.save({"noise": rng.get_state()}, d / rng_file(rank))
+
+
+def _read(path: Path, reader: Callable[[Path], T]) -> T:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return reader(path)
+    except Exception as exc:  # safetensors, zip and json each raise their own types
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_weights(path: Path, model: nn.Module) -> None:
+    state = _read(path, lambda p: load_file(str(p)))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint file {path} does not fit this generator ({exc})") from exc
+
+
+def load(directory: str | Path, *, rank: int, model: Generator, ema: Generator, opt: torch.optim.Optimizer,
+         rng: torch.Generator) -> Progress:
+    """Restore a checkpoint in place; raises :class:`CheckpointError` naming the first bad file."""
+    d = Path(directory)
+    progress = Progress(**_read(d / STATE, lambda p: json.loads(p.read_text())))
+    _load_weights(d / MODEL, model)
+    _load_weights(d / EMA, ema)
+    opt_state = _read(d / OPTIMIZER, lambda p: torch.load(p, weights_only=True))
+    if (d / rng_file(rank)).is_file():
+        rng.set_state(_read(d / rng_file(rank), lambda p: torch.load(p, weights_only=True))["noise"])
+    else:  # resumed on more workers than wrote the checkpoint
+        log.warning("%s has no RNG state for rank %d: new noise stream, the run is no longer bitwise reproducible",
+                    d, rank)
+    try:
+        opt.load_state_dict(opt_state)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint file {d / OPTIMIZER} does not fit this optimizer ({exc})") from exc
+    return progress
+
+
+def restore_latest(directories: Iterable[Path], **kwargs) -> Progress | None:
+    """Load the newest readable checkpoint of ``directories`` (newest first).
+
+    A bad checkpoint is logged with the file at fault and the next older one
+    is tried; if none is readable, the first error is raised.
+    """
+    errors: list[CheckpointError] = []
+    for d in directories:
+        try:
+            progress = load(d, **kwargs)
+        except CheckpointError as exc:
+            log.error("%s; trying the previous checkpoint", exc)
+            errors.append(exc)
+            continue
+        if errors:
+            log.warning("resumed from %s after %d unreadable newer checkpoint(s)", d, len(errors))
+        return progress
+    if errors:
+        raise CheckpointError(f"{errors[0]}; no earlier readable checkpoint to fall back to")
+    return None
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def export_generator(checkpoint_dir: str | Path, run_dir: str | Path) -> Path:
+    """Copy a checkpoint's EMA weights and config into ``run_dir`` as the finished generator."""
+    src, run_dir = Path(checkpoint_dir), Path(run_dir)
+    ema = _read(src / EMA, lambda p: load_file(str(p)))
+    save_file(ema, run_dir / GENERATOR, metadata=_read(src / EMA, _metadata))
+    save_config(load_config(config_file=str(src / CONFIG)), run_dir / CONFIG)
+    return run_dir / GENERATOR
+
+
+def load_generator(run_dir: str | Path, device: str | torch.device = "cpu",
+                   weights: str = GENERATOR) -> tuple[Generator, Config]:
+    """The trained (EMA) generator of a finished run, or of any checkpoint directory, without Ray.
+
+    ``run_dir`` holds ``generator.safetensors`` (EMA weights) and
+    ``config.yaml``; in a checkpoint directory pass ``weights="ema.safetensors"``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / weights
+    cfg = load_config(config_file=str(run_dir / CONFIG))
+    meta = _read(path, _metadata)
+    model = Generator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
+    _load_weights(path, model)
+    return model.eval().requires_grad_(False).to(device), cfg

@@ -1,0 +1,168 @@
+"""The training loop every worker runs: stages, steps, EMA, checkpoints, validation.
+
+Read it top to bottom as the recipe: build the generator, its EMA and the
+optimizer; resume from the newest readable checkpoint; then for each stage
+of ``train.stages`` take ``ceil(images / batch_size)`` steps on this worker's
+shard, fading the new block in, and report (with a checkpoint) every
+``train.checkpoint_every`` steps and at each stage end. The data position
+(epoch, batches consumed) and every RNG are in the checkpoint, so a resumed
+run takes exactly the steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from raydino.config import Config
+from raydino.losses import DinoPyramidLoss, Targets
+from raydino.models.generator import Generator
+from raydino.models.loading import load_dino
+from raydino.train import checkpoint
+from raydino.train.checkpoint import Progress
+from raydino.train.monitor import RunLog, Validator
+from raydino.train.session import Session
+from raydino.train.step import fade_alpha, requires_grad, stage_steps, train_step, update_ema
+
+log = logging.getLogger(__name__)
+FAULT_MARKER = ".fault_injected"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row with a non-finite loss or gradient."""
+
+
+def data_stream(session: Session, progress: Progress, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from ``progress``'s position on, epoch after epoch; the caller advances ``epoch_batch``."""
+    while True:
+        batches = session.batches(progress.epoch, batch_size)
+        yielded = False
+        for batch in itertools.islice(batches, progress.epoch_batch, None):
+            yielded = True
+            yield batch
+        if not yielded and progress.epoch_batch == 0:
+            raise ValueError(f"worker {session.rank} has fewer than {batch_size} rows: "
+                             "lower the batch size or use fewer workers")
+        progress.epoch, progress.epoch_batch = progress.epoch + 1, 0
+
+
+def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
+    """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery."""
+    marker = run_dir / FAULT_MARKER
+    if fail_at_step and step == fail_at_step and session.rank == session.world_size - 1 and not marker.exists():
+        marker.write_text(f"worker {session.rank} killed at step {step}\n")
+        log.warning("fault injection: killing worker %d at step %d", session.rank, step)
+        os._exit(1)
+
+
+def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0) -> dict:
+    """Train through every stage; returns rank 0's final metrics (others return ``{}``)."""
+    tc, sizes, device, rank0 = cfg.train, cfg.pyramids.sizes, session.device, session.rank == 0
+    run_dir = Path(run_dir)
+    dino = load_dino(cfg.pyramids.dino, device)
+    torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = Generator(cfg.model, dino.dim, sizes[0] // dino.patch_size).to(device)
+    ema = copy.deepcopy(model)
+    requires_grad(ema, False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.stages[0].lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    rng = torch.Generator().manual_seed(tc.seed * 1000 + session.rank)  # noise and shifts: per rank, checkpointed
+    progress = checkpoint.restore_latest(session.checkpoint_dirs(), rank=session.rank, model=model, ema=ema,
+                                         opt=opt, rng=rng) or Progress()
+    net = session.prepare(model)
+    loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
+    final_res = tc.stages[-1].resolution
+
+    validator = monitor = None
+    if rank0:
+        validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, tc.seed, device)
+        monitor = RunLog(run_dir, purge_step=progress.step or None)
+        if not progress.baselines:
+            progress.baselines = validator.baselines(ema, final_res)
+
+    def report(resolution: int, alpha: float, with_checkpoint: bool) -> dict[str, float]:
+        metrics = {"stage": resolution, "step": progress.step, "images_seen": progress.images_seen,
+                   "alpha": alpha, "bad_steps": progress.bad_steps}
+        if rank0:
+            val, images = validator.evaluate(ema, resolution, alpha)
+            metrics |= val | progress.baselines
+            monitor.scalars(val, progress.step)
+            monitor.grid(validator.grid(images), resolution, progress.step)
+        with tempfile.TemporaryDirectory() as d:
+            if with_checkpoint:
+                checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg)
+            session.report(metrics, Path(d) if with_checkpoint else None)
+        return metrics
+
+    metrics: dict[str, float] = {}
+    while progress.stage < len(tc.stages):
+        stage = tc.stages[progress.stage]
+        steps, first = stage_steps(stage), progress.stage == 0
+        if stage.batch_size % session.world_size:
+            raise ValueError(f"stage {stage.resolution}px: batch_size {stage.batch_size} is not a multiple "
+                             f"of {session.world_size} workers")
+        for group in opt.param_groups:
+            group["lr"] = stage.lr
+        stream = data_stream(session, progress, stage.batch_size // session.world_size)
+        for _ in range(progress.stage_step, steps):
+            alpha = fade_alpha(stage, progress.stage_step, first)
+            targets = Targets.from_batch(next(stream), sizes, device)
+            noise = torch.randn(len(targets.code), cfg.model.noise_dim, generator=rng).to(device)
+            out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
+                             bf16=tc.bf16, generator=rng)
+            progress.step += 1
+            progress.stage_step += 1
+            progress.epoch_batch += 1
+            progress.images_seen += stage.batch_size
+            if out.ok:
+                update_ema(ema, model, tc.ema_beta)
+                progress.bad_in_row = 0
+            else:
+                progress.bad_steps += 1
+                progress.bad_in_row += 1
+                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                            progress.step, progress.bad_in_row)
+                if progress.bad_in_row > tc.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step "
+                        f"{progress.step}, stage {stage.resolution}px, train.max_bad_steps={tc.max_bad_steps}): "
+                        "check the pyramid for NaN/inf values or lower the learning rate")
+            inject_fault(run_dir, progress.step, fail_at_step, session)
+            if rank0 and progress.step % tc.log_every == 0:
+                rate = monitor.throughput(progress.images_seen)
+                monitor.scalars(out.terms.scalars() | {"train/lr": stage.lr, "train/alpha": alpha,
+                                                       "train/grad_norm": out.grad_norm, "train/images_per_s": rate,
+                                                       "train/bad_steps": progress.bad_steps}, progress.step)
+                print(f"[train {stage.resolution}px] step {progress.stage_step}/{steps} "
+                      f"images {progress.images_seen} alpha {alpha:.2f} loss {out.terms.total.item():.4f} "
+                      f"{rate:.1f} img/s", flush=True)
+            stage_done = progress.stage_step == steps
+            if stage_done:
+                progress.stage, progress.stage_step = progress.stage + 1, 0
+                progress.epoch, progress.epoch_batch = progress.epoch + 1, 0  # a new batch size: a new epoch
+            if stage_done or progress.step % tc.checkpoint_every == 0:
+                metrics = report(stage.resolution, fade_alpha(stage, steps, first) if stage_done else alpha, True)
+            elif rank0 and progress.step % tc.sample_every == 0:
+                val, images = validator.evaluate(ema, stage.resolution, alpha)
+                monitor.scalars(val, progress.step)
+                monitor.grid(validator.grid(images), stage.resolution, progress.step)
+        stream.close()
+        if rank0 and metrics:
+            print(f"[train {stage.resolution}px] stage done: {progress.images_seen} images, "
+                  f"val/dist_unweighted {metrics['val/dist_unweighted']:.4f} "
+                  f"(step 0: {progress.baselines['step0/dist_unweighted']:.4f}, "
+                  f"mean image: {progress.baselines['mean_image/dist_unweighted']:.4f})", flush=True)
+
+    if not rank0:
+        return {}
+    val, _ = validator.evaluate(ema, final_res)
+    monitor.close()
+    return {"stage": final_res, "step": progress.step, "images_seen": progress.images_seen,
+            "bad_steps": progress.bad_steps, **val, **progress.baselines,
+            "encoder": f"training DINOv2 {dino.source} (hash {dino.hash})"}

@@ -1,0 +1,94 @@
+"""What rank 0 watches: fixed validation codes, their distances and grids, TensorBoard, progress lines.
+
+Validation uses the EMA generator on the first ``train.val_count`` rows of
+the pyramid (by id) with fixed noise, and scores them with the unweighted
+per-level patch distance under the training encoder, so the figure does not
+move when the loss weights do. These rows are also training rows: the
+figure measures how well codes are turned back into images, not
+generalisation (that is FD's job, in ``metrics.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from raydino.losses import Targets, columns, level_distances
+from raydino.models.generator import Generator
+from raydino.models.loading import Dino
+from raydino.pyramids.features import resize
+from raydino.train.session import read_first_rows
+
+
+def summarise(prefix: str, distances: dict[int, float]) -> dict[str, float]:
+    """``{prefix}/dist_<size>`` per level and ``{prefix}/dist_unweighted``, their mean."""
+    out = {f"{prefix}/dist_{s}": d for s, d in distances.items()}
+    out[f"{prefix}/dist_unweighted"] = sum(distances.values()) / len(distances)
+    return out
+
+
+class Validator:
+    """Fixed validation codes and noise; renders and scores a generator on them."""
+
+    def __init__(self, dino: Dino, sizes: list[int], pyramid_dir: str | Path, count: int, noise_dim: int,
+                 seed: int, device: torch.device):
+        self.dino, self.sizes = dino, sizes
+        self.targets = Targets.from_batch(read_first_rows(pyramid_dir, columns(sizes), count), sizes, device)
+        gen = torch.Generator().manual_seed(seed + 7919)
+        self.noise = torch.randn(len(self.targets.code), noise_dim, generator=gen).to(device)
+
+    @torch.no_grad()
+    def render(self, model: Generator, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+        return model(self.targets.code, self.noise, resolution, alpha).float()
+
+    def evaluate(self, model: Generator, resolution: int, alpha: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+        images = self.render(model, resolution, alpha)
+        return summarise("val", level_distances(self.dino, images, self.targets, self.sizes)), images
+
+    def baselines(self, model: Generator, resolution: int) -> dict[str, float]:
+        """The untrained generator, and the mean image of the validation thumbnails, at ``resolution``."""
+        _, step0 = self.evaluate(model, resolution)
+        mean = resize(self.targets.thumb.mean(0, keepdim=True), resolution).expand(len(self.targets.thumb), -1, -1, -1)
+        return {**summarise("step0", level_distances(self.dino, step0, self.targets, self.sizes)),
+                **summarise("mean_image", level_distances(self.dino, mean, self.targets, self.sizes))}
+
+    def grid(self, images: torch.Tensor) -> torch.Tensor:
+        """Generated next to target thumbnails, pairs side by side, four pairs a row."""
+        thumbs = resize(self.targets.thumb, images.shape[-1]).clamp(0, 1)
+        pairs = torch.stack([images.clamp(0, 1), thumbs], dim=1).flatten(0, 1)
+        return make_grid(pairs.cpu(), nrow=8, padding=1, pad_value=1.0)
+
+
+class RunLog:
+    """TensorBoard scalars/images in ``RUN_DIR/tb``, grids in ``RUN_DIR/grids``, one progress line per interval."""
+
+    def __init__(self, run_dir: str | Path, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "grids").mkdir(parents=True, exist_ok=True)
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        self.last_time, self.last_images = time.perf_counter(), 0
+
+    def throughput(self, images_seen: int) -> float:
+        """Images per second since the previous call (all workers together)."""
+        now = time.perf_counter()
+        rate = (images_seen - self.last_images) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_images = now, images_seen
+        return rate
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+
+    def grid(self, grid: torch.Tensor, resolution: int, step: int) -> Path:
+        self.tb.add_image(f"grid/{resolution}px", grid, step)
+        path = self.run_dir / "grids" / f"stage_{resolution}.png"
+        save_image(grid, path)
+        return path
+
+    def close(self) -> None:
+        self.tb.close()

@@ -1,0 +1,92 @@
+"""What the training loop needs from its surroundings, and a Ray-free implementation.
+
+The loop (``loop.py``) talks to a :class:`Session`: its rank, its device, its
+shard of the pyramid per epoch, where checkpoints are, how to report. Ray
+Train provides one (``trainer.RaySession``); :class:`LocalSession` runs the
+same loop in one process from parquet read with pyarrow, for tests and the
+benchmark's in-device baseline.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from raydino.pyramids import schema
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def batches(self, epoch: int, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        """This worker's batches of one epoch, in an order that depends only on (seed, epoch)."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move to the device and wrap for data parallelism."""
+
+    def checkpoint_dirs(self) -> Iterator[Path]:
+        """Local directories of the checkpoints to resume from, newest first (none on a fresh run)."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Publish metrics (and a checkpoint); a barrier across workers."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
+    return seed * 1_000_003 + epoch
+
+
+def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> dict[str, np.ndarray]:
+    """The ``count`` rows with the smallest ids: a fixed validation set, read without loading the whole pyramid."""
+    files = schema.shard_files(pyramid_dir)
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
+    ids = pa.concat_arrays([pq.read_table(f, columns=["id"])["id"].combine_chunks() for f in files])
+    chosen = pc.take(ids, pc.sort_indices(ids)[:count])
+    table = pa.concat_tables([pq.read_table(f, columns=["id", *columns], filters=pc.field("id").isin(chosen))
+                              for f in files]).sort_by("id")
+    return {c: schema.to_numpy(table[c]) for c in columns}
+
+
+class LocalSession:
+    """One process, no Ray: the whole (small) pyramid in memory, this rank's rows per epoch."""
+
+    def __init__(self, pyramid_dir: str | Path, columns: list[str], *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, device: str | torch.device = "cpu", checkpoints: str | Path | None = None):
+        self.rank, self.world_size, self.device, self.seed = rank, world_size, torch.device(device), seed
+        arrays = schema.load_arrays(pyramid_dir, columns)
+        n = len(next(iter(arrays.values()))) // world_size * world_size  # equal shards, like Ray's split
+        self.rows = {k: torch.from_numpy(v[rank:n:world_size]) for k, v in arrays.items()}
+        self.checkpoint_root = Path(checkpoints or tempfile.mkdtemp(prefix="raydino-ckpt-"))
+        self.reports: list[dict[str, float]] = []
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(next(iter(self.rows.values())))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield {k: v[order[i : i + batch_size]] for k, v in self.rows.items()}
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def checkpoint_dirs(self) -> Iterator[Path]:
+        yield from sorted(self.checkpoint_root.glob("step_*"), reverse=True)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            dest = self.checkpoint_root / f"step_{int(metrics['step']):08d}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in checkpoint_dir.iterdir():
+                (dest / f.name).write_bytes(f.read_bytes())

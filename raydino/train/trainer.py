@@ -1,0 +1,194 @@
+"""Ray Train wiring: the driver builds a ``TorchTrainer``, every worker runs ``loop.run``.
+
+Ray stays at this edge. The driver checks the pyramid against the config
+before any worker starts, hands the parquet to Ray Data (tensor columns
+only) and configures DDP, checkpoints and failure handling; the worker side
+is a :class:`RaySession` that gives the loop its shard, its device and
+Ray's checkpoints.
+
+Deterministic data order: the split across workers runs with
+``preserve_order`` (and no locality hints), so each worker receives the same
+rows in the same order every epoch, and the per-epoch shuffle is a local
+shuffle seeded by (seed, epoch). A resumed run recreates the epoch's
+iterator and skips the batches already consumed, so it sees exactly the
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+    WorkerGroupError,
+)
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from raydino.config import Config, from_dict, save_config, to_dict
+from raydino.losses import columns
+from raydino.pyramids import schema
+from raydino.train import checkpoint
+from raydino.train.session import epoch_seed
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "checkpoints"  # Ray Train's run folder inside RUN_DIR
+FAIL_ENV = "RAYDINO_FAIL_AT_STEP"
+
+
+class TrainingError(RuntimeError):
+    """A training run that failed on its workers (message: the first worker error)."""
+
+
+class RaySession:
+    """The loop's view of a Ray Train worker."""
+
+    def __init__(self, cfg: Config):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.cfg = cfg
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        return ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=self.cfg.train.shuffle_buffer,
+            local_shuffle_seed=epoch_seed(self.cfg.train.seed, epoch), device="cpu",
+        )
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        # blocks above the current stage get no gradient yet
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    def checkpoint_dirs(self) -> Iterator[Path]:
+        latest = ray.train.get_checkpoint()
+        if latest is None:
+            return
+        kept = sorted(ray.train.get_all_reported_checkpoints(), key=lambda r: r.metrics.get("step", -1), reverse=True)
+        candidates = [latest] + [r.checkpoint for r in kept if r.checkpoint.path != latest.path]
+        for ckpt in candidates:
+            with ckpt.as_directory() as d:
+                yield Path(d)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
+                             checkpoint_dir_name=f"step_{int(metrics['step']):08d}")
+
+
+def _train_fn(loop_config: dict) -> dict:
+    """Runs on every Ray Train worker."""
+    from raydino.train import loop
+
+    cfg = from_dict(loop_config["cfg"])
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], RaySession(cfg),
+                    fail_at_step=loop_config["fail_at_step"])
+
+
+def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
+    """Refuse a pyramid whose manifest does not match the config, before any worker starts.
+
+    Loads the configured DINOv2 once on the driver: the manifest must name
+    the same weights (source and hash), levels and token width.
+    """
+    from raydino.models.loading import load_dino
+
+    manifest = schema.read_manifest(pyramid_dir)
+    dino = load_dino(cfg.pyramids.dino)
+    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dino_source=dino.source, dim=dino.dim,
+                          where=str(pyramid_dir))
+    stored_hash = manifest.get("dino", {}).get("hash")
+    if stored_hash and stored_hash != dino.hash:
+        raise schema.ManifestMismatch(f"{pyramid_dir}: pyramid field 'dino.hash' is {stored_hash}, "
+                                      f"the weights at {dino.source} hash to {dino.hash}")
+    rows_per_worker = manifest["rows"] // cfg.train.num_workers
+    for stage in cfg.train.stages:
+        if stage.batch_size % cfg.train.num_workers or stage.batch_size // cfg.train.num_workers > rows_per_worker:
+            raise ValueError(f"stage {stage.resolution}px: batch_size {stage.batch_size} must be a multiple of "
+                             f"train.num_workers={cfg.train.num_workers} and at most {rows_per_worker} per worker "
+                             f"({manifest['rows']} rows)")
+    return manifest
+
+
+def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *, name: str | None = None,
+                  storage_path: str | None = None, callbacks: list | None = None):
+    """A ``TorchTrainer`` for ``cfg`` (Ray Tune calls this inside a trial with its own name/storage/callbacks).
+
+    Checkpoints go to ``storage_path/name`` (default ``RUN_DIR/checkpoints``);
+    rank 0 writes TensorBoard and grids to ``run_dir`` (a shared filesystem
+    on a multi-node cluster).
+    """
+    check_pyramid(cfg, pyramids_dir)
+    run_dir = Path(run_dir).resolve()
+    tc = cfg.train
+    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=columns(cfg.pyramids.sizes))
+    return TorchTrainer(
+        _train_fn,
+        train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
+                           "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0)},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker,
+                                                           **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
+        run_config=RunConfig(name=name or EXPERIMENT, storage_path=storage_path or str(run_dir),
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
+                             callbacks=callbacks),
+        datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=_ordered(), enable_shard_locality=False),
+    )
+
+
+def _ordered():
+    """Ray Data execution options that make each worker's shard the same on every epoch and every run."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train to the end of ``train.stages``; write ``generator.safetensors``, ``config.yaml``, ``metrics.json``.
+
+    ``resume=True`` continues the run already in ``run_dir`` (same Ray
+    storage path and name, so Ray hands the workers its latest checkpoint);
+    without it an existing run there is an error rather than silently mixed.
+    """
+    run_dir = Path(run_dir).resolve()
+    snapshot = run_dir / EXPERIMENT / "checkpoint_manager_snapshot.json"
+    if snapshot.exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a training run: pass --resume to continue it, "
+                              "or choose another --out")
+    if resume and not snapshot.exists():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / checkpoint.CONFIG)
+    start = time.time()
+    try:
+        result = build_trainer(cfg, pyramids_dir, run_dir).fit()
+    except WorkerGroupError as exc:
+        first = next(iter(exc.worker_failures.values()), exc)
+        raise TrainingError(f"training failed on a worker: {first}") from exc
+    except TrainingFailedError as exc:
+        raise TrainingError(f"training failed: {exc}") from exc
+    with result.checkpoint.as_directory() as d:
+        checkpoint.export_generator(d, run_dir)
+    metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1)}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log.info("trained generator: %s", run_dir / checkpoint.GENERATOR)
+    return metrics

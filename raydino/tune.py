@@ -1,0 +1,149 @@
+"""Ray Tune sweeps of the per-scale loss weights (``raydino tune``).
+
+Each trial is a function that builds the generator's ``TorchTrainer`` with the
+sampled weights and runs it; Train's ``TuneReportCallback`` forwards rank 0's
+reports to Tune, where ASHA stops weak trials early. Trials are judged by the
+unweighted validation distance (``tune.metric``), never by the weighted
+loss, which would reward weights going to zero. All trials read the same
+pyramid files; none copies them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from raydino.config import Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "tune"
+
+
+def _lookup(data: dict, key: str):
+    node = data
+    for part in key.split("."):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"tune.search: '{key}' names no config value ('{part}' is not an index)") from None
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise ConfigError(f"tune.search: '{key}' names no config value")
+    return node
+
+
+def search_space(cfg: Config) -> dict:
+    """``tune.search`` as Tune distributions; a bad key or bound is an error before anything starts."""
+    from ray import tune
+
+    if not cfg.tune.search:
+        raise ConfigError("tune.search is empty: name at least one key to search")
+    data = to_dict(cfg)
+    space = {}
+    for key, bounds in cfg.tune.search.items():
+        value = _lookup(data, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"tune.search: '{key}' is {value!r}, not a number")
+        if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+            raise ConfigError(f"tune.search: '{key}' bounds {bounds} must be [low, high] with 0 < low < high "
+                              "(sampled log-uniformly)")
+        space[key] = tune.loguniform(bounds[0], bounds[1])
+    return space
+
+
+def trial_config(cfg: Config, params: dict) -> Config:
+    """The base config with one trial's sampled values and the per-trial resources."""
+    data = apply_overrides(to_dict(cfg), [*cfg.tune.overrides, *(f"{k}={v}" for k, v in params.items())])
+    tc = cfg.tune
+    data["train"] |= {"num_workers": tc.workers_per_trial, "use_gpu": tc.gpus_per_trial > 0,
+                      "cpus_per_worker": tc.cpus_per_trial / tc.workers_per_trial,
+                      "gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial}
+    return from_dict(data)
+
+
+def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str) -> None:
+    """One trial: a full training run in ``SWEEP_DIR/trials/<trial_id>``."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raydino.train.trainer import build_trainer
+
+    cfg = trial_config(from_dict(base), params)
+    run_dir = Path(sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()]).fit()
+
+
+def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict:
+    """Run (or resume) a sweep; write ``results.csv``, ``best.yaml`` and return the best trial's figures."""
+    import ray.tune
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raydino.train.trainer import check_pyramid
+
+    space = search_space(cfg)
+    check_pyramid(cfg, pyramids)
+    sweep_dir = Path(sweep_dir).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, sweep_dir / "config.yaml")
+    trainable = tune.with_parameters(_trial, base=to_dict(cfg), pyramids=str(Path(pyramids).resolve()),
+                                     sweep_dir=str(sweep_dir))
+    # the trial function only waits on its TorchTrainer, whose workers hold the resources
+    trainable = tune.with_resources(trainable, {"CPU": 0})
+    path = sweep_dir / EXPERIMENT
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming the sweep in %s (finished trials are not rerun)", path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.trials,
+                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
+                                        reduction_factor=cfg.tune.reduction_factor, max_t=10_000),
+            ),
+            run_config=ray.tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir)),
+        )
+    grid = tuner.fit()
+    return _write_results(cfg, grid, sweep_dir)
+
+
+def _write_results(cfg: Config, grid, sweep_dir: Path) -> dict:
+    """``results.csv`` (every trial), ``best.yaml`` (a config `raydino train --config` takes), ``best.json``."""
+    metric, keys = cfg.tune.metric, list(cfg.tune.search)
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        rows.append({"trial_id": Path(result.path).name.split("_")[-1] if result.path else "",
+                     **{k: result.config.get(k) for k in keys}, metric: m.get(metric), "stage": m.get("stage"),
+                     "images_seen": m.get("images_seen"), "iterations": m.get("training_iteration", 0),
+                     "error": str(result.error).splitlines()[0] if result.error else ""})
+    longest = max(r["iterations"] or 0 for r in rows)
+    for r in rows:
+        r["stopped_early"] = not r["error"] and (r["iterations"] or 0) < longest
+    rows.sort(key=lambda r: (r[metric] is None, r[metric] or 0.0))
+    with open(sweep_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    best = grid.get_best_result(metric=metric, mode="min", scope="last")
+    best_cfg = trial_config(cfg, best.config)
+    best_cfg.train = cfg.train  # the preset's own resources, not the trial's
+    save_config(best_cfg, sweep_dir / "best.yaml")
+    summary = {"metric": metric, "best_trial": rows[0]["trial_id"], "best_value": best.metrics.get(metric),
+               "best": {k: best.config[k] for k in keys}, "default": {k: _lookup(to_dict(cfg), k) for k in keys},
+               "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)}
+    (sweep_dir / "best.json").write_text(json.dumps(summary, indent=1))
+    for r in rows:
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if v != ""))
+    print(f"best {metric} {summary['best_value']:.4f} with {summary['best']} (default {summary['default']}); "
+          f"{summary['stopped_early']} of {len(rows)} trials stopped early; config: {sweep_dir / 'best.yaml'}")
+    return summary

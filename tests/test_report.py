@@ -1,0 +1,203 @@
+"""The report page: every image it references exists, and its figures are the ones in the run's files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raydino.cli import main
+from raydino.config import load_config, save_config
+from raydino.pyramids import schema
+from raydino.report import fmt, nice_ticks, pca_rgb, spaced_pairs, write_report
+
+EVAL = {
+    "n": 16, "training_encoder": "/m/dinov2-tiny (hash 83aa6a7a7883)", "fd_encoder": "/m/dinov2-tiny-fd (hash 1b2c3d4e5f60)",
+    "train_encoder/dist_56": 0.0812345, "train_encoder/dist_84": 0.0934567, "train_encoder/dist_unweighted": 0.0873456,
+    "colour_error": 0.0456789, "fd_dinov2/reconstructions": 12.34567, "fd_dinov2/prior": 45.6789,
+    "clip_score/a face with red hair": 0.312345, "clip_score/a smiling face with glasses": 0.287654,
+    "clip_score/matched": 0.3, "clip_score/mismatched": 0.2123456,
+}
+SEARCH = ["loss.level_weights.0", "loss.level_weights.1", "loss.color_weight"]
+TRIALS = [  # sorted by the metric, like tune.py writes them
+    {"trial_id": "b_00001", "loss.level_weights.0": 2.5, "loss.level_weights.1": 0.31, "loss.color_weight": 1.7,
+     "val/dist_unweighted": 0.0765432, "iterations": 8, "error": "", "stopped_early": False},
+    {"trial_id": "a_00000", "loss.level_weights.0": 0.2, "loss.level_weights.1": 4.0, "loss.color_weight": 0.5,
+     "val/dist_unweighted": 0.0987654, "iterations": 2, "error": "", "stopped_early": True},
+]
+
+
+def _grid(res: int, rows: int = 2, seed: int = 0) -> np.ndarray:
+    """A grid in the monitor's layout: 8 tiles a row, 1 px white padding."""
+    arr = np.full((rows * (res + 1) + 1, 8 * (res + 1) + 1, 3), 255, np.uint8)
+    rng = np.random.default_rng(seed)
+    for r in range(rows):
+        for c in range(8):
+            arr[1 + r * (res + 1): 1 + r * (res + 1) + res, 1 + c * (res + 1): 1 + c * (res + 1) + res] = rng.integers(
+                0, 255, 3)
+    return arr
+
+
+def _pyramid(out: Path, n: int = 4, dim: int = 8) -> None:
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batch = {"id": [f"{i:016x}" for i in range(n)], "path": [f"/nowhere/{i}.png" for i in range(n)],
+             schema.THUMB: rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)}
+    for size in (56, 84):
+        g = size // 14
+        batch[schema.tokens_col(size)] = rng.standard_normal((n, g * g, dim)).astype(np.float16)
+        batch[schema.cls_col(size)] = rng.standard_normal((n, dim)).astype(np.float16)
+    pq.write_table(schema.make_table(batch), out / "part-0.parquet")
+    schema.write_manifest(out, {"rows": n, "levels": [56, 84], "dim": dim, "failures": [],
+                                "dino": {"source": "/m/dinov2-tiny", "hash": "83aa6a7a7883"}})
+
+
+def _events(tb: Path, tags: dict[str, list[float]], images: bool = False) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb)) as w:
+        for tag, values in tags.items():
+            for i, v in enumerate(values):
+                w.add_scalar(tag, v, 10 * (i + 1))
+        if images:
+            for step in (10, 40):
+                w.add_image("grid/16px", _grid(16), step, dataformats="HWC")
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Path:
+    """A small finished ``raydino run`` output folder (fake figures, real file formats)."""
+    root = tmp_path_factory.mktemp("demo")
+    run = root / "runs" / "train"
+    (run / "grids").mkdir(parents=True)
+    cfg = load_config("demo", overrides=["train.stages.0.images=32", "train.stages.1.images=32",
+                                         "pyramids.sizes=[56,84]", "loss.level_weights=[1.0,1.0]"])
+    save_config(cfg, run / "config.yaml")
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    (run / "metrics.json").write_text(json.dumps({"step": 4, "images_seen": 64, "bad_steps": 0,
+                                                  "val/dist_unweighted": 0.0901234, "step0/dist_unweighted": 0.31,
+                                                  "mean_image/dist_unweighted": 0.21}))
+    for res in (16, 32):
+        Image.fromarray(_grid(res)).save(run / "grids" / f"stage_{res}.png")
+    _events(run / "tb", {"loss/total": [0.5, 0.4, 0.35, 0.3], "loss/dist_56": [0.2, 0.1, 0.09, 0.08],
+                         "loss/dist_84": [0.3, 0.2, 0.15, 0.1], "val/dist_unweighted": [0.2, 0.09]}, images=True)
+    sweep = root / "sweep"
+    sweep.mkdir()
+    with open(sweep / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(TRIALS[0]))
+        writer.writeheader()
+        writer.writerows(TRIALS)
+    (sweep / "best.json").write_text(json.dumps({
+        "metric": "val/dist_unweighted", "best_trial": "b_00001", "best_value": 0.0765432,
+        "best": {k: TRIALS[0][k] for k in SEARCH}, "default": {k: 1.0 for k in SEARCH}, "trials": 2, "stopped_early": 1}))
+    for t in TRIALS:
+        _events(sweep / "trials" / t["trial_id"] / "tb", {"val/dist_unweighted": [0.2, t["val/dist_unweighted"]]})
+    samples = root / "samples"
+    samples.mkdir()
+    for name in ("image.png", "prompts.png", "prior.png"):  # no mix.png: that part must say so
+        Image.fromarray(_grid(32, seed=len(name))).save(samples / name)
+    _pyramid(root / "pyramids-val")
+    return root
+
+
+class _Sources(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.sources += [v for k, v in attrs if k == "src"]
+
+
+def _sources(page: Path) -> list[str]:
+    parser = _Sources()
+    parser.feed(page.read_text())
+    return parser.sources
+
+
+def _check_images(page: Path) -> list[str]:
+    sources = _sources(page)
+    missing = [s for s in sources if not s.startswith("data:") and not (page.parent / s).is_file()]
+    assert not missing, f"the page references images that do not exist: {missing}"
+    return sources
+
+
+def test_report_of_a_full_run(layout: Path) -> None:
+    page = write_report(layout / "runs" / "train")
+    assert page == layout / "report" / "index.html"  # the standard layout's default
+    sources = _check_images(page)
+    names = {Path(s).name for s in sources}
+    assert {"stage_16.png", "stage_32.png", "image.png", "prompts.png", "prior.png"} <= names
+    assert {"stage_16_step10.png", "stage_16_step40.png"} <= names  # snapshots from TensorBoard
+    assert sum(n.startswith("pyramid_") for n in names) == 4 * 3  # 4 images x (thumbnail + 2 levels)
+    text = page.read_text()
+    # figures are printed with 4 significant digits, exactly as in eval.json / results.csv
+    assert "12.35" in text and "45.68" in text and "0.07654" in text
+    for key in ("fd_dinov2/reconstructions", "fd_dinov2/prior", "train_encoder/dist_unweighted", "colour_error",
+                "clip_score/a face with red hair", "clip_score/matched", "clip_score/mismatched"):
+        assert f"{EVAL[key]:.4g}" in text, key
+    assert "83aa6a7a7883" in text and "1b2c3d4e5f60" in text  # which encoders were used
+    best_row = text.split('<tr class="best">', 1)[1].split("</tr>", 1)[0]
+    assert "b_00001" in best_row and f"{TRIALS[0]['val/dist_unweighted']:.4g}" in best_row
+    assert text.count('<tr class="best">') == 1
+    assert "No mix.png" in text  # a missing input is said, not a crash
+    assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text
+
+
+def test_report_with_only_a_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config("demo"), run / "config.yaml")
+    page = write_report(run, out=tmp_path / "r" / "index.html")
+    _check_images(page)
+    text = page.read_text()
+    for said in ("No eval.json", "No metrics.json", "No validation grids", "No samples folder", "No pyramid found",
+                 "No TensorBoard scalars", "No Tune sweep"):
+        assert said in text, said
+
+
+def test_report_says_which_input_is_broken(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_text("{not json")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.csv").write_text("")
+    text = write_report(run, sweep=tmp_path / "sweep").read_text()
+    assert "eval.json is not valid JSON" in text and "lists no trials" in text
+    assert "No config.yaml" in text
+
+
+def test_cli_report(layout: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "page.html"
+    assert main(["report", "--run", str(layout / "runs" / "train"), "--out", str(out)]) == 0
+    assert out.is_file() and (tmp_path / "page_files").is_dir()
+    _check_images(out)
+    assert main(["report", "--run", str(tmp_path / "nothing")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+
+
+def test_pca_colours_and_helpers() -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((3, 16, 8))
+    tokens[1] = tokens[0]  # same features, same colours
+    rgb = pca_rgb(tokens)
+    assert rgb.shape == (3, 4, 4, 3) and rgb.min() == 0.0 and rgb.max() == 1.0
+    np.testing.assert_allclose(rgb[0], rgb[1])
+    spaced = spaced_pairs(_png(_grid(16)), 16)
+    assert spaced is not None and spaced.shape == (2 * 16 + 4, 4 * 33 + 3 * 4, 3)
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert fmt(0.123456) == "0.1235" and fmt(None) == "–" and fmt(True) == "yes"
+
+
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
