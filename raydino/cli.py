@@ -103,6 +103,29 @@ def cmd_tune(args: argparse.Namespace) -> None:
     tune_sweep(cfg, args.pyramids, args.out)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from raydino.pipeline import init_ray
+    from raydino.train.trainer import TrainingError, resume_config, train
+
+    cfg = resume_config(args.out, args.overrides) if args.resume else _cfg(args)
+    init_ray(args.address)
+    try:
+        metrics = train(cfg, args.pyramids, args.out, resume=args.resume)
+    except TrainingError as exc:
+        sys.exit(f"raydino train: error: {exc}")
+    print(f"val/dist_unweighted {metrics['val/dist_unweighted']:.4f} (step 0: {metrics['step0/dist_unweighted']:.4f}, "
+          f"mean image: {metrics['mean_image/dist_unweighted']:.4f}); generator: {args.out}/generator.safetensors, "
+          f"TensorBoard: tensorboard --logdir {args.out}/tb, grids: {args.out}/grids")
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from raydino.bench.train import run_bench
+
+    run_bench(arch=args.arch, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
+              rows=args.rows, device=args.device, phases=args.phases.split(","), out=args.out,
+              compile_model=args.compile, materialize=not args.stream)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from raydino.evaluate import EVAL_FILE, evaluate
     from raydino.train.checkpoint import load_generator
@@ -194,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench_sample)
 
+    p = bench.add_parser("train", help="training images/s: Ray Data input vs in-device batches, FLOPs, MFU")
+    p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="tiny",
+                   help="random-weight DINOv2 architecture (vitb14: the ffhq256 model's size)")
+    p.add_argument("--resolution", type=_sizes, default=[16, 32], help="stages to time (comma-separated)")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per stage and phase (after 3 warm-up steps)")
+    p.add_argument("--rows", type=int, default=96, help="rows of the synthetic pyramid the Ray phase reads")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--phases", default="device,ray", help="device (no Ray needed), ray (2 gloo workers on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the generator (device phase)")
+    p.add_argument("--stream", action="store_true", help="ray phase: stream the parquet (train.materialize=false)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=cmd_bench_train)
+
     p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")
     p.add_argument("--run", required=True, help="a finished training run directory")
     p.add_argument("--pyramids", required=True, help="the pyramid the run was trained on")
@@ -221,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None, help="number of trials (default: tune.trials)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("train", help="train the progressive generator on a pyramid with Ray Train (resumable)")
+    _config_args(p)
+    p.add_argument("--pyramids", required=True, help="a `raydino pyramids` output folder")
+    p.add_argument("--out", required=True, help="run directory: generator, config, checkpoints, tb, grids")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its config.yaml + overrides)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="weight-independent figures of a run: distances, FD-DINOv2, CLIP score")
     p.add_argument("--run", required=True)

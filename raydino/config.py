@@ -107,6 +107,7 @@ class TrainConfig:
     sample_every: int = 100
     val_count: int = 16
     shuffle_buffer: int = 1024
+    materialize: bool = False  # hold a small pyramid in the object store: no re-read (seconds) per epoch
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     seed: int = 0
@@ -285,7 +286,29 @@ def load_config(preset: str = "demo", config_file: str | None = None, overrides:
     _validate_keys(layer)
     merged = _merge(base, layer)
     merged = apply_overrides(merged, list(overrides or []))
-    return from_dict(merged)
+    return resolve_paths(from_dict(merged))
+
+
+def _local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", "data/")) or Path(value).expanduser().exists()
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Expand ``{out}`` in model paths and make local paths absolute.
+
+    Ray workers do not run in the driver's working directory, so a relative
+    path that works on the command line would name nothing on a worker.
+    Hub ids (``facebook/dinov2-base``), open_clip tags and URIs are left alone.
+    """
+    if _local(cfg.out):
+        cfg.out = str(Path(cfg.out).expanduser().resolve())
+    for section, name in (("data", "images"), ("pyramids", "dino"), ("pyramids", "clip"), ("sample", "fd_encoder")):
+        part = getattr(cfg, section)
+        value = getattr(part, name).replace("{out}", cfg.out)
+        if value and "://" not in value and _local(value):
+            value = str(Path(value).expanduser().resolve())
+        setattr(part, name, value)
+    return cfg
 
 
 def _validate_keys(layer: dict) -> None:

@@ -94,8 +94,9 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict
     save_config(cfg, sweep_dir / "config.yaml")
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), pyramids=str(Path(pyramids).resolve()),
                                      sweep_dir=str(sweep_dir))
-    # the trial function only waits on its TorchTrainer, whose workers hold the resources
-    trainable = tune.with_resources(trainable, {"CPU": 0})
+    # the trial function only waits on its TorchTrainer, whose workers hold the real resources
+    # (Tune refuses an empty request, hence a token fraction of a CPU)
+    trainable = tune.with_resources(trainable, {"CPU": 0.01})
     path = sweep_dir / EXPERIMENT
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the sweep in %s (finished trials are not rerun)", path)

@@ -114,9 +114,10 @@ def messy_images(tmp_path_factory, faces_dir):
     return out, write_messy_folder(out, faces_dir)
 
 
-@pytest.fixture(scope="session")
-def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
-    """A demo-like pyramid (levels 56/84/112, two parquet shards) of the 48 faces, made without Ray Data."""
+def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(56, 84, 112), shards: int = 2):
+    """A demo-like pyramid made without Ray Data: PyramidEncoder + schema, like an actor would."""
+    from pathlib import Path
+
     import numpy as np
     import pyarrow.parquet as pq
     from PIL import Image
@@ -124,15 +125,22 @@ def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
     from raydino.pyramids import schema
     from raydino.pyramids.features import PyramidEncoder, square_crop
 
-    sizes = [56, 84, 112]
-    out = tmp_path_factory.mktemp("train_pyramids")
-    encoder = PyramidEncoder(str(tiny_models["dino"]), sizes, device="cpu", bf16=False)
-    paths = sorted(str(p) for p in faces_dir.glob("*.png"))
+    out, sizes = Path(out), list(sizes)
+    encoder = PyramidEncoder(dino, sizes, clip=clip, device="cpu", bf16=False)
+    paths = sorted(str(p) for p in image_paths)
     images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
-    for i, part in enumerate(np.array_split(np.arange(len(paths)), 2)):
+    for i, part in enumerate(np.array_split(np.arange(len(paths)), shards)):
         batch = {"image": images[part], "id": [schema.stable_id(paths[j]) for j in part],
                  "path": [paths[j] for j in part]}
         pq.write_table(schema.make_table(encoder(batch)), out / f"part-{i:05d}.parquet")
     schema.write_manifest(out, {"rows": len(paths), "failures": [], "levels": sizes, "dim": encoder.dino.dim,
-                                "dtype": "float16", "dino": encoder.dino.describe(), "clip": None})
+                                "dtype": "float16", "dino": encoder.dino.describe(),
+                                "clip": encoder.clip.describe() if encoder.clip else None})
     return out
+
+
+@pytest.fixture(scope="session")
+def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
+    """A demo-like pyramid (levels 56/84/112, two parquet shards) of the 48 faces, made without Ray Data."""
+    return write_test_pyramid(tmp_path_factory.mktemp("train_pyramids"), faces_dir.glob("*.png"),
+                              str(tiny_models["dino"]))

@@ -40,7 +40,7 @@ class ModulatedConv(nn.Module):
 
     def __init__(self, cin: int, cout: int, style_dim: int):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)  # GroupNorm would cancel a bias
         self.norm = nn.GroupNorm(min(8, cout), cout, affine=False)
         self.film = nn.Linear(style_dim, 2 * cout)
         nn.init.zeros_(self.film.weight)

@@ -24,7 +24,7 @@ import torch
 from raydino.config import Config
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.generator import Generator
-from raydino.models.loading import load_dino
+from raydino.models.loading import Dino, load_dino
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import RunLog, Validator
@@ -53,6 +53,17 @@ def data_stream(session: Session, progress: Progress, batch_size: int) -> Iterat
         progress.epoch, progress.epoch_batch = progress.epoch + 1, 0
 
 
+def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generator, Generator, torch.optim.Optimizer]:
+    """The generator (same initial weights on every rank), its frozen EMA copy and the optimizer."""
+    torch.manual_seed(cfg.train.seed)
+    model = Generator(cfg.model, dino.dim, cfg.pyramids.sizes[0] // dino.patch_size).to(device)
+    ema = copy.deepcopy(model)
+    requires_grad(ema, False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.stages[0].lr, betas=(0.9, 0.99),
+                            weight_decay=cfg.train.weight_decay)
+    return model, ema, opt
+
+
 def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
     """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery."""
     marker = run_dir / FAULT_MARKER
@@ -67,11 +78,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     tc, sizes, device, rank0 = cfg.train, cfg.pyramids.sizes, session.device, session.rank == 0
     run_dir = Path(run_dir)
     dino = load_dino(cfg.pyramids.dino, device)
-    torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = Generator(cfg.model, dino.dim, sizes[0] // dino.patch_size).to(device)
-    ema = copy.deepcopy(model)
-    requires_grad(ema, False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.stages[0].lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    model, ema, opt = build_models(cfg, dino, device)
     rng = torch.Generator().manual_seed(tc.seed * 1000 + session.rank)  # noise and shifts: per rank, checkpointed
     progress = checkpoint.restore_latest(session.checkpoint_dirs(), rank=session.rank, model=model, ema=ema,
                                          opt=opt, rng=rng) or Progress()

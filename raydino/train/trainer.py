@@ -39,7 +39,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from raydino.config import Config, from_dict, save_config, to_dict
+from raydino.config import Config, from_dict, load_config, save_config, to_dict
 from raydino.losses import columns
 from raydino.pyramids import schema
 from raydino.train import checkpoint
@@ -139,6 +139,9 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     run_dir = Path(run_dir).resolve()
     tc = cfg.train
     dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=columns(cfg.pyramids.sizes))
+    dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
+    if tc.materialize:
+        dataset = dataset.materialize()
     return TorchTrainer(
         _train_fn,
         train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
@@ -162,6 +165,14 @@ def _ordered():
     return options
 
 
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config a run was started with (``RUN_DIR/config.yaml``), plus ``key=value`` overrides."""
+    path = Path(run_dir) / checkpoint.CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {checkpoint.CONFIG}")
+    return load_config(config_file=str(path), overrides=overrides)
+
+
 def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
     """Train to the end of ``train.stages``; write ``generator.safetensors``, ``config.yaml``, ``metrics.json``.
 
@@ -176,14 +187,15 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
                               "or choose another --out")
     if resume and not snapshot.exists():
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
+    trainer = build_trainer(cfg, pyramids_dir, run_dir)  # checks the pyramid before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / checkpoint.CONFIG)
     start = time.time()
     try:
-        result = build_trainer(cfg, pyramids_dir, run_dir).fit()
+        result = trainer.fit()
     except WorkerGroupError as exc:
-        first = next(iter(exc.worker_failures.values()), exc)
-        raise TrainingError(f"training failed on a worker: {first}") from exc
+        failures = "; ".join(f"worker {rank}: {str(err).strip()[:300]}" for rank, err in sorted(exc.worker_failures.items()))
+        raise TrainingError(f"training failed ({failures})") from exc
     except TrainingFailedError as exc:
         raise TrainingError(f"training failed: {exc}") from exc
     with result.checkpoint.as_directory() as d:

@@ -1,0 +1,225 @@
+"""``raydino bench train``: training throughput, FLOPs per step and MFU.
+
+Two phases, each timing the real training step (``train.step.train_step``:
+generator, multi-level DINOv2 loss, backward through the frozen encoder,
+clipping, AdamW):
+
+- ``device`` (no Ray, so it runs where Ray is not installed): one process,
+  batches already on the device. It counts the FLOPs of one step with
+  ``torch.utils.flop_counter.FlopCounterMode`` and, on CUDA, reports MFU =
+  counted FLOPs x steps/s / the GPU's dense bf16 peak.
+- ``ray``: the same step under Ray Train (2 workers, gloo, CPU), fed once from
+  the pyramid through Ray Data (``get_dataset_shard`` -> ``iter_torch_batches``)
+  and once from one batch kept in memory, in the same workers: the ratio is
+  the input pipeline's overhead. The pyramid is written first with
+  ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
+
+Speed does not depend on weights: the DINOv2 is a random model of the named
+size (``--arch``), saved and loaded through the normal loader.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raydino.bench.pyramids import machine, save_random_dino
+from raydino.config import Config, load_config
+from raydino.losses import DinoPyramidLoss, Targets
+from raydino.models.loading import load_dino
+from raydino.train.step import train_step
+
+WARMUP = 3
+# dense bf16 tensor-core peaks from the vendors' spec sheets (SXM parts), FLOP/s
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def bench_config(arch: str, resolutions: list[int], batch_size: int) -> Config:
+    """The demo preset's sizes for the tiny model, ffhq256's for the real-size ones."""
+    stages = ", ".join(f"{{resolution: {r}, images: {batch_size}, batch_size: {batch_size}, lr: 0.001}}"
+                       for r in resolutions)
+    return load_config("demo" if arch == "tiny" else "ffhq256",
+                       overrides=[f"train.stages=[{stages}]", f"model.max_resolution={max(max(resolutions), 32)}"])
+
+
+def synthetic_targets(cfg: Config, dim: int, batch: int, device: torch.device) -> Targets:
+    """Random tokens and thumbnails of the pyramid's shapes, already on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    sizes = cfg.pyramids.sizes
+    return Targets(tokens=[torch.randn(batch, (s // 14) ** 2, dim, generator=g).to(device) for s in sizes],
+                   cls=[torch.randn(batch, dim, generator=g).to(device) for _ in sizes],
+                   thumb=torch.rand(batch, 3, cfg.pyramids.thumb_size, cfg.pyramids.thumb_size, generator=g).to(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, steps: int, device: torch.device) -> float:
+    """Seconds per step after ``WARMUP`` untimed steps."""
+    for _ in range(WARMUP):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def device_phase(cfg: Config, dino_dir: str, batch: int, steps: int, device: torch.device,
+                 compile_model: bool = False) -> list[dict[str, Any]]:
+    """Per stage: images/s on in-device batches, FLOPs per step, MFU on CUDA."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from raydino.train.loop import build_models
+
+    dino = load_dino(dino_dir, device)
+    model, _, opt = build_models(cfg, dino, device)
+    net = torch.compile(model) if compile_model else model
+    loss_fn = DinoPyramidLoss(dino, cfg.pyramids.sizes, cfg.loss)
+    targets = synthetic_targets(cfg, dino.dim, batch, device)
+    noise = torch.randn(batch, cfg.model.noise_dim, device=device)
+    bf16 = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    rows = []
+    for stage in cfg.train.stages:
+        def step(res: int = stage.resolution) -> None:
+            train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
+
+        step()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops = counter.get_total_flops()
+        seconds = time_steps(step, steps, device)
+        row = {"resolution": stage.resolution, "batch": batch, "ms_per_step": 1e3 * seconds,
+               "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "tflop_per_s": flops / seconds / 1e12}
+        if peak:
+            row["mfu"] = flops / seconds / peak
+        if device.type == "cuda":
+            row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, steps: int) -> tuple[float, float]:
+    """Seconds per step fed by the worker's Ray Data shard, then by one batch kept in memory."""
+    from raydino.train.checkpoint import Progress
+    from raydino.train.loop import data_stream
+
+    per_worker = stage.batch_size // session.world_size
+    stream = data_stream(session, Progress(), per_worker)
+    noise = torch.randn(per_worker, cfg.model.noise_dim)
+
+    def step(targets: Targets) -> None:
+        train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0, bf16=False)
+
+    real = time_steps(lambda: step(Targets.from_batch(next(stream), cfg.pyramids.sizes)), steps, session.device)
+    fixed = Targets.from_batch(next(stream), cfg.pyramids.sizes)
+    in_memory = time_steps(lambda: step(fixed), steps, session.device)
+    stream.close()
+    return real, in_memory
+
+
+def _ray_worker(config: dict) -> list[dict[str, Any]]:
+    """In each Ray Train worker: the step fed by Ray Data, then by one in-memory batch."""
+    import ray.train
+
+    from raydino.config import from_dict
+    from raydino.train.loop import build_models
+    from raydino.train.trainer import RaySession
+
+    cfg = from_dict(config["cfg"])
+    torch.set_num_threads(1)
+    session = RaySession(cfg)
+    dino = load_dino(cfg.pyramids.dino, session.device)
+    model, _, opt = build_models(cfg, dino, session.device)
+    net = session.prepare(model)
+    loss_fn = DinoPyramidLoss(dino, cfg.pyramids.sizes, cfg.loss)
+    rows = []
+    for stage in cfg.train.stages:
+        real, in_memory = _time_feeds(cfg, stage, session, net, opt, loss_fn, config["steps"])
+        rows.append({"resolution": stage.resolution, "batch": stage.batch_size, "workers": session.world_size,
+                     "ray_data_images_per_s": stage.batch_size / real,
+                     "in_memory_images_per_s": stage.batch_size / in_memory, "ratio": in_memory / real})
+        ray.train.report({"resolution": stage.resolution})
+    return rows
+
+
+def ray_phase(cfg: Config, dino_dir: str, rows: int, steps: int, workdir: Path) -> list[dict[str, Any]]:
+    import ray
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raydino.config import to_dict
+    from raydino.data.synth_faces import write_faces
+    from raydino.losses import columns
+    from raydino.pyramids import schema
+    from raydino.train.trainer import _ordered
+
+    pyramid = workdir / "pyramid"
+    pyramid.mkdir()
+    faces = write_faces(workdir / "faces", rows, seed=0, size=128)
+    _write_pyramid(faces, pyramid, dino_dir, cfg.pyramids.sizes)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cfg.pyramids.dino = dino_dir
+    dataset = ray.data.read_parquet(schema.shard_files(pyramid), columns=columns(cfg.pyramids.sizes))
+    dataset.context.execution_options.preserve_order = True
+    trainer = TorchTrainer(
+        _ray_worker, train_loop_config={"cfg": to_dict(cfg), "steps": steps},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        datasets={"train": dataset.materialize() if cfg.train.materialize else dataset},
+        dataset_config=DataConfig(execution_options=_ordered(), enable_shard_locality=False),
+        run_config=RunConfig(storage_path=str(workdir), name="bench"),
+    )
+    out = trainer.fit().return_value
+    for row in out:
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> None:
+    """The pyramid of ``faces`` through ``PyramidEncoder``, as the extraction actors write it."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raydino.pyramids import schema
+    from raydino.pyramids.features import PyramidEncoder, square_crop
+
+    encoder = PyramidEncoder(dino_dir, sizes, device="cpu", bf16=False)
+    paths = sorted(str(p) for p in faces.glob("*.png"))
+    images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
+    batch = encoder({"image": images, "id": [schema.stable_id(p) for p in paths], "path": paths})
+    pq.write_table(schema.make_table(batch), out / "part-00000.parquet")
+
+
+def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32), batch_size: int = 16,
+              steps: int = 20, rows: int = 96, device: str | None = None,
+              phases: list[str] | tuple[str, ...] = ("device", "ray"), out: str | None = None,
+              compile_model: bool = False, materialize: bool = True) -> dict[str, Any]:
+    """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = bench_config(arch, list(resolution), batch_size)
+    cfg.train.materialize = materialize
+    results: dict[str, Any] = {"machine": machine(), "arch": arch, "sizes": cfg.pyramids.sizes,
+                               "channels": cfg.model.channels, "steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        dino_dir = str(save_random_dino(arch, Path(tmp) / "dino"))
+        if "device" in phases:
+            results["device"] = device_phase(cfg, dino_dir, batch_size, steps, dev, compile_model)
+        if "ray" in phases:
+            results["ray"] = ray_phase(cfg, dino_dir, rows, steps, Path(tmp))
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
+    return results

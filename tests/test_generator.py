@@ -1,0 +1,95 @@
+"""The generator and the DINOv2 loss without Ray: shapes, fade-in, gradient flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raydino.config import LossConfig, ModelConfig
+from raydino.losses import DinoPyramidLoss, Targets, random_shift
+from raydino.models.generator import Generator
+from raydino.models.loading import load_dino
+
+SIZES = [56, 84, 112]
+
+
+def small_generator(max_resolution: int = 256) -> Generator:
+    torch.manual_seed(0)
+    cfg = ModelConfig(code_dim=8, noise_dim=4, channels=[16, 16, 8, 8, 4], max_resolution=max_resolution)
+    return Generator(cfg, code_tokens_dim=48, grid=4)
+
+
+def fake_targets(batch: int = 2) -> Targets:
+    g = torch.Generator().manual_seed(1)
+    return Targets(tokens=[torch.randn(batch, (s // 14) ** 2, 48, generator=g) for s in SIZES],
+                   cls=[torch.randn(batch, 48, generator=g) for _ in SIZES],
+                   thumb=torch.rand(batch, 3, 32, 32, generator=g))
+
+
+def test_generator_shapes_at_every_stage():
+    model = small_generator()
+    code, noise = torch.randn(3, 16, 48), torch.randn(3, 4)
+    for res in (16, 32, 64, 128, 256):
+        image = model(code, noise, res)
+        assert image.shape == (3, 3, res, res)
+        assert 0 <= image.min() and image.max() <= 1
+    with pytest.raises(ValueError, match="resolution 48"):
+        model(code, noise, 48)
+    with pytest.raises(ValueError, match="4x4"):
+        model(torch.randn(3, 9, 48), noise, 16)
+
+
+def test_fade_in_blends_the_upsampled_previous_stage():
+    model = small_generator(max_resolution=64)
+    code, noise = torch.randn(2, 16, 48), torch.randn(2, 4)
+    previous = model(code, noise, 32)
+    faded_out = model(code, noise, 64, alpha=0.0)
+    torch.testing.assert_close(faded_out, F.interpolate(previous, scale_factor=2, mode="nearest"))
+    full = model(code, noise, 64, alpha=1.0)
+    assert not torch.allclose(full, faded_out)
+    half = model(code, noise, 64, alpha=0.5)
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * faded_out)
+
+
+def test_gradients_reach_the_generator_through_frozen_dino_and_never_into_it(tiny_models):
+    dino = load_dino(str(tiny_models["dino"]))
+    model = small_generator(max_resolution=32)
+    loss_fn = DinoPyramidLoss(dino, SIZES, LossConfig(level_weights=[1.0, 1.0, 1.0], shift_px=1))
+    targets, opt = fake_targets(), torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # the FiLM layers start at zero (adaLN-Zero), so the style MLP gets gradients from step 2
+        opt.zero_grad()
+        terms = loss_fn(model(targets.code, torch.randn(2, 4), 32), targets, 32, torch.Generator().manual_seed(0))
+        terms.total.backward()
+        opt.step()
+    used = [p for n, p in model.named_parameters() if not n.startswith("to_rgb.0")]  # 16 px RGB: alpha is 1
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in used)
+    assert all(not p.requires_grad and p.grad is None for p in dino.model.parameters())
+    assert not dino.model.training
+    assert set(terms.unweighted) == set(SIZES) and set(terms.weighted) == set(SIZES)
+
+
+def test_level_weights_stage_overrides_and_skipped_levels(tiny_models):
+    dino = load_dino(str(tiny_models["dino"]))
+    cfg = LossConfig(level_weights=[1.0, 2.0, 3.0], stage_level_weights={"16": [1.0, 0.0, 0.5]}, shift_px=0)
+    loss_fn = DinoPyramidLoss(dino, SIZES, cfg)
+    targets, images = fake_targets(), torch.rand(2, 3, 16, 16)
+    terms = loss_fn(images, targets, 16)
+    assert set(terms.unweighted) == {56, 112}  # weight 0: not computed at all
+    expected = terms.unweighted[112] + cfg.cls_weight * terms.cls[112]
+    torch.testing.assert_close(terms.weighted[112], 0.5 * expected)
+    at32 = loss_fn(images, targets, 32)
+    torch.testing.assert_close(at32.weighted[84], 2.0 * (at32.unweighted[84] + cfg.cls_weight * at32.cls[84]))
+    total = sum(at32.weighted.values()) + cfg.color_weight * at32.color
+    torch.testing.assert_close(at32.total, total)
+    with pytest.raises(ValueError, match="stage_level_weights.32"):
+        DinoPyramidLoss(dino, SIZES, LossConfig(stage_level_weights={"32": [1.0]}))
+
+
+def test_random_shift_moves_content_by_at_most_max_px():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert torch.equal(random_shift(x, 0, None), x)
+    shifted = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape
+    centre = shifted[:, :, 2:6, 2:6]  # interior pixels come from the image, offset by at most 2
+    assert all(((x[b, 0] - v).abs() < 1e-6).any() for b in range(2) for v in centre[b, 0].flatten())

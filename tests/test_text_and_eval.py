@@ -1,0 +1,106 @@
+"""Milestone 4 and `raydino eval` on a small trained run: text control measured for real.
+
+The tiny CLIP is fitted to the synthetic captions (as `raydino tiny-models
+--train-clip-on` does), the generator trains in-process (the Ray path is
+covered by test_train_ray.py), the text mapping trains as its Ray Train job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_test_pyramid
+
+from raydino.cli import main
+from raydino.config import load_config, save_config
+from raydino.data.synth_faces import HAIR_COLOURS, write_faces
+from raydino.evaluate import evaluate, prompt_scores
+from raydino.losses import columns
+from raydino.models.generator import Generator
+from raydino.models.tiny import write_tiny_models
+from raydino.sample import Sampler
+from raydino.train import checkpoint, loop
+from raydino.train.mapping import fit_mapping, fit_prior
+from raydino.train.session import LocalSession
+
+PROMPTS = ["a face with red hair", "a face with blue hair"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("text")
+    faces = write_faces(root / "faces", count=96, seed=5, size=128)
+    models = write_tiny_models(root / "models", seed=0, train_clip_on=faces)
+    (root / "pyr").mkdir()
+    pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
+    cfg = load_config("demo", overrides=[
+        f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
+        "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
+        "sample.mapping_steps=400", "sample.mapping_noise=0.1"])
+    run_dir = root / "run"
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    untrained = root / "untrained"
+    untrained.mkdir()
+    save_config(cfg, untrained / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    g = Generator(cfg.model, 48, 4)
+    from safetensors.torch import save_file
+    save_file(g.state_dict(), str(untrained / checkpoint.GENERATOR), metadata=checkpoint.generator_metadata(g))
+
+    session = LocalSession(pyramids, columns(cfg.pyramids.sizes), checkpoints=root / "ckpt")
+    loop.run(cfg, pyramids, run_dir, session)
+    checkpoint.export_generator(next(session.checkpoint_dirs()), run_dir)
+    fit_prior(cfg, pyramids, run_dir)
+    fit_mapping(cfg, pyramids, run_dir)
+    return {"root": root, "run": run_dir, "untrained": untrained, "pyramids": pyramids, "faces": faces}
+
+
+def _hair(images: torch.Tensor) -> np.ndarray:
+    """Mean colour of the hair region (top of the head) of [N, 3, H, W] images, 0-255."""
+    h = images.shape[-1]
+    region = images[:, :, int(0.22 * h): int(0.34 * h), int(0.40 * h): int(0.60 * h)]
+    return region.mean(dim=(0, 2, 3)).numpy() * 255
+
+
+def test_prompts_control_hair_colour(text_run):
+    s = Sampler(text_run["run"], device="cpu")
+    red_row, blue_row = s.from_prompts(PROMPTS, n=8, seed=0)
+    red, blue = _hair(red_row.images), _hair(blue_row.images)
+    target_red, target_blue = np.array(HAIR_COLOURS["red"]), np.array(HAIR_COLOURS["blue"])
+    assert np.linalg.norm(red - target_red) < np.linalg.norm(blue - target_red), (red, blue)
+    assert np.linalg.norm(blue - target_blue) < np.linalg.norm(red - target_blue), (red, blue)
+
+
+def test_clip_score_of_matching_prompts_beats_mismatched(text_run):
+    scores = prompt_scores(Sampler(text_run["run"], device="cpu"), PROMPTS, per_prompt=6, seed=0)
+    assert scores["clip_score/matched"] > scores["clip_score/mismatched"], scores
+
+
+def test_eval_orders_untrained_below_trained(text_run):
+    trained = evaluate(text_run["run"], text_run["pyramids"], n=32, prompts=PROMPTS)
+    untrained = evaluate(text_run["untrained"], text_run["pyramids"], n=32)
+    assert trained["train_encoder/dist_unweighted"] < untrained["train_encoder/dist_unweighted"]
+    assert trained["fd_dinov2/reconstructions"] < untrained["fd_dinov2/reconstructions"]
+    assert trained["colour_error"] < untrained["colour_error"]
+    assert "fd_dinov2/prior" in trained and "clip_score/matched" in trained
+    assert "dinov2-tiny-fd" in trained["fd_encoder"] and "dinov2-tiny " in trained["training_encoder"]
+    assert (text_run["run"] / "eval.json").is_file()
+
+
+def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
+    run, faces = str(text_run["run"]), sorted(text_run["faces"].glob("*.png"))
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(faces[0]), "--prior",
+                 "--prompt", PROMPTS[0], "--mix", str(faces[1]), str(faces[2]), "--region", "left",
+                 "--n", "3", "--save-each"]) == 0
+    assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4 + 3 + 3 + 4
+    assert main(["sample", "--run", str(tmp_path / "nope"), "--out", str(out), "--prior"]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(bad)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["sample", "--run", run, "--out", str(out), "--prompt", " "]) == 2
+    assert "empty prompt" in capsys.readouterr().err

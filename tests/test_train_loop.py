@@ -1,0 +1,104 @@
+"""The training loop and checkpoints without Ray (LocalSession): NaN guard, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from raydino.config import load_config
+from raydino.losses import columns
+from raydino.models.generator import Generator
+from raydino.pyramids import schema
+from raydino.train import checkpoint, loop
+from raydino.train.checkpoint import CheckpointError, Progress
+from raydino.train.session import LocalSession
+
+
+def local_cfg(dino: str, **train):
+    overrides = [f"pyramids.dino={dino}", "model.channels=[16,8]", "model.code_dim=8", "model.noise_dim=4",
+                 "train.stages=[{resolution: 16, images: 48, batch_size: 8, lr: 0.005},"
+                 " {resolution: 32, images: 32, batch_size: 8, lr: 0.003, fade_images: 16}]",
+                 "train.num_workers=1", "train.checkpoint_every=4", "train.log_every=2", "train.sample_every=3",
+                 "train.val_count=4"] + [f"train.{k}={v}" for k, v in train.items()]
+    return load_config("demo", overrides=overrides)
+
+
+class PoisonedSession(LocalSession):
+    """Batches whose coarse code is NaN at the given global batch numbers."""
+
+    def __init__(self, *args, bad: set[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad, self.served = bad, 0
+
+    def batches(self, epoch, batch_size):
+        for batch in super().batches(epoch, batch_size):
+            self.served += 1
+            if self.served in self.bad:
+                batch = dict(batch, **{schema.tokens_col(56): torch.full_like(batch[schema.tokens_col(56)], math.nan)})
+            yield batch
+
+
+def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models, tmp_path):
+    cfg = local_cfg(str(tiny_models["dino"]))
+    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={3}, checkpoints=tmp_path / "ckpt")
+    metrics = loop.run(cfg, train_pyramids, tmp_path / "run", session)
+    assert metrics["step"] == 10 and metrics["bad_steps"] == 1 and metrics["images_seen"] == 80
+    assert [r["step"] for r in session.reports] == [4, 6, 8, 10]  # every 4 steps and at each stage end
+    assert all(math.isfinite(r["val/dist_unweighted"]) for r in session.reports)
+    assert (tmp_path / "run" / "grids" / "stage_32.png").is_file()
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_models, tmp_path):
+    cfg = local_cfg(str(tiny_models["dino"]), max_bad_steps=2)
+    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2, 3, 4}, checkpoints=tmp_path)
+    with pytest.raises(loop.NonFiniteLossError, match="3 steps in a row .* train.max_bad_steps=2"):
+        loop.run(cfg, train_pyramids, tmp_path / "run", session)
+
+
+def _state(cfg, dim=48):
+    torch.manual_seed(0)
+    model = Generator(cfg.model, dim, 4)
+    ema = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 16, dim), torch.randn(2, cfg.model.noise_dim), 16).mean().backward()
+    opt.step()
+    return model, ema, opt, torch.Generator().manual_seed(3)
+
+
+def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
+    cfg = local_cfg(str(tiny_models["dino"]))
+    model, ema, opt, rng = _state(cfg)
+    old, new = tmp_path / "step_00000004", tmp_path / "step_00000008"
+    for d, step in ((old, 4), (new, 8)):
+        d.mkdir()
+        checkpoint.save(d, rank=0, model=model, ema=ema, opt=opt, progress=Progress(step=step), rng=rng, cfg=cfg)
+
+    fresh = _state(cfg)
+    kwargs = dict(rank=0, model=fresh[0], ema=fresh[1], opt=fresh[2], rng=fresh[3])
+    assert checkpoint.restore_latest([new, old], **kwargs).step == 8
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh[0].state_dict().values(),
+                                                  strict=True))
+
+    (new / checkpoint.OPTIMIZER).write_bytes((new / checkpoint.OPTIMIZER).read_bytes()[:100])
+    assert checkpoint.restore_latest([new, old], **kwargs).step == 4  # falls back
+    with pytest.raises(CheckpointError, match=r"optimizer.pt is corrupt or truncated.*no earlier readable"):
+        checkpoint.restore_latest([new], **kwargs)
+    (old / checkpoint.MODEL).write_bytes(b"\0" * 10)
+    with pytest.raises(CheckpointError, match=r"step_00000004/model.safetensors is corrupt"):
+        checkpoint.load(old, **kwargs)
+    assert checkpoint.restore_latest([], **kwargs) is None
+
+
+def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
+    cfg = local_cfg(str(tiny_models["dino"]))
+    model, ema, opt, rng = _state(cfg)
+    checkpoint.save(tmp_path, rank=0, model=model, ema=ema, opt=opt, progress=Progress(), rng=rng, cfg=cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint.export_generator(tmp_path, run_dir)
+    loaded, loaded_cfg = checkpoint.load_generator(run_dir)
+    assert loaded_cfg == cfg and loaded.grid == 4 and loaded.code_tokens_dim == 48
+    assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), loaded.state_dict().values(), strict=True))

@@ -1,0 +1,107 @@
+"""Ray Train end to end on CPU: 2 workers with gloo, tiny DINOv2, 2 stages (16 -> 32 px).
+
+One uninterrupted reference run; the interrupted runs must end with
+bitwise-equal weights and the same step count.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raydino.config import load_config
+from raydino.pyramids.schema import ManifestMismatch
+from raydino.train import checkpoint
+from raydino.train.trainer import EXPERIMENT, FAIL_ENV, TrainingError, train
+
+STEPS = 24  # 12 per stage; checkpoints every 5 steps and at each stage end
+
+
+def tiny_cfg(dino: str, **train_overrides):
+    overrides = [
+        f"pyramids.dino={dino}", "model.channels=[32,24]", "model.code_dim=16", "model.noise_dim=8",
+        "train.stages=[{resolution: 16, images: 96, batch_size: 8, lr: 0.005},"
+        " {resolution: 32, images: 96, batch_size: 8, lr: 0.003, fade_images: 32}]",
+        "train.num_workers=2", "train.checkpoint_every=5", "train.num_to_keep=3", "train.log_every=4",
+        "train.sample_every=6", "train.val_count=8", "train.materialize=true", "train.ema_beta=0.9",
+    ] + [f"train.{k}={v}" for k, v in train_overrides.items()]
+    return load_config("demo", overrides=overrides)
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / checkpoint.GENERATOR))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, train_pyramids, tiny_models, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train") / "reference"
+    return run_dir, train(tiny_cfg(str(tiny_models["dino"])), train_pyramids, run_dir)
+
+
+def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
+    run_dir, metrics = reference
+    assert metrics["step"] == STEPS and metrics["stage"] == 32 and metrics["images_seen"] == 192
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == STEPS
+    final, step0, mean = (metrics[f"{k}/dist_unweighted"] for k in ("val", "step0", "mean_image"))
+    assert final < 0.6 * step0 and final < 0.8 * mean, (final, step0, mean)
+    for size in (56, 84, 112):
+        assert metrics[f"val/dist_{size}"] < metrics[f"step0/dist_{size}"]
+    for name in ("grids/stage_16.png", "grids/stage_32.png", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+    model, cfg = checkpoint.load_generator(run_dir)  # no Ray involved
+    code = torch.randn(2, model.grid * model.grid, model.code_tokens_dim)
+    image = model(code, torch.randn(2, cfg.model.noise_dim), 32)
+    assert image.shape == (2, 3, 32, 32) and 0 <= image.min() and image.max() <= 1
+
+
+def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_pyramids, tiny_models, tmp_path,
+                                                              monkeypatch):
+    run_dir = tmp_path / "killed"
+    cfg = tiny_cfg(str(tiny_models["dino"]), max_failures=0)
+    monkeypatch.setenv(FAIL_ENV, "17")  # mid stage 2, after the checkpoints at steps 5, 10, 12, 15
+    with pytest.raises(TrainingError, match="training failed"):
+        train(cfg, train_pyramids, run_dir)
+    monkeypatch.delenv(FAIL_ENV)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, train_pyramids, run_dir)
+
+    newest = sorted((run_dir / EXPERIMENT).glob("step_*"))[-1]
+    assert newest.name == "step_00000015"
+    ema = newest / checkpoint.EMA
+    ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 12
+
+    metrics = train(cfg, train_pyramids, run_dir, resume=True)
+    assert metrics["step"] == STEPS
+    assert_bitwise_equal(weights(run_dir), weights(reference[0]))
+
+
+def test_worker_failure_is_recovered_with_the_exact_step_count(reference, train_pyramids, tiny_models, tmp_path,
+                                                               monkeypatch):
+    run_dir = tmp_path / "failing"
+    monkeypatch.setenv(FAIL_ENV, "8")
+    metrics = train(tiny_cfg(str(tiny_models["dino"]), max_failures=1), train_pyramids, run_dir)
+    assert (run_dir / ".fault_injected").is_file()  # the worker really died
+    assert metrics["step"] == STEPS and metrics["images_seen"] == 192
+    assert_bitwise_equal(weights(run_dir), weights(reference[0]))
+
+
+def test_manifest_mismatch_stops_before_any_worker(train_pyramids, tiny_models, tmp_path):
+    cfg = tiny_cfg(str(tiny_models["dino"]))
+    cfg.pyramids.sizes = [56, 112]
+    with pytest.raises(ManifestMismatch, match="'levels'"):
+        train(cfg, train_pyramids, tmp_path / "run")
+    other = tiny_cfg(str(tiny_models["fd"]))  # same architecture, other weights
+    with pytest.raises(ManifestMismatch, match="'dino'"):
+        train(other, train_pyramids, tmp_path / "run")
+    assert not (tmp_path / "run" / EXPERIMENT).exists()
