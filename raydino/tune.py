@@ -123,7 +123,7 @@ def _write_results(cfg: Config, grid, sweep_dir: Path) -> dict:
     rows = []
     for result in grid:
         m = result.metrics or {}
-        rows.append({"trial_id": Path(result.path).name.split("_")[-1] if result.path else "",
+        rows.append({"trial_id": m.get("trial_id") or Path(result.path).name,
                      **{k: result.config.get(k) for k in keys}, metric: m.get(metric), "stage": m.get("stage"),
                      "images_seen": m.get("images_seen"), "iterations": m.get("training_iteration", 0),
                      "error": str(result.error).splitlines()[0] if result.error else ""})

@@ -1,0 +1,64 @@
+"""`raydino tune`: an ASHA sweep of loss weights on 2 CPUs, its outputs, and its restore."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from raydino.cli import main
+from raydino.config import ConfigError, load_config
+from raydino.tune import search_space, tune_sweep
+
+
+def sweep_cfg(dino: str, **extra):
+    overrides = [
+        f"pyramids.dino={dino}", "pyramids.clip=", "model.channels=[32,24]", "model.code_dim=16", "model.noise_dim=8",
+        "train.stages=[{resolution: 16, images: 64, batch_size: 8, lr: 0.005},"
+        " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 16}]",
+        "train.num_workers=1", "train.checkpoint_every=2", "train.sample_every=1000", "train.val_count=8",
+        "train.materialize=true", "tune.trials=4", "tune.max_concurrent_trials=2", "tune.cpus_per_trial=0.5",
+        "tune.grace_period=1", "tune.reduction_factor=2", "tune.overrides=[]",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config("demo", overrides=overrides)
+
+
+def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
+    dino = str(tiny_models["dino"])
+    with pytest.raises(ConfigError, match="must be"):
+        search_space(sweep_cfg(dino, **{"tune.search": "{loss.color_weight: [-1, 2]}"}))
+    with pytest.raises(ConfigError, match="loss.nope"):
+        search_space(sweep_cfg(dino, **{"tune.search": "{loss.nope: [0.1, 2]}"}))
+    with pytest.raises(ConfigError, match="not a number"):
+        search_space(sweep_cfg(dino, **{"tune.search": "{pyramids.dino: [0.1, 2]}"}))
+
+
+def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
+        ray_local, train_pyramids, tiny_models, tmp_path):
+    cfg = sweep_cfg(str(tiny_models["dino"]))
+    sweep = tmp_path / "sweep"
+    summary = tune_sweep(cfg, train_pyramids, sweep)
+    rows = list(csv.DictReader(open(sweep / "results.csv")))
+    assert len(rows) == 4 and summary["trials"] == 4
+    assert all(not r["error"] for r in rows)
+    assert summary["stopped_early"] >= 1, rows
+    assert float(rows[0]["val/dist_unweighted"]) == pytest.approx(summary["best_value"])
+    for key in cfg.tune.search:
+        assert float(rows[0][key]) == pytest.approx(summary["best"][key])
+    assert list((sweep / "trials").glob("*/tb/events.out.tfevents.*"))
+
+    best = load_config(config_file=str(sweep / "best.yaml"))
+    assert best.loss.color_weight == pytest.approx(summary["best"]["loss.color_weight"])
+    assert best.train == cfg.train  # the preset's schedule and resources, not the trial's
+
+    events = sorted(p.name for p in sweep.rglob("events.out.tfevents.*"))
+    again = tune_sweep(cfg, train_pyramids, sweep)  # a finished sweep: restored, nothing rerun
+    assert sorted(p.name for p in sweep.rglob("events.out.tfevents.*")) == events
+    assert again["best"] == summary["best"]
+
+    run = tmp_path / "best_run"  # the best config trains as is (here with a one-stage schedule, for time)
+    assert main(["train", "--config", str(sweep / "best.yaml"), "--pyramids", str(train_pyramids),
+                 "--out", str(run), "train.stages=[{resolution: 16, images: 32, batch_size: 8, lr: 0.005}]"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["stage"] == 16
+    assert load_config(config_file=str(run / "config.yaml")).loss.color_weight == best.loss.color_weight
