@@ -1,9 +1,9 @@
 """Ray job entry point for `raydino run`: the whole pipeline, finished steps skipped on a rerun.
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
-        python jobs/pipeline.py --preset ffhq256 [arguments of `raydino run`] [key=value ...]
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/pipeline.py --preset ffhq256 --out /mnt/shared/raydino/ffhq256
 
-No logic here: the arguments go to `raydino run` unchanged (see docs/cluster.md).
+No logic here: the arguments go to `raydino run` unchanged (docs/cluster.md).
 """
 
 import sys

@@ -1,9 +1,9 @@
-"""Ray job entry point for `raydino sample`: samples, reconstructions and text-conditioned images of a trained run.
+"""Ray job entry point for `raydino sample`: images from a trained run (no Ray inside).
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
-        python jobs/sample.py --preset ffhq256 [arguments of `raydino sample`] [key=value ...]
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/sample.py --run /mnt/shared/raydino/ffhq256/runs/train --prior --out /mnt/shared/raydino/ffhq256/samples/prior.png
 
-No logic here: the arguments go to `raydino sample` unchanged (see docs/cluster.md).
+No logic here: the arguments go to `raydino sample` unchanged (docs/cluster.md).
 """
 
 import sys

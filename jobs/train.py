@@ -1,9 +1,9 @@
-"""Ray job entry point for `raydino train`: progressive generator training with Ray Train, resumable.
+"""Ray job entry point for `raydino train`: progressive generator training with Ray Train.
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
-        python jobs/train.py --preset ffhq256 [arguments of `raydino train`] [key=value ...]
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/train.py --preset ffhq256 --pyramids /mnt/shared/raydino/ffhq256/pyramids --out /mnt/shared/raydino/ffhq256/runs/train [--resume]
 
-No logic here: the arguments go to `raydino train` unchanged (see docs/cluster.md).
+No logic here: the arguments go to `raydino train` unchanged (docs/cluster.md).
 """
 
 import sys

@@ -1,9 +1,9 @@
-"""Ray job entry point for `raydino tune`: Ray Tune sweep over the loss weights, restorable.
+"""Ray job entry point for `raydino tune`: Ray Tune sweep over the loss weights, resumed on a rerun.
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
-        python jobs/tune.py --preset ffhq256 [arguments of `raydino tune`] [key=value ...]
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/tune.py --preset ffhq256 --pyramids /mnt/shared/raydino/ffhq256/pyramids --out /mnt/shared/raydino/ffhq256/sweep
 
-No logic here: the arguments go to `raydino tune` unchanged (see docs/cluster.md).
+No logic here: the arguments go to `raydino tune` unchanged (docs/cluster.md).
 """
 
 import sys

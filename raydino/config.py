@@ -67,6 +67,9 @@ class LossConfig:
 
     ``level_weights[i]`` weighs pyramid level ``i``; ``stage_level_weights``
     optionally overrides them per stage resolution (key: resolution as str).
+    ``color_size``: side (px) at which the colour term compares with the
+    thumbnail; ``shift_px``: largest random shift, in DINO input pixels, of
+    each level's input (the anti-adversarial guard, docs/training.md).
     """
 
     level_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])

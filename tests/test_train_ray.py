@@ -50,6 +50,7 @@ def reference(ray_local, train_pyramids, tiny_models, tmp_path_factory):
 def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
     run_dir, metrics = reference
     assert metrics["step"] == STEPS and metrics["stage"] == 32 and metrics["images_seen"] == 192
+    assert metrics["resumed_from_step"] is None and metrics["bad_steps"] == 0
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == STEPS
     final, step0, mean = (metrics[f"{k}/dist_unweighted"] for k in ("val", "step0", "mean_image"))
     assert final < 0.6 * step0 and final < 0.8 * mean, (final, step0, mean)
@@ -82,7 +83,7 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
     ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 12
 
     metrics = train(cfg, train_pyramids, run_dir, resume=True)
-    assert metrics["step"] == STEPS
+    assert metrics["step"] == STEPS and metrics["resumed_from_step"] == 12
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
 
 
@@ -93,6 +94,7 @@ def test_worker_failure_is_recovered_with_the_exact_step_count(reference, train_
     metrics = train(tiny_cfg(str(tiny_models["dino"]), max_failures=1), train_pyramids, run_dir)
     assert (run_dir / ".fault_injected").is_file()  # the worker really died
     assert metrics["step"] == STEPS and metrics["images_seen"] == 192
+    assert metrics["resumed_from_step"] == 5  # Ray restarted the workers from the last checkpoint
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
 
 

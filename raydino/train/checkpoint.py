@@ -57,6 +57,18 @@ class Progress:
     bad_in_row: int = 0
     baselines: dict[str, float] = field(default_factory=dict)
 
+    def advance(self, images: int, ok: bool) -> None:
+        """Count one step (a skipped one too: its batch was consumed)."""
+        self.step, self.stage_step, self.epoch_batch = self.step + 1, self.stage_step + 1, self.epoch_batch + 1
+        self.images_seen += images
+        self.bad_steps += not ok
+        self.bad_in_row = 0 if ok else self.bad_in_row + 1
+
+    def next_stage(self) -> None:
+        """Move to the next stage; its batch size differs, so it starts a new data epoch."""
+        self.stage, self.stage_step = self.stage + 1, 0
+        self.epoch, self.epoch_batch = self.epoch + 1, 0
+
 
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"

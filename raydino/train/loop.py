@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from raydino.config import Config
+from raydino.config import Config, StageConfig
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.generator import Generator
 from raydino.models.loading import Dino, load_dino
@@ -29,7 +29,7 @@ from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import RunLog, Validator
 from raydino.train.session import Session
-from raydino.train.step import fade_alpha, requires_grad, stage_steps, train_step, update_ema
+from raydino.train.step import StepOutput, fade_alpha, requires_grad, stage_steps, train_step, update_ema
 
 log = logging.getLogger(__name__)
 FAULT_MARKER = ".fault_injected"
@@ -64,6 +64,27 @@ def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generat
     return model, ema, opt
 
 
+def check_bad_steps(progress: Progress, max_bad_steps: int, resolution: int) -> None:
+    """A skipped step is logged; ``max_bad_steps`` of them in a row stop the run."""
+    log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", progress.step,
+                progress.bad_in_row)
+    if progress.bad_in_row >= max_bad_steps:
+        raise NonFiniteLossError(
+            f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step {progress.step}, "
+            f"stage {resolution}px, train.max_bad_steps={max_bad_steps}): check the pyramid for NaN/inf values "
+            "or lower the learning rate")
+
+
+def log_step(monitor: RunLog, progress: Progress, stage: StageConfig, steps: int, alpha: float, out: StepOutput) -> None:
+    """TensorBoard scalars and the terminal progress line (rank 0, every ``train.log_every`` steps)."""
+    rate = monitor.throughput(progress.images_seen)
+    monitor.scalars(out.terms.scalars() | {"train/lr": stage.lr, "train/alpha": alpha, "train/grad_norm": out.grad_norm,
+                                           "train/images_per_s": rate, "train/bad_steps": progress.bad_steps},
+                    progress.step)
+    print(f"[train {stage.resolution}px] step {progress.stage_step}/{steps} images {progress.images_seen} "
+          f"alpha {alpha:.2f} loss {out.terms.total.item():.4f} {rate:.1f} img/s", flush=True)
+
+
 def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
     """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery."""
     marker = run_dir / FAULT_MARKER
@@ -80,8 +101,9 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     dino = load_dino(cfg.pyramids.dino, device)
     model, ema, opt = build_models(cfg, dino, device)
     rng = torch.Generator().manual_seed(tc.seed * 1000 + session.rank)  # noise and shifts: per rank, checkpointed
-    progress = checkpoint.restore_latest(session.checkpoint_dirs(), rank=session.rank, model=model, ema=ema,
-                                         opt=opt, rng=rng) or Progress()
+    restored = checkpoint.restore_latest(session.checkpoint_dirs(), rank=session.rank, model=model, ema=ema, opt=opt,
+                                         rng=rng)
+    progress = restored or Progress()
     net = session.prepare(model)
     loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
     final_res = tc.stages[-1].resolution
@@ -93,21 +115,23 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
         if not progress.baselines:
             progress.baselines = validator.baselines(ema, final_res)
 
-    def report(resolution: int, alpha: float, with_checkpoint: bool) -> dict[str, float]:
+    def validate(resolution: int, alpha: float) -> dict[str, float]:
+        val, images = validator.evaluate(ema, resolution, alpha)
+        monitor.scalars(val, progress.step)
+        monitor.grid(validator.grid(images), resolution, progress.step)
+        return val
+
+    def report(resolution: int, alpha: float) -> dict[str, float]:
+        """Validation metrics (rank 0) and a checkpoint (every rank's part), reported together."""
         metrics = {"stage": resolution, "step": progress.step, "images_seen": progress.images_seen,
                    "alpha": alpha, "bad_steps": progress.bad_steps}
         if rank0:
-            val, images = validator.evaluate(ema, resolution, alpha)
-            metrics |= val | progress.baselines
-            monitor.scalars(val, progress.step)
-            monitor.grid(validator.grid(images), resolution, progress.step)
+            metrics |= validate(resolution, alpha) | progress.baselines
         with tempfile.TemporaryDirectory() as d:
-            if with_checkpoint:
-                checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg)
-            session.report(metrics, Path(d) if with_checkpoint else None)
+            checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg)
+            session.report(metrics, Path(d))
         return metrics
 
-    metrics: dict[str, float] = {}
     while progress.stage < len(tc.stages):
         stage = tc.stages[progress.stage]
         steps, first = stage_steps(stage), progress.stage == 0
@@ -123,53 +147,32 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
             noise = torch.randn(len(targets.code), cfg.model.noise_dim, generator=rng).to(device)
             out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
                              bf16=tc.bf16, generator=rng)
-            progress.step += 1
-            progress.stage_step += 1
-            progress.epoch_batch += 1
-            progress.images_seen += stage.batch_size
+            progress.advance(stage.batch_size, out.ok)
             if out.ok:
                 update_ema(ema, model, tc.ema_beta)
-                progress.bad_in_row = 0
             else:
-                progress.bad_steps += 1
-                progress.bad_in_row += 1
-                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                            progress.step, progress.bad_in_row)
-                if progress.bad_in_row > tc.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step "
-                        f"{progress.step}, stage {stage.resolution}px, train.max_bad_steps={tc.max_bad_steps}): "
-                        "check the pyramid for NaN/inf values or lower the learning rate")
+                check_bad_steps(progress, tc.max_bad_steps, stage.resolution)
             inject_fault(run_dir, progress.step, fail_at_step, session)
             if rank0 and progress.step % tc.log_every == 0:
-                rate = monitor.throughput(progress.images_seen)
-                monitor.scalars(out.terms.scalars() | {"train/lr": stage.lr, "train/alpha": alpha,
-                                                       "train/grad_norm": out.grad_norm, "train/images_per_s": rate,
-                                                       "train/bad_steps": progress.bad_steps}, progress.step)
-                print(f"[train {stage.resolution}px] step {progress.stage_step}/{steps} "
-                      f"images {progress.images_seen} alpha {alpha:.2f} loss {out.terms.total.item():.4f} "
-                      f"{rate:.1f} img/s", flush=True)
-            stage_done = progress.stage_step == steps
-            if stage_done:
-                progress.stage, progress.stage_step = progress.stage + 1, 0
-                progress.epoch, progress.epoch_batch = progress.epoch + 1, 0  # a new batch size: a new epoch
-            if stage_done or progress.step % tc.checkpoint_every == 0:
-                metrics = report(stage.resolution, fade_alpha(stage, steps, first) if stage_done else alpha, True)
+                log_step(monitor, progress, stage, steps, alpha, out)
+            if progress.stage_step == steps:
+                progress.next_stage()
+                metrics = report(stage.resolution, fade_alpha(stage, steps, first))
+                if rank0:
+                    print(f"[train {stage.resolution}px] stage done: {progress.images_seen} images, val/dist_unweighted "
+                          f"{metrics['val/dist_unweighted']:.4f} (step 0: {progress.baselines['step0/dist_unweighted']:.4f}"
+                          f", mean image: {progress.baselines['mean_image/dist_unweighted']:.4f})", flush=True)
+            elif progress.step % tc.checkpoint_every == 0:
+                report(stage.resolution, alpha)
             elif rank0 and progress.step % tc.sample_every == 0:
-                val, images = validator.evaluate(ema, stage.resolution, alpha)
-                monitor.scalars(val, progress.step)
-                monitor.grid(validator.grid(images), stage.resolution, progress.step)
+                validate(stage.resolution, alpha)
         stream.close()
-        if rank0 and metrics:
-            print(f"[train {stage.resolution}px] stage done: {progress.images_seen} images, "
-                  f"val/dist_unweighted {metrics['val/dist_unweighted']:.4f} "
-                  f"(step 0: {progress.baselines['step0/dist_unweighted']:.4f}, "
-                  f"mean image: {progress.baselines['mean_image/dist_unweighted']:.4f})", flush=True)
 
     if not rank0:
         return {}
     val, _ = validator.evaluate(ema, final_res)
     monitor.close()
     return {"stage": final_res, "step": progress.step, "images_seen": progress.images_seen,
-            "bad_steps": progress.bad_steps, **val, **progress.baselines,
+            "bad_steps": progress.bad_steps, "resumed_from_step": restored.step if restored else None,
+            **val, **progress.baselines,
             "encoder": f"training DINOv2 {dino.source} (hash {dino.hash})"}
