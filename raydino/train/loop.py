@@ -104,6 +104,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     restored = checkpoint.restore_latest(session.checkpoint_dirs(), rank=session.rank, model=model, ema=ema, opt=opt,
                                          rng=rng)
     progress = restored or Progress()
+    resumed_from = restored.step if restored else None  # progress (the same object) moves on from here
     net = session.prepare(model)
     loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
     final_res = tc.stages[-1].resolution
@@ -173,6 +174,6 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     val, _ = validator.evaluate(ema, final_res)
     monitor.close()
     return {"stage": final_res, "step": progress.step, "images_seen": progress.images_seen,
-            "bad_steps": progress.bad_steps, "resumed_from_step": restored.step if restored else None,
+            "bad_steps": progress.bad_steps, "resumed_from_step": resumed_from,
             **val, **progress.baselines,
             "encoder": f"training DINOv2 {dino.source} (hash {dino.hash})"}
