@@ -122,7 +122,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     from raydino.bench.train import run_bench
 
     run_bench(arch=args.arch, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-              rows=args.rows, device=args.device, phases=args.phases.split(","), out=args.out,
+              rows=args.rows, epochs=args.epochs, device=args.device, phases=args.phases.split(","), out=args.out,
               compile_model=args.compile, materialize=not args.stream)
 
 
@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random-weight DINOv2 architecture (vitb14: the ffhq256 model's size)")
     p.add_argument("--resolution", type=_sizes, default=[16, 32], help="stages to time (comma-separated)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per stage and phase (after 3 warm-up steps)")
-    p.add_argument("--rows", type=int, default=96, help="rows of the synthetic pyramid the Ray phase reads")
+    p.add_argument("--steps", type=int, default=20, help="device phase: timed steps per stage (after 3 warm-up steps)")
+    p.add_argument("--rows", type=int, default=256, help="ray phase: synthetic faces in the pyramid it reads")
+    p.add_argument("--epochs", type=int, default=2, help="ray phase: timed epochs per stage (after one warm-up epoch)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--phases", default="device,ray", help="device (no Ray needed), ray (2 gloo workers on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator (device phase)")

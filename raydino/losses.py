@@ -74,14 +74,11 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None
     """Translate each image by its own integer offset in ``[-max_px, max_px]``, reflect-padded."""
     if max_px <= 0:
         return x
-    b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * max_px + 1, (2, b), generator=generator).to(x.device)
+    h, w = x.shape[-2:]
+    offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=generator).tolist()
     padded = F.pad(x, (max_px,) * 4, mode="reflect")
-    rows = (torch.arange(h, device=x.device)[None] + offsets[0, :, None])[:, None, :, None]
-    cols = (torch.arange(w, device=x.device)[None] + offsets[1, :, None])[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    # plain slices: their backward is a cheap copy, unlike a gather's scatter
+    return torch.stack([p[:, dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets, strict=True)])
 
 
 @dataclass

@@ -8,10 +8,12 @@ clipping, AdamW):
   batches already on the device. It counts the FLOPs of one step with
   ``torch.utils.flop_counter.FlopCounterMode`` and, on CUDA, reports MFU =
   counted FLOPs x steps/s / the GPU's dense bf16 peak.
-- ``ray``: the same step under Ray Train (2 workers, gloo, CPU), fed once from
-  the pyramid through Ray Data (``get_dataset_shard`` -> ``iter_torch_batches``)
-  and once from one batch kept in memory, in the same workers: the ratio is
-  the input pipeline's overhead. The pyramid is written first with
+- ``ray``: the same step under Ray Train (2 workers, gloo, CPU), fed from the
+  pyramid through Ray Data (``get_dataset_shard`` -> ``iter_torch_batches``,
+  a new iterator per epoch, as training does) and from one batch kept in
+  memory, in the same workers. Reported apart: the steady rate inside an
+  epoch, the wait for an epoch's first batch (a fixed cost per epoch), and
+  the ratio of both to the in-memory rate. The pyramid is written first with
   ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
 
 Speed does not depend on weights: the DINOv2 is a random model of the named
@@ -111,23 +113,38 @@ def device_phase(cfg: Config, dino_dir: str, batch: int, steps: int, device: tor
     return rows
 
 
-def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, steps: int) -> tuple[float, float]:
-    """Seconds per step fed by the worker's Ray Data shard, then by one batch kept in memory."""
-    from raydino.train.checkpoint import Progress
-    from raydino.train.loop import data_stream
-
+def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> dict[str, float]:
+    """The step fed by the worker's Ray Data shard (per epoch: the wait for its first batch, then the
+    steady steps), and the same step on one batch kept in memory. The first epoch is the warm-up."""
     per_worker = stage.batch_size // session.world_size
-    stream = data_stream(session, Progress(), per_worker)
     noise = torch.randn(per_worker, cfg.model.noise_dim)
 
-    def step(targets: Targets) -> None:
+    def step(batch: dict) -> None:
+        targets = Targets.from_batch(batch, cfg.pyramids.sizes)
         train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0, bf16=False)
 
-    real = time_steps(lambda: step(Targets.from_batch(next(stream), cfg.pyramids.sizes)), steps, session.device)
-    fixed = Targets.from_batch(next(stream), cfg.pyramids.sizes)
-    in_memory = time_steps(lambda: step(fixed), steps, session.device)
-    stream.close()
-    return real, in_memory
+    waits, steady_s, steady_n, fixed = [], 0.0, 0, None
+    for epoch in range(epochs + 1):
+        start = time.perf_counter()
+        batches = iter(session.batches(epoch, per_worker))
+        fixed = next(batches)
+        wait = time.perf_counter() - start
+        step(fixed)
+        start, n = time.perf_counter(), 0
+        for batch in batches:
+            step(batch)
+            n += 1
+        if epoch:  # epoch 0 warms up
+            waits.append(wait)
+            steady_s, steady_n = steady_s + time.perf_counter() - start, steady_n + n
+    in_memory = time_steps(lambda: step(fixed), steady_n // epochs, session.device)
+    steady = steady_s / steady_n
+    steps_per_epoch = steady_n // epochs + 1
+    epoch_wait = sum(waits) / len(waits)
+    return {"steps_per_epoch": steps_per_epoch, "epoch_start_wait_s": epoch_wait,
+            "ray_data_images_per_s": stage.batch_size / steady, "in_memory_images_per_s": stage.batch_size / in_memory,
+            "ratio_steady": in_memory / steady,
+            "ratio_with_epoch_start": steps_per_epoch * in_memory / (steps_per_epoch * steady + epoch_wait)}
 
 
 def _ray_worker(config: dict) -> list[dict[str, Any]]:
@@ -147,15 +164,13 @@ def _ray_worker(config: dict) -> list[dict[str, Any]]:
     loss_fn = DinoPyramidLoss(dino, cfg.pyramids.sizes, cfg.loss)
     rows = []
     for stage in cfg.train.stages:
-        real, in_memory = _time_feeds(cfg, stage, session, net, opt, loss_fn, config["steps"])
         rows.append({"resolution": stage.resolution, "batch": stage.batch_size, "workers": session.world_size,
-                     "ray_data_images_per_s": stage.batch_size / real,
-                     "in_memory_images_per_s": stage.batch_size / in_memory, "ratio": in_memory / real})
+                     **_time_feeds(cfg, stage, session, net, opt, loss_fn, config["epochs"])})
         ray.train.report({"resolution": stage.resolution})
     return rows
 
 
-def ray_phase(cfg: Config, dino_dir: str, rows: int, steps: int, workdir: Path) -> list[dict[str, Any]]:
+def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path) -> list[dict[str, Any]]:
     import ray
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -176,7 +191,7 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, steps: int, workdir: Path) 
     dataset = ray.data.read_parquet(schema.shard_files(pyramid), columns=columns(cfg.pyramids.sizes))
     dataset.context.execution_options.preserve_order = True
     trainer = TorchTrainer(
-        _ray_worker, train_loop_config={"cfg": to_dict(cfg), "steps": steps},
+        _ray_worker, train_loop_config={"cfg": to_dict(cfg), "epochs": epochs},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
         datasets={"train": dataset.materialize() if cfg.train.materialize else dataset},
         dataset_config=DataConfig(execution_options=_ordered(), enable_shard_locality=False),
@@ -205,7 +220,7 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
 
 
 def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32), batch_size: int = 16,
-              steps: int = 20, rows: int = 96, device: str | None = None,
+              steps: int = 20, rows: int = 256, epochs: int = 2, device: str | None = None,
               phases: list[str] | tuple[str, ...] = ("device", "ray"), out: str | None = None,
               compile_model: bool = False, materialize: bool = True) -> dict[str, Any]:
     """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything."""
@@ -219,7 +234,7 @@ def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16,
         if "device" in phases:
             results["device"] = device_phase(cfg, dino_dir, batch_size, steps, dev, compile_model)
         if "ray" in phases:
-            results["ray"] = ray_phase(cfg, dino_dir, rows, steps, Path(tmp))
+            results["ray"] = ray_phase(cfg, dino_dir, rows, epochs, Path(tmp))
     if out:
         Path(out).write_text(json.dumps(results, indent=1))
     return results

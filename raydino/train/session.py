@@ -38,8 +38,8 @@ class Session(Protocol):
     def checkpoint_dirs(self) -> Iterator[Path]:
         """Local directories of the checkpoints to resume from, newest first (none on a fresh run)."""
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Publish metrics (and a checkpoint); a barrier across workers."""
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        """Publish metrics with a checkpoint (each rank's part of it); a barrier across workers."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -67,7 +67,7 @@ class LocalSession:
         self.rank, self.world_size, self.device, self.seed = rank, world_size, torch.device(device), seed
         arrays = schema.load_arrays(pyramid_dir, columns)
         n = len(next(iter(arrays.values()))) // world_size * world_size  # equal shards, like Ray's split
-        self.rows = {k: torch.from_numpy(v[rank:n:world_size]) for k, v in arrays.items()}
+        self.rows = {k: torch.from_numpy(v[rank:n:world_size].copy()) for k, v in arrays.items()}
         self.checkpoint_root = Path(checkpoints or tempfile.mkdtemp(prefix="raydino-ckpt-"))
         self.reports: list[dict[str, float]] = []
 
@@ -83,10 +83,9 @@ class LocalSession:
     def checkpoint_dirs(self) -> Iterator[Path]:
         yield from sorted(self.checkpoint_root.glob("step_*"), reverse=True)
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.reports.append(dict(metrics))
-        if checkpoint_dir is not None:
-            dest = self.checkpoint_root / f"step_{int(metrics['step']):08d}"
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in checkpoint_dir.iterdir():
-                (dest / f.name).write_bytes(f.read_bytes())
+        dest = self.checkpoint_root / f"step_{int(metrics['step']):08d}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in checkpoint_dir.iterdir():
+            (dest / f.name).write_bytes(f.read_bytes())

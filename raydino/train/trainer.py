@@ -52,7 +52,7 @@ FAIL_ENV = "RAYDINO_FAIL_AT_STEP"
 
 
 class TrainingError(RuntimeError):
-    """A training run that failed on its workers (message: the first worker error)."""
+    """A training run that failed on its workers (the message names each worker's error)."""
 
 
 class RaySession:
@@ -84,12 +84,9 @@ class RaySession:
             with ckpt.as_directory() as d:
                 yield Path(d)
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        if checkpoint_dir is None:
-            ray.train.report(metrics)
-        else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
-                             checkpoint_dir_name=f"step_{int(metrics['step']):08d}")
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
+                         checkpoint_dir_name=f"step_{int(metrics['step']):08d}")
 
 
 def _train_fn(loop_config: dict) -> dict:
