@@ -21,6 +21,12 @@ class Step:
     marker: Path
     action: Callable[[], object]
     needs_ray: bool = False
+    complete: Callable[[Path], bool] = Path.exists  # is ``marker`` proof enough that the step finished?
+
+
+def _pyramid_complete(manifest: Path) -> bool:
+    """A failed pyramid keeps its manifest (the failures are listed there); the rerun must try again."""
+    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "ok"
 
 
 def init_ray(address: str | None = None) -> None:
@@ -113,10 +119,11 @@ def plan(cfg: Config) -> list[Step]:
                           lambda: _models(cfg, faces, models)))
     pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
     steps.append(Step("feature pyramids", pyramids / "manifest.json", lambda: _pyramids(cfg, faces, pyramids),
-                      needs_ray=True))
+                      needs_ray=True, complete=_pyramid_complete))
     if val_faces is not None:
         steps.append(Step("held-out pyramids", val_pyramids / "manifest.json",
-                          lambda: _pyramids(cfg, val_faces, val_pyramids), needs_ray=True))
+                          lambda: _pyramids(cfg, val_faces, val_pyramids), needs_ray=True,
+                          complete=_pyramid_complete))
     else:
         val_pyramids = pyramids  # a user folder: evaluate on its pyramid (say so in the figures)
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
@@ -141,7 +148,7 @@ def run(cfg: Config, address: str | None = None) -> None:
     start = time.time()
     steps = plan(cfg)
     for i, step in enumerate(steps, 1):
-        if step.marker.exists():
+        if step.complete(step.marker):
             print(f"[{i}/{len(steps)}] {step.name}: done already ({step.marker.parent})", flush=True)
             continue
         t0 = time.time()

@@ -65,7 +65,7 @@ def trial_config(cfg: Config, params: dict) -> Config:
     return from_dict(data)
 
 
-def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str) -> None:
+def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str, dataset) -> None:
     """One trial: a full training run in ``SWEEP_DIR/trials/<trial_id>``."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -76,7 +76,7 @@ def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str) -> None:
     run_dir = Path(sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()]).fit()
+    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()], dataset=dataset).fit()
 
 
 def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict:
@@ -85,15 +85,19 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from raydino.train.trainer import check_pyramid
+    from raydino.train.trainer import check_pyramid, training_dataset
 
     space = search_space(cfg)
-    check_pyramid(cfg, pyramids)
+    rows = check_pyramid(cfg, pyramids)["rows"]
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, sweep_dir / "config.yaml")
+    # One dataset for all trials, built here: with train.materialize its blocks sit once in the object
+    # store, and no trial runs read tasks of its own, which would wait for a whole free CPU while
+    # the other trials' workers hold the rest.
+    dataset = training_dataset(trial_config(cfg, {}), pyramids, rows)
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), pyramids=str(Path(pyramids).resolve()),
-                                     sweep_dir=str(sweep_dir))
+                                     sweep_dir=str(sweep_dir), dataset=dataset)
     # the trial function only waits on its TorchTrainer, whose workers hold the real resources
     # (Tune refuses an empty request, hence a token fraction of a CPU)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})

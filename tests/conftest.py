@@ -27,11 +27,16 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the whole session (starting Ray costs seconds)."""
+    """One local Ray instance for the whole session (starting Ray costs seconds).
+
+    With the dashboard, as a plain ``ray.init`` has it: Ray Train's
+    placement-group cleaner asks the state API behind it whether a trial's
+    controller is gone, and without it an early-stopped trial's CPUs stay held.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, log_to_driver=False)
     yield ray
 
 

@@ -177,9 +177,7 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path)
 
     from raydino.config import to_dict
     from raydino.data.synth_faces import write_faces
-    from raydino.losses import columns
-    from raydino.pyramids import schema
-    from raydino.train.trainer import _ordered
+    from raydino.train.trainer import ordered_ingest, training_dataset
 
     pyramid = workdir / "pyramid"
     pyramid.mkdir()
@@ -187,14 +185,12 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path)
     _write_pyramid(faces, pyramid, dino_dir, cfg.pyramids.sizes)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg.pyramids.dino = dino_dir
-    dataset = ray.data.read_parquet(schema.shard_files(pyramid), columns=columns(cfg.pyramids.sizes))
-    dataset.context.execution_options.preserve_order = True
+    cfg.pyramids.dino, cfg.train.num_workers = dino_dir, 2
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"cfg": to_dict(cfg), "epochs": epochs},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        datasets={"train": dataset.materialize() if cfg.train.materialize else dataset},
-        dataset_config=DataConfig(execution_options=_ordered(), enable_shard_locality=False),
+        datasets={"train": training_dataset(cfg, pyramid, rows)},
+        dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
         run_config=RunConfig(storage_path=str(workdir), name="bench"),
     )
     out = trainer.fit().return_value

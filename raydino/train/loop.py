@@ -86,9 +86,16 @@ def log_step(monitor: RunLog, progress: Progress, stage: StageConfig, steps: int
 
 
 def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
-    """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery."""
+    """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery.
+
+    It first waits until the checkpoints already reported are committed: a
+    real crash within ~2 s of a report can also lose that checkpoint (Ray
+    commits it when its controller next polls), which would make a drill's
+    outcome depend on timing.
+    """
     marker = run_dir / FAULT_MARKER
     if fail_at_step and step == fail_at_step and session.rank == session.world_size - 1 and not marker.exists():
+        session.wait_for_checkpoints()
         marker.write_text(f"worker {session.rank} killed at step {step}\n")
         log.warning("fault injection: killing worker %d at step %d", session.rank, step)
         os._exit(1)

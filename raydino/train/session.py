@@ -41,6 +41,9 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         """Publish metrics with a checkpoint (each rank's part of it); a barrier across workers."""
 
+    def wait_for_checkpoints(self) -> None:
+        """Return once every reported checkpoint is committed (resumable)."""
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data-order seed of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
@@ -56,7 +59,7 @@ def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> 
     chosen = pc.take(ids, pc.sort_indices(ids)[:count])
     table = pa.concat_tables([pq.read_table(f, columns=["id", *columns], filters=pc.field("id").isin(chosen))
                               for f in files]).sort_by("id")
-    return {c: schema.to_numpy(table[c]) for c in columns}
+    return {c: schema.to_numpy(table[c]).copy() for c in columns}  # writable: torch warns on read-only arrays
 
 
 class LocalSession:
@@ -82,6 +85,9 @@ class LocalSession:
 
     def checkpoint_dirs(self) -> Iterator[Path]:
         yield from sorted(self.checkpoint_root.glob("step_*"), reverse=True)
+
+    def wait_for_checkpoints(self) -> None:
+        """Reports are committed as they are written."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.reports.append(dict(metrics))

@@ -16,6 +16,7 @@ batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,11 @@ from raydino.losses import columns
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.session import epoch_seed
+
+with contextlib.suppress(ImportError):
+    # Ray Data imports this lazily from whichever thread first resolves a path; two threads doing it at
+    # once can see a half-initialised module ("cannot import name 'HTTPFileSystem'", seen once in CI).
+    import fsspec.implementations.http  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,10 @@ class RaySession:
         for ckpt in candidates:
             with ckpt.as_directory() as d:
                 yield Path(d)
+
+    def wait_for_checkpoints(self) -> None:
+        # Ray commits a report when its controller next polls the workers (every 2 s by default)
+        ray.train.get_all_reported_checkpoints()
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
@@ -125,20 +135,18 @@ def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
 
 
 def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *, name: str | None = None,
-                  storage_path: str | None = None, callbacks: list | None = None):
+                  storage_path: str | None = None, callbacks: list | None = None,
+                  dataset: ray.data.Dataset | None = None):
     """A ``TorchTrainer`` for ``cfg`` (Ray Tune calls this inside a trial with its own name/storage/callbacks).
 
     Checkpoints go to ``storage_path/name`` (default ``RUN_DIR/checkpoints``);
     rank 0 writes TensorBoard and grids to ``run_dir`` (a shared filesystem
-    on a multi-node cluster).
+    on a multi-node cluster). ``dataset`` is a ``training_dataset`` built
+    once and shared, as a sweep's trials do.
     """
-    check_pyramid(cfg, pyramids_dir)
+    rows = check_pyramid(cfg, pyramids_dir)["rows"]
     run_dir = Path(run_dir).resolve()
     tc = cfg.train
-    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=columns(cfg.pyramids.sizes))
-    dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
-    if tc.materialize:
-        dataset = dataset.materialize()
     return TorchTrainer(
         _train_fn,
         train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
@@ -150,12 +158,24 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
                              callbacks=callbacks),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(execution_options=_ordered(), enable_shard_locality=False),
+        datasets={"train": dataset if dataset is not None else training_dataset(cfg, pyramids_dir, rows)},
+        dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
     )
 
 
-def _ordered():
+def training_dataset(cfg: Config, pyramids_dir: str | Path, rows: int) -> ray.data.Dataset:
+    """The pyramid's tensor columns as a Ray Data dataset, in file order (string columns cannot become torch batches)."""
+    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=columns(cfg.pyramids.sizes))
+    dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
+    if cfg.train.materialize:
+        # one equal block per worker: the per-epoch split then never has to cut a block, a remote task
+        # that cost ~2.8 s per epoch start here (often a fresh worker process)
+        n = cfg.train.num_workers
+        dataset = dataset.limit(rows - rows % n).repartition(n).materialize()
+    return dataset
+
+
+def ordered_ingest():
     """Ray Data execution options that make each worker's shard the same on every epoch and every run."""
     options = DataConfig.default_ingest_options()
     options.preserve_order = True
