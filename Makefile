@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster lint clean
+.PHONY: run test lint clean
 
 $(BIN)/python:
 	$(shell command -v $(PYTHON) || echo python3) -m venv $(VENV)
@@ -20,10 +20,6 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
-
-# Ray jobs on a real local head + second node (about 10 minutes): see tests/test_jobs.py
-test-cluster: $(STAMP)
-	RAYDINO_CLUSTER_TESTS=1 $(BIN)/python -m pytest -q tests/test_jobs.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

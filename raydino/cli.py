@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # raydino's own progress at INFO; libraries (open_clip logs every config lookup) only from WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("raydino").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

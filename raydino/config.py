@@ -32,6 +32,7 @@ class DataConfig:
     synth_count: int = 256
     synth_size: int = 256
     seed: int = 0
+    clip_fit_steps: int = 300  # the offline demo's tiny CLIP: contrastive steps on the synthetic captions
 
 
 @dataclass

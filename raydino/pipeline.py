@@ -47,7 +47,7 @@ def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = 
 def _models(cfg: Config, faces: Path, out: Path) -> None:
     from raydino.models.tiny import write_tiny_models
 
-    write_tiny_models(out, seed=cfg.data.seed, train_clip_on=faces)
+    write_tiny_models(out, seed=cfg.data.seed, train_clip_on=faces, clip_steps=cfg.data.clip_fit_steps)
 
 
 def _pyramids(cfg: Config, images: Path, out: Path) -> None:
@@ -132,7 +132,11 @@ def plan(cfg: Config) -> list[Step]:
              needs_ray=True),
         Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
              lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True),
-        Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, sweep), needs_ray=True),
+    ]
+    if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
+        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, sweep),
+                          needs_ray=True))
+    steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
         Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_faces or faces, samples)),
         Step("report", root / "report" / "index.html",
@@ -143,6 +147,10 @@ def plan(cfg: Config) -> list[Step]:
 
 def run(cfg: Config, address: str | None = None) -> None:
     """Run every unfinished step and say where the outputs are."""
+    import ray.data
+
+    # one progress view: the steps' own lines, not Ray Data's per-operator bars (one per split, per epoch)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     root = Path(cfg.out)
     save_config(cfg, root / "config.yaml")
     start = time.time()

@@ -79,6 +79,8 @@ def _number(text: str) -> object:
     """A CSV cell as int, float, bool or the text itself."""
     if text in ("True", "False"):
         return text == "True"
+    if "_" in text:  # int() and float() read "65071_00000" (a Tune trial id) as a number
+        return text
     for kind in (int, float):
         try:
             return kind(text)

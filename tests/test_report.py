@@ -26,9 +26,9 @@ EVAL = {
 }
 SEARCH = ["loss.level_weights.0", "loss.level_weights.1", "loss.color_weight"]
 TRIALS = [  # sorted by the metric, like tune.py writes them
-    {"trial_id": "b_00001", "loss.level_weights.0": 2.5, "loss.level_weights.1": 0.31, "loss.color_weight": 1.7,
+    {"trial_id": "65071_00001", "loss.level_weights.0": 2.5, "loss.level_weights.1": 0.31, "loss.color_weight": 1.7,
      "val/dist_unweighted": 0.0765432, "iterations": 8, "error": "", "stopped_early": False},
-    {"trial_id": "a_00000", "loss.level_weights.0": 0.2, "loss.level_weights.1": 4.0, "loss.color_weight": 0.5,
+    {"trial_id": "65071_00000", "loss.level_weights.0": 0.2, "loss.level_weights.1": 4.0, "loss.color_weight": 0.5,
      "val/dist_unweighted": 0.0987654, "iterations": 2, "error": "", "stopped_early": True},
 ]
 
@@ -94,7 +94,7 @@ def layout(tmp_path_factory) -> Path:
         writer.writeheader()
         writer.writerows(TRIALS)
     (sweep / "best.json").write_text(json.dumps({
-        "metric": "val/dist_unweighted", "best_trial": "b_00001", "best_value": 0.0765432,
+        "metric": "val/dist_unweighted", "best_trial": "65071_00001", "best_value": 0.0765432,
         "best": {k: TRIALS[0][k] for k in SEARCH}, "default": {k: 1.0 for k in SEARCH}, "trials": 2, "stopped_early": 1}))
     for t in TRIALS:
         _events(sweep / "trials" / t["trial_id"] / "tb", {"val/dist_unweighted": [0.2, t["val/dist_unweighted"]]})
@@ -144,7 +144,7 @@ def test_report_of_a_full_run(layout: Path) -> None:
         assert f"{EVAL[key]:.4g}" in text, key
     assert "83aa6a7a7883" in text and "1b2c3d4e5f60" in text  # which encoders were used
     best_row = text.split('<tr class="best">', 1)[1].split("</tr>", 1)[0]
-    assert "b_00001" in best_row and f"{TRIALS[0]['val/dist_unweighted']:.4g}" in best_row
+    assert "65071_00001" in best_row  # a Tune trial id, not the number 6507100001 and f"{TRIALS[0]['val/dist_unweighted']:.4g}" in best_row
     assert text.count('<tr class="best">') == 1
     assert "No mix.png" in text  # a missing input is said, not a crash
     assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text

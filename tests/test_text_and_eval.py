@@ -37,7 +37,7 @@ def text_run(tmp_path_factory, ray_local):
     cfg = load_config("demo", overrides=[
         f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
-        "sample.mapping_steps=400", "sample.mapping_noise=0.1"])
+        "train.ema_beta=0.98", "sample.mapping_steps=400", "sample.mapping_noise=0.1"])
     run_dir = root / "run"
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")

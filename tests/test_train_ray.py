@@ -17,14 +17,14 @@ from raydino.pyramids.schema import ManifestMismatch
 from raydino.train import checkpoint
 from raydino.train.trainer import EXPERIMENT, FAIL_ENV, TrainingError, train
 
-STEPS = 24  # 12 per stage; checkpoints every 5 steps and at each stage end
+STEPS = 16  # 8 per stage; checkpoints every 5 steps and at each stage end: 5, 8, 10, 15, 16
 
 
 def tiny_cfg(dino: str, **train_overrides):
     overrides = [
         f"pyramids.dino={dino}", "model.channels=[32,24]", "model.code_dim=16", "model.noise_dim=8",
-        "train.stages=[{resolution: 16, images: 96, batch_size: 8, lr: 0.005},"
-        " {resolution: 32, images: 96, batch_size: 8, lr: 0.003, fade_images: 32}]",
+        "train.stages=[{resolution: 16, images: 64, batch_size: 8, lr: 0.005},"
+        " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 24}]",
         "train.num_workers=2", "train.checkpoint_every=5", "train.num_to_keep=3", "train.log_every=4",
         "train.sample_every=6", "train.val_count=8", "train.materialize=true", "train.ema_beta=0.9",
     ] + [f"train.{k}={v}" for k, v in train_overrides.items()]
@@ -49,7 +49,7 @@ def reference(ray_local, train_pyramids, tiny_models, tmp_path_factory):
 
 def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
     run_dir, metrics = reference
-    assert metrics["step"] == STEPS and metrics["stage"] == 32 and metrics["images_seen"] == 192
+    assert metrics["step"] == STEPS and metrics["stage"] == 32 and metrics["images_seen"] == 128
     assert metrics["resumed_from_step"] is None and metrics["bad_steps"] == 0
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == STEPS
     final, step0, mean = (metrics[f"{k}/dist_unweighted"] for k in ("val", "step0", "mean_image"))
@@ -70,7 +70,7 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
                                                               monkeypatch):
     run_dir = tmp_path / "killed"
     cfg = tiny_cfg(str(tiny_models["dino"]), max_failures=0)
-    monkeypatch.setenv(FAIL_ENV, "17")  # mid stage 2, after the checkpoints at steps 5, 10, 12, 15
+    monkeypatch.setenv(FAIL_ENV, "12")  # mid stage 2, after the checkpoints at steps 5, 8, 10
     with pytest.raises(TrainingError, match="training failed"):
         train(cfg, train_pyramids, run_dir)
     monkeypatch.delenv(FAIL_ENV)
@@ -78,22 +78,22 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
         train(cfg, train_pyramids, run_dir)
 
     newest = sorted((run_dir / EXPERIMENT).glob("step_*"))[-1]
-    assert newest.name == "step_00000015"
+    assert newest.name == "step_00000010"
     ema = newest / checkpoint.EMA
-    ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 12
+    ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 8
 
     metrics = train(cfg, train_pyramids, run_dir, resume=True)
-    assert metrics["step"] == STEPS and metrics["resumed_from_step"] == 12
+    assert metrics["step"] == STEPS and metrics["resumed_from_step"] == 8
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
 
 
 def test_worker_failure_is_recovered_with_the_exact_step_count(reference, train_pyramids, tiny_models, tmp_path,
                                                                monkeypatch):
     run_dir = tmp_path / "failing"
-    monkeypatch.setenv(FAIL_ENV, "8")
+    monkeypatch.setenv(FAIL_ENV, "7")
     metrics = train(tiny_cfg(str(tiny_models["dino"]), max_failures=1), train_pyramids, run_dir)
     assert (run_dir / ".fault_injected").is_file()  # the worker really died
-    assert metrics["step"] == STEPS and metrics["images_seen"] == 192
+    assert metrics["step"] == STEPS and metrics["images_seen"] == 128
     assert metrics["resumed_from_step"] == 5  # Ray restarted the workers from the last checkpoint
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
 

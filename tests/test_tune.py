@@ -15,8 +15,8 @@ from raydino.tune import search_space, tune_sweep
 def sweep_cfg(dino: str, **extra):
     overrides = [
         f"pyramids.dino={dino}", "pyramids.clip=", "model.channels=[32,24]", "model.code_dim=16", "model.noise_dim=8",
-        "train.stages=[{resolution: 16, images: 64, batch_size: 8, lr: 0.005},"
-        " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 16}]",
+        "train.stages=[{resolution: 16, images: 32, batch_size: 8, lr: 0.005},"
+        " {resolution: 32, images: 32, batch_size: 8, lr: 0.003, fade_images: 16}]",
         "train.num_workers=1", "train.checkpoint_every=2", "train.sample_every=1000", "train.val_count=8",
         "train.materialize=true", "tune.trials=4", "tune.max_concurrent_trials=2", "tune.cpus_per_trial=0.5",
         "tune.grace_period=1", "tune.reduction_factor=2", "tune.overrides=[]",

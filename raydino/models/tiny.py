@@ -78,7 +78,7 @@ def fit_tiny_clip(model: torch.nn.Module, faces_dir: str | Path, steps: int = 30
     meta = pq.read_table(faces_dir / "metadata.parquet").to_pylist()
     size = TINY_CLIP["vision_cfg"]["image_size"]
     images = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(faces_dir / m["file"]).convert("RGB").resize((size, size), Image.LANCZOS)))
+        torch.from_numpy(np.array(Image.open(faces_dir / m["file"]).convert("RGB").resize((size, size), Image.LANCZOS)))
         for m in meta
     ]).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -101,7 +101,8 @@ def fit_tiny_clip(model: torch.nn.Module, faces_dir: str | Path, steps: int = 30
     return model.eval()
 
 
-def write_tiny_models(out: str | Path, seed: int = 0, train_clip_on: str | Path | None = None) -> dict[str, Path]:
+def write_tiny_models(out: str | Path, seed: int = 0, train_clip_on: str | Path | None = None,
+                      clip_steps: int = 300) -> dict[str, Path]:
     """The demo's three encoders: training DINOv2, a second DINOv2 for FD, CLIP.
 
     With ``train_clip_on`` (a ``raydino synth-faces`` folder) the CLIP is fitted
@@ -111,7 +112,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, train_clip_on: str | Path 
     torch.manual_seed(seed)
     clip = build_tiny_clip()
     if train_clip_on is not None:
-        fit_tiny_clip(clip, train_clip_on, seed=seed)
+        fit_tiny_clip(clip, train_clip_on, steps=clip_steps, seed=seed)
     return {
         "dino": save_tiny_dino(out / "dinov2-tiny", seed),
         "fd": save_tiny_dino(out / "dinov2-tiny-fd", seed + 1),
