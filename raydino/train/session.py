@@ -9,6 +9,7 @@ benchmark's in-device baseline.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,7 +92,4 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.reports.append(dict(metrics))
-        dest = self.checkpoint_root / f"step_{int(metrics['step']):08d}"
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in checkpoint_dir.iterdir():
-            (dest / f.name).write_bytes(f.read_bytes())
+        shutil.copytree(checkpoint_dir, self.checkpoint_root / f"step_{int(metrics['step']):08d}", dirs_exist_ok=True)
