@@ -48,14 +48,25 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_pyramids(args: argparse.Namespace) -> None:
     import dataclasses
 
+    from raydino.models.loading import ModelNotFoundError, load_clip
     from raydino.pipeline import init_ray
+    from raydino.pyramids.decode import Split
     from raydino.pyramids.extract import build_pyramids
 
+    run_cfg = _cfg(args)
     flags = {"dino": args.dino, "clip": args.clip, "sizes": args.sizes, "batch_size": args.batch_size,
              "actors": args.actors, "max_failure_fraction": args.max_failure_fraction}
-    cfg = dataclasses.replace(_cfg(args).pyramids, **{k: v for k, v in flags.items() if v is not None})
+    cfg = dataclasses.replace(run_cfg.pyramids, **{k: v for k, v in flags.items() if v is not None})
+    if args.dino and args.clip is None and cfg.clip:  # the preset's CLIP only if it is there
+        try:
+            load_clip(cfg.clip)
+        except ModelNotFoundError:
+            logging.getLogger("raydino").info("no CLIP column: the preset's CLIP %s is not there (--clip names one)",
+                                              cfg.clip)
+            cfg.clip = ""
+    split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
     init_ray(args.address)
-    build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite)
+    build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 
 def cmd_bench_pyramids(args: argparse.Namespace) -> None:
@@ -74,11 +85,14 @@ def _sizes(text: str) -> list[int]:
 
 
 def cmd_fit_codes(args: argparse.Namespace) -> None:
+    from raydino.models.loading import bind_encoders
     from raydino.pipeline import init_ray
+    from raydino.pyramids import schema
     from raydino.train.checkpoint import load_generator
     from raydino.train.mapping import fit_mapping, fit_prior
 
     cfg = load_generator(args.run)[1]
+    bind_encoders(cfg.pyramids, schema.read_manifest(args.pyramids), args.pyramids)
     print(f"prior: {fit_prior(cfg, args.pyramids, args.run)}")
     if not args.no_text:
         init_ray(args.address)
@@ -100,7 +114,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
     init_ray(args.address)
-    tune_sweep(cfg, args.pyramids, args.out)
+    tune_sweep(cfg, args.pyramids, args.out, holdout=args.holdout)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -110,12 +124,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = resume_config(args.out, args.overrides) if args.resume else _cfg(args)
     init_ray(args.address)
     try:
-        metrics = train(cfg, args.pyramids, args.out, resume=args.resume)
+        metrics = train(cfg, args.pyramids, args.out, resume=args.resume, holdout=args.holdout)
     except TrainingError as exc:
         sys.exit(f"raydino train: error: {exc}")
-    print(f"val/dist_unweighted {metrics['val/dist_unweighted']:.4f} (step 0: {metrics['step0/dist_unweighted']:.4f}, "
-          f"mean image: {metrics['mean_image/dist_unweighted']:.4f}); generator: {args.out}/generator.safetensors, "
-          f"TensorBoard: tensorboard --logdir {args.out}/tb, grids: {args.out}/grids")
+    print(f"training rows, training encoder: val/dist_unweighted {metrics['val/dist_unweighted']:.4f} "
+          f"(step 0: {metrics['step0/dist_unweighted']:.4f}, mean image: {metrics['mean_image/dist_unweighted']:.4f})")
+    if "heldout/eval_dist" in metrics:
+        print(f"held-out ({metrics['heldout_set']}), evaluation encoder: heldout/eval_dist "
+              f"{metrics['heldout/eval_dist']:.4f}")
+    print(f"generator: {args.out}/generator.safetensors, TensorBoard: tensorboard --logdir {args.out}/tb, "
+          f"grids: {args.out}/grids")
 
 
 def cmd_bench_train(args: argparse.Namespace) -> None:
@@ -180,8 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="local folder (recursive), glob, or file:// s3:// gs:// URI")
     p.add_argument("--out", required=True, help="output folder (written to a temporary folder, then renamed)")
     p.add_argument("--dino", default=None, help="DINOv2 hub id or local directory (default: the preset's)")
+    p.add_argument("--split", choices=["train", "holdout"], default=None,
+                   help="one side of the deterministic held-out split (by hash of the relative path; "
+                        "data.holdout_fraction, at least eval.n files, at most a third); default: every image")
     p.add_argument("--sizes", type=_sizes, default=None, help="level input sizes, multiples of 14 (e.g. 56,112,224)")
-    p.add_argument("--clip", default=None, help="open_clip model for image embeddings (NAME:TAG, hf-hub:..., DIR)")
+    p.add_argument("--clip", default=None,
+                   help="open_clip model for image embeddings (NAME:TAG, hf-hub:..., DIR); default: the preset's, "
+                        "except that with --dino and no --clip the CLIP column is computed only if the preset's "
+                        "CLIP is there")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--actors", type=int, default=None, help="encoder actors (one GPU each when pyramids.num_gpus=1)")
     p.add_argument("--overwrite", action="store_true", help="recompute a finished output")
@@ -257,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pyramids", required=True)
     p.add_argument("--out", required=True, help="sweep directory (rerun with the same one to resume)")
     p.add_argument("--trials", type=int, default=None, help="number of trials (default: tune.trials)")
+    p.add_argument("--holdout", default=None, help="held-out pyramids the trials are ranked on (tune.metric heldout/*)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=cmd_tune)
 
@@ -264,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--pyramids", required=True, help="a `raydino pyramids` output folder")
     p.add_argument("--out", required=True, help="run directory: generator, config, checkpoints, tb, grids")
+    p.add_argument("--holdout", default=None,
+                   help="held-out pyramids: heldout/* figures at each stage end (evaluation encoder)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its config.yaml + overrides)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=cmd_train)
@@ -271,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="weight-independent figures of a run: distances, FD-DINOv2, CLIP score")
     p.add_argument("--run", required=True)
     p.add_argument("--pyramids", required=True, help="held-out pyramids (not the training rows)")
-    p.add_argument("--n", type=int, default=64, help="held-out images to use")
+    p.add_argument("--n", type=int, default=None, help="held-out images to use (default: the run's eval.n)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", action="append", default=None, help="prompts to score (default: sample.prompts)")
     p.set_defaults(func=cmd_eval)

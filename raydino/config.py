@@ -29,6 +29,7 @@ class DataConfig:
     """Where training images come from; empty ``images`` means synthetic faces."""
 
     images: str = ""
+    holdout_fraction: float = 0.02  # of --images files held out for evaluation (at least eval.n, at most a third)
     synth_count: int = 256
     synth_size: int = 256
     seed: int = 0
@@ -105,7 +106,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     checkpoint_every: int = 50
     num_to_keep: int = 2
-    max_failures: int = 0
+    max_failures: int = 2  # a killed worker is retried from the last committed checkpoint
     max_bad_steps: int = 10
     log_every: int = 10
     sample_every: int = 100
@@ -130,9 +131,9 @@ class TuneConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
-    grace_period: int = 1
+    grace_period: int = 1  # in stages: ASHA compares trials only at stage ends, where the metric is measured
     reduction_factor: int = 2
-    metric: str = "val/dist_unweighted"
+    metric: str = "heldout/eval_dist"  # no swept key enters it: evaluation encoder, held-out images
     overrides: list[str] = field(default_factory=list)  # key=value applied to every trial (e.g. a shorter schedule)
     search: dict[str, list[float]] = field(
         default_factory=lambda: {
@@ -158,6 +159,17 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``raydino eval``: how many held-out images the figures use.
+
+    FD is reported with its real-vs-real floor at the same ``n``, so ``n``
+    sets how small a difference the figures can resolve (docs/tune-eval-sample.md).
+    """
+
+    n: int = 256
+
+
+@dataclass
 class Config:
     """A whole raydino run."""
 
@@ -170,6 +182,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _check(tp: Any, value: Any, key: str) -> Any:

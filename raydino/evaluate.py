@@ -1,11 +1,19 @@
 """``raydino eval``: weight-independent figures of a finished run on held-out pyramids.
 
+Every figure is computed on the held-out pyramid given (its set is written
+next to the figures) at the final stage's resolution: real images are
+resized to it before encoding, like the generated ones.
+
+- FD-DINOv2 between generated and real images, under a *separate* encoder
+  (``sample.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
+  reconstructions and prior samples, each beside ``n`` and the real-vs-real
+  floor at that ``n`` (:func:`raydino.metrics.fd_with_floor`): an FD near
+  its floor says nothing more than "indistinguishable at this n";
+- the paired distance of each held-out image and its reconstruction under
+  the evaluation encoder (what Tune ranks trials by);
 - per-level unweighted patch-token distance of reconstructions, under the
   *training* DINOv2 (labelled so: a generator trained on one network's
   features can score well on it without looking right);
-- FD-DINOv2 between generated and real images, under a *separate* encoder
-  (``sample.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
-  reconstructions and for prior samples;
 - CLIP score of prompt samples, matched against mismatched prompts;
 - colour error against the stored thumbnails.
 """
@@ -16,71 +24,85 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
 
 from raydino.losses import Targets, columns, level_distances
-from raydino.metrics import clip_score, colour_error, dino_cls, fd
+from raydino.metrics import clip_score, colour_error, dino_cls, fd_with_floor, match_resolution, paired_distance
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
-from raydino.pyramids.features import dino_levels, square_crop, to_float
+from raydino.pyramids.decode import read_source_image
 from raydino.sample import Sampler
 from raydino.train.mapping import MAPPING_FILE, PRIOR_FILE
-from raydino.train.session import read_first_rows
 
 EVAL_FILE = "eval.json"
 
 
-def _real_images(paths: list[str], size: int) -> torch.Tensor:
-    """The held-out images themselves, preprocessed like the pyramid (FD needs pixels for its own encoder)."""
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                out.append(square_crop(ImageOps.exif_transpose(img).convert("RGB"), size))
-        except OSError as exc:
-            raise FileNotFoundError(f"FD needs the pyramid's source images; cannot read {p}: {exc}") from None
-    return to_float(np.stack(out))
-
-
-def evaluate(run_dir: str | Path, pyramids: str | Path, n: int = 64, seed: int = 0,
+def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, seed: int = 0,
              prompts: list[str] | None = None, per_prompt: int = 4) -> dict:
-    """Compute every figure, write ``RUN_DIR/eval.json`` and TensorBoard scalars, return the figures."""
+    """Compute every figure, write ``RUN_DIR/eval.json`` and TensorBoard scalars, return the figures.
+
+    ``n``: held-out images to use (default ``eval.n`` of the run's config);
+    FD compares halves of them, so its ``n`` is half this.
+    """
     run_dir = Path(run_dir)
     s = Sampler(run_dir)
     cfg, sizes = s.cfg, s.cfg.pyramids.sizes
-    schema.check_manifest(schema.read_manifest(pyramids), levels=sizes, dino_source=s.dino.source, dim=s.dino.dim,
-                          where=str(pyramids))
-    rows = read_first_rows(pyramids, [*columns(sizes), "path"], n)
+    manifest = schema.read_manifest(pyramids)
+    schema.check_manifest(manifest, levels=sizes, dino_source=s.dino.source, dim=s.dino.dim, where=str(pyramids))
+    rows = schema.read_first_rows(pyramids, [*columns(sizes), "path"], n or cfg.eval.n)
     n = len(rows["path"])
-    if n < 2:
-        raise ValueError(f"{pyramids}: eval needs at least 2 held-out rows, found {n}")
+    if n < 4:
+        raise ValueError(f"{pyramids}: eval needs at least 4 held-out rows, found {n}")
+    if _overlaps_training(run_dir, manifest):
+        raise ValueError(f"{pyramids} holds images {run_dir} was trained on ({manifest.get('source')}): evaluate on "
+                         "its held-out pyramid (`raydino run` writes OUT/pyramids-val)")
     targets = Targets.from_batch(rows, sizes, s.device)
     recon = s.generate(targets.code, s.noise(n, seed))
-    out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "n": n,
-                 "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
+    res, size = s.resolution, max(sizes)
+    real = match_resolution(np.stack([read_source_image(str(p), size) for p in rows["path"]]), res)
+    out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "set": schema.describe_set(manifest),
+                 "n": n, "resolution": res, "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
+
+    fd_dino = load_dino(cfg.sample.fd_encoder or cfg.pyramids.dino, s.device)
+    out["eval_encoder"] = f"{fd_dino.source} (hash {fd_dino.hash})" + ("" if cfg.sample.fd_encoder else
+                                                                        " = the training encoder (no sample.fd_encoder)")
+    paired = paired_distance(fd_dino, recon, real, size)
+    out |= {"heldout/eval_dist": paired["mean"], "heldout/eval_patch": paired["patch"], "heldout/eval_cls": paired["cls"]}
+    real_feats = dino_cls(fd_dino, real, size)
+    half = n // 2  # reconstructions of the first half against the second half's real images
+    recon_fd = fd_with_floor(dino_cls(fd_dino, recon[:half], size), real_feats)
+    out |= {"fd_dinov2/reconstructions": recon_fd["value"], "fd_dinov2/floor": recon_fd["floor"],
+            "fd_dinov2/n": recon_fd["n"]}
+    if (run_dir / PRIOR_FILE).is_file():
+        prior = s.from_prior(half, seed)[0].images
+        out["fd_dinov2/prior"] = fd_with_floor(dino_cls(fd_dino, prior, size), real_feats)["value"]
+
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
     out |= {f"train_encoder/dist_{k}": v for k, v in dist.items()}
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
-
-    fd_dino = load_dino(cfg.sample.fd_encoder or cfg.pyramids.dino, s.device)
-    out["fd_encoder"] = f"{fd_dino.source} (hash {fd_dino.hash})"
-    size = max(sizes)
-    real = dino_cls(fd_dino, _real_images(list(rows["path"]), size), size)
-    out["fd_dinov2/reconstructions"] = fd(dino_cls(fd_dino, recon, size), real)
-    with torch.no_grad():
-        (gen_cls, _), = dino_levels(s.dino, recon.to(s.device), [size])
-    out["train_encoder/fd_reconstructions"] = fd(gen_cls.float().cpu().numpy(), rows[schema.cls_col(size)])
-    if (run_dir / PRIOR_FILE).is_file():
-        prior = s.from_prior(n, seed)[0].images
-        out["fd_dinov2/prior"] = fd(dino_cls(fd_dino, prior, size), real)
-
     if prompts and (run_dir / MAPPING_FILE).is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
     (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))
     _to_tensorboard(run_dir, out)
     return out
+
+
+def _overlaps_training(run_dir: Path, manifest: dict) -> bool:
+    """Whether a pyramid may share images with the one the run trained on (named in its ``metrics.json``).
+
+    Same source and not the two sides of one split: the same folder, or
+    the training side itself.
+    """
+    metrics = run_dir / "metrics.json"
+    trained = json.loads(metrics.read_text()).get("pyramids") if metrics.is_file() else None
+    if not trained or not Path(trained, schema.MANIFEST).is_file():
+        return False
+    train_manifest = schema.read_manifest(trained)
+    if train_manifest.get("source") != manifest.get("source"):
+        return False
+    a, b = train_manifest.get("split") or {}, manifest.get("split") or {}
+    keys = ("holdout_fraction", "holdout_min", "files_total")
+    return not (a and b and a["part"] != b["part"] and all(a[k] == b[k] for k in keys))
 
 
 def prompt_scores(s: Sampler, prompts: list[str], per_prompt: int, seed: int) -> dict:

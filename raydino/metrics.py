@@ -1,7 +1,10 @@
-"""Weight-independent quality figures: FD-DINOv2, CLIP score, colour error.
+"""Weight-independent quality figures: FD-DINOv2 with its floor, paired distance, CLIP score, colour error.
 
 These judge runs and Tune trials, so none of them may depend on the loss
 weights being searched (a weighted loss rewards weights going to zero).
+Generated and real images are compared at the same resolution: real images
+are first resized to the generator's output size, so a 32 px generator is
+not charged for the detail a 32 px image cannot hold.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from raydino.losses import cosine_distance
 from raydino.models.loading import Clip, Dino
-from raydino.pyramids.features import clip_image_embedding, dino_levels, resize
+from raydino.pyramids.features import clip_image_embedding, dino_levels, resize, to_float
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +56,47 @@ def dino_cls(dino: Dino, images: torch.Tensor, size: int = 224, batch_size: int 
         (cls, _), = dino_levels(dino, images[i : i + batch_size].to(next(dino.model.parameters()).device), [size])
         out.append(cls.float().cpu())
     return torch.cat(out).numpy()
+
+
+def fd_with_floor(generated: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """FD of generated features against real ones, beside the real-vs-real floor at the same ``n``.
+
+    ``real`` is split into two disjoint halves A and B: the floor is
+    FD(A, B), the figure FD(generated[:n], B) with ``n = len(B)``, so both
+    compare ``n`` against the same ``n`` real images and differ only in what
+    the first set is. (``generated[i]`` is meant to come from A's rows, or
+    from nothing: never from B's, which it is compared with.)
+    """
+    half = len(real) // 2
+    a, b = real[:half], real[half : 2 * half]
+    if half < 2 or len(generated) < half:
+        raise ValueError(f"FD with a floor needs at least 4 real and {half} generated feature vectors")
+    return {"value": fd(generated[:half], b), "floor": fd(a, b), "n": half}
+
+
+def match_resolution(images: torch.Tensor | np.ndarray, resolution: int) -> torch.Tensor:
+    """Real images (uint8 HWC or float CHW) as a ``resolution`` px generator would see them, in [0, 1]."""
+    x = to_float(images) if isinstance(images, np.ndarray) else images.float()
+    return resize(x, resolution).clamp(0, 1)
+
+
+@torch.no_grad()
+def paired_distance(encoder: Dino, generated: torch.Tensor, real: torch.Tensor, size: int,
+                    batch_size: int = 64) -> dict[str, float]:
+    """Mean ``1 - cos`` between each generated image and its own real image, patch tokens and CLS.
+
+    Low variance at small ``n`` (each pair is its own comparison), so it can
+    rank Tune trials on a few held-out images; it says nothing about
+    diversity, which FD does.
+    """
+    device = next(encoder.model.parameters()).device
+    patch, cls, n = 0.0, 0.0, len(generated)
+    for i in range(0, n, batch_size):
+        (gc, gt), = dino_levels(encoder, generated[i : i + batch_size].to(device).float(), [size])
+        (rc, rt), = dino_levels(encoder, real[i : i + batch_size].to(device).float(), [size])
+        patch += float(cosine_distance(gt, rt)) * len(gt)
+        cls += float(cosine_distance(gc, rc)) * len(gc)
+    return {"patch": patch / n, "cls": cls / n, "mean": (patch + cls) / (2 * n)}
 
 
 @torch.no_grad()

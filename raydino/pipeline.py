@@ -50,43 +50,50 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     write_tiny_models(out, seed=cfg.data.seed, train_clip_on=faces, clip_steps=cfg.data.clip_fit_steps)
 
 
-def _pyramids(cfg: Config, images: Path, out: Path) -> None:
+def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
+    """One pyramid of ``images``; ``part`` picks a side of the deterministic held-out split."""
+    from raydino.pyramids.decode import Split
     from raydino.pyramids.extract import build_pyramids
 
-    build_pyramids(cfg.pyramids, str(images), out)
+    split = Split(part, cfg.data.holdout_fraction, cfg.eval.n) if part else None
+    build_pyramids(cfg.pyramids, str(images), out, split=split)
 
 
-def _train(cfg: Config, pyramids: Path, run_dir: Path) -> None:
+def _train(cfg: Config, pyramids: Path, run_dir: Path, holdout: Path) -> None:
     from raydino.train.trainer import EXPERIMENT, train
 
     resume = (run_dir / EXPERIMENT / "checkpoint_manager_snapshot.json").exists()  # a crashed earlier attempt
-    train(cfg, pyramids, run_dir, resume=resume)
+    train(cfg, pyramids, run_dir, resume=resume, holdout=holdout)
 
 
 def _fit_codes(cfg: Config, pyramids: Path, run_dir: Path) -> None:
+    from raydino.train.checkpoint import load_generator
     from raydino.train.mapping import fit_mapping, fit_prior
 
+    cfg = load_generator(run_dir)[1]  # with the encoders training bound to the pyramid
     fit_prior(cfg, pyramids, run_dir)
     if cfg.pyramids.clip:
         fit_mapping(cfg, pyramids, run_dir)
 
 
-def _tune(cfg: Config, pyramids: Path, sweep: Path) -> None:
+def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
     from raydino.tune import tune_sweep
 
-    tune_sweep(cfg, pyramids, sweep)
+    tune_sweep(cfg, pyramids, sweep, holdout=holdout)
 
 
 def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
     from raydino.evaluate import evaluate
 
-    evaluate(run_dir, pyramids, n=cfg.train.val_count * 4, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
+    evaluate(run_dir, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
-def _samples(cfg: Config, run_dir: Path, faces: Path, out: Path) -> None:
+def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path) -> None:
+    """Sample grids from held-out images (never training ones), the prior, the prompts and a mix."""
+    from raydino.pyramids import schema
     from raydino.sample import sample
 
-    images = sorted(p for p in faces.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 3)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
     sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
     sample(run_dir, out / "prior.png", prior=True, n=n, seed=seed)
@@ -110,35 +117,33 @@ def plan(cfg: Config) -> list[Step]:
     else:
         faces, val_faces = root / "faces", root / "faces-val"
         steps.append(Step("synthetic faces", faces / "metadata.parquet", lambda: _faces(cfg, faces)))
-        held_out = max(16, cfg.data.synth_count // 8)
         steps.append(Step("held-out faces", val_faces / "metadata.parquet",
-                          lambda: _faces(cfg, val_faces, count=held_out, seed=cfg.data.seed + 10_000)))
+                          lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
         models = root / "models"
         steps.append(Step("tiny models", models / "clip-tiny" / "open_clip_model.safetensors",
                           lambda: _models(cfg, faces, models)))
     pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
-    steps.append(Step("feature pyramids", pyramids / "manifest.json", lambda: _pyramids(cfg, faces, pyramids),
-                      needs_ray=True, complete=_pyramid_complete))
-    if val_faces is not None:
-        steps.append(Step("held-out pyramids", val_pyramids / "manifest.json",
-                          lambda: _pyramids(cfg, val_faces, val_pyramids), needs_ray=True,
-                          complete=_pyramid_complete))
-    else:
-        val_pyramids = pyramids  # a user folder: evaluate on its pyramid (say so in the figures)
+    # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set
+    train_part, val_part, val_source = ("train", "holdout", faces) if val_faces is None else (None, None, val_faces)
+    steps.append(Step("feature pyramids", pyramids / "manifest.json",
+                      lambda: _pyramids(cfg, faces, pyramids, train_part), needs_ray=True, complete=_pyramid_complete))
+    steps.append(Step("held-out pyramids", val_pyramids / "manifest.json",
+                      lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
+                      complete=_pyramid_complete))
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
     steps += [
-        Step("progressive training", run_dir / "generator.safetensors", lambda: _train(cfg, pyramids, run_dir),
-             needs_ray=True),
+        Step("progressive training", run_dir / "generator.safetensors",
+             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True),
         Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
              lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True),
     ]
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
-        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, sweep),
+        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
                           needs_ray=True))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
-        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_faces or faces, samples)),
+        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples)),
         Step("report", root / "report" / "index.html",
              lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
     ]

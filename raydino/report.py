@@ -339,10 +339,13 @@ class Context:
 
 FIGURES = [  # eval.json key, title, what it means
     ("fd_dinov2/reconstructions", "FD-DINOv2, reconstructions",
-     "Fréchet distance between held-out images and their reconstructions, in the CLS space of the FD encoder. "
-     "Lower is better."),
+     "Fréchet distance between reconstructions of one half of the held-out images and the other half, in the "
+     "CLS space of the evaluation encoder. Lower is better; the floor is two halves of real images."),
     ("fd_dinov2/prior", "FD-DINOv2, prior samples",
      "The same distance for unconditional samples from the coarse-code prior."),
+    ("heldout/eval_dist", "Held-out distance, evaluation encoder",
+     "1 − cosine between each held-out image and its reconstruction (patch and CLS, mean), under the evaluation "
+     "encoder: what the sweep ranks trials by."),
     ("train_encoder/dist_unweighted", "Patch distance, training encoder",
      "1 − cosine of patch tokens, mean over levels, on held-out reconstructions. Measured by the encoder the "
      "generator was trained to match: it can look good while the images do not."),
@@ -361,18 +364,28 @@ def section_figures(ctx: Context) -> str:
     if ev is None:
         parts.append(_missing(f"No eval.json in {ctx.inputs.run}.", "raydino eval --run RUN --pyramids HELD_OUT"))
     else:
+        def floor(key: str) -> str:
+            if not key.startswith("fd_dinov2/") or "fd_dinov2/floor" not in ev:
+                return ""
+            return (f'<div class="note">floor (real vs real) <b>{fmt(ev["fd_dinov2/floor"])}</b> '
+                    f'at n = {fmt(ev.get("fd_dinov2/n"))}</div>')
+
         cards = [f'<div class="card"><div class="k">{_esc(title)}</div><div class="v">{fmt(ev[key])}</div>'
-                 f'<div class="note">{_esc(note)}</div></div>' for key, title, note in FIGURES if key in ev]
+                 f'{floor(key)}<div class="note">{_esc(note)}</div></div>' for key, title, note in FIGURES if key in ev]
+        if "set" in ev:
+            parts.append(f'<p class="small">Computed on: <b>{_esc(ev["set"])}</b>; {fmt(ev.get("n"))} images at '
+                         f'{fmt(ev.get("resolution"))} px (real images resized to it).</p>')
         parts.append(f'<div class="cards">{"".join(cards)}</div>')
         levels = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in ev.items() if re.fullmatch(r"train_encoder/dist_\d+", k))
         if levels:
             parts.append('<p class="small">Patch distance per level (training encoder): ' + ", ".join(
                 f"{s} px <b>{fmt(v)}</b>" for s, v in levels) + f'; {fmt(ev.get("n"))} held-out images.</p>')
-        same = ev.get("fd_encoder") and ev.get("fd_encoder") == ev.get("training_encoder")
+        judge = ev.get("eval_encoder") or ev.get("fd_encoder")
+        same = judge and judge.split(" (")[0] == ev.get("training_encoder", "").split(" (")[0]
         warn = (' <span class="warn">FD used the training encoder, so it is not an independent judge.</span>'
                 if same else "")
         parts.append(f'<p class="small">Encoders: training <code>{_esc(ev.get("training_encoder", "?"))}</code>; '
-                     f'FD <code>{_esc(ev.get("fd_encoder", "?"))}</code>.{warn}</p>')
+                     f'evaluation (FD) <code>{_esc(judge or "?")}</code>.{warn}</p>')
     if m is None:
         parts.append(_missing(f"No metrics.json in {ctx.inputs.run}: training has not finished.",
                               "raydino train ... --out RUN"))
@@ -381,9 +394,14 @@ def section_figures(ctx: Context) -> str:
                             (("step0/dist_unweighted", "untrained generator"),
                              ("mean_image/dist_unweighted", "mean image")) if key in m)
         parts.append(f'<p class="small">Training: {fmt(m.get("images_seen"))} images in {fmt(m.get("step"))} steps'
-                     f'{", " + fmt(m["time_s"]) + " s" if "time_s" in m else ""}; validation patch distance '
+                     f'{", " + fmt(m["time_s"]) + " s" if "time_s" in m else ""}; patch distance on '
+                     f'the first training rows (training encoder, watched during training) '
                      f'<b>{fmt(m["val/dist_unweighted"])}</b> (baselines{baselines}); '
                      f'{fmt(m.get("bad_steps", 0))} skipped steps.</p>')
+        if "heldout/eval_dist" in m:
+            parts.append(f'<p class="small">At the end of training, on {_esc(m.get("heldout_set", "held-out images"))}'
+                         f': heldout/eval_dist <b>{fmt(m["heldout/eval_dist"])}</b> (step 0: '
+                         f'{fmt(m.get("step0/heldout_eval_dist"))}), evaluation encoder.</p>')
     return "".join(parts)
 
 
@@ -496,13 +514,12 @@ def pyramid_rows(pyramid_dir: Path, count: int) -> tuple[dict, list[int]]:
     import pyarrow.parquet as pq
 
     from raydino.pyramids import schema
-    from raydino.train.session import read_first_rows
 
     manifest = schema.read_manifest(pyramid_dir)
     levels = [int(s) for s in manifest["levels"]]
     names = set(pq.read_schema(schema.shard_files(pyramid_dir)[0]).names)
     wanted = [schema.tokens_col(s) for s in levels] + [c for c in (schema.THUMB, "path") if c in names]
-    return read_first_rows(pyramid_dir, wanted, count), levels
+    return schema.read_first_rows(pyramid_dir, wanted, count), levels
 
 
 def pca_rgb(tokens: np.ndarray) -> np.ndarray:
@@ -650,14 +667,17 @@ def section_tune(ctx: Context) -> str:
     if not rows:
         return _missing(f"{sweep / 'results.csv'} lists no trials.")
     best = _read_json(sweep / "best.json") or {}
-    metric = best.get("metric") or next((k for k in rows[0] if k.startswith("val/")), "")
+    metric = best.get("metric") or next((k for k in rows[0] if k.startswith(("heldout/", "val/"))), "")
     best_id = best.get("best_trial", rows[0].get("trial_id") if rows else None)
     parts = []
     if best:
         parts.append(f'<p class="lead">{fmt(best.get("trials", len(rows)))} trials, '
                      f'{fmt(best.get("stopped_early", 0))} stopped early by ASHA. Judged by <code>{_esc(metric)}</code> '
-                     f'(unweighted, so weights cannot win by shrinking the loss). Best: <b>{fmt(best.get("best_value"))}'
-                     f'</b> (trial {_esc(best_id)}); its config is <code>{_esc(sweep / "best.yaml")}</code>.</p>')
+                     + ("on held-out images under the evaluation encoder, at stage ends (no swept weight enters it)"
+                        if metric.startswith("heldout/") else "on training rows (unweighted)")
+                     + f'. Best among the trials that finished {fmt(best.get("best_stages_done", "all"))} stages: '
+                     f'<b>{fmt(best.get("best_value"))}</b> (trial {_esc(best_id)}); its config is '
+                     f'<code>{_esc(sweep / "best.yaml")}</code>.</p>')
         keys = list(best.get("best", {}))
         parts.append(_table(["weight", "default", "best"],
                             [[f"<code>{_esc(k)}</code>", fmt(best.get("default", {}).get(k)),

@@ -2,10 +2,14 @@
 
 Each trial is a function that builds the generator's ``TorchTrainer`` with the
 sampled weights and runs it; Train's ``TuneReportCallback`` forwards rank 0's
-reports to Tune, where ASHA stops weak trials early. Trials are judged by the
-unweighted validation distance (``tune.metric``), never by the weighted
-loss, which would reward weights going to zero. All trials read the same
-pyramid files; none copies them.
+reports to Tune, where ASHA stops weak trials early. Trials are judged by a
+figure no swept key enters (``tune.metric``, by default
+``heldout/eval_dist``: held-out images against their reconstructions under
+the evaluation encoder, measured at each stage end), never by the loss or a
+distance under the encoder the loss uses. ASHA counts time in finished
+stages, so it compares trials only where that figure was just measured, and
+the best trial is chosen among those that finished the most stages. All
+trials read the same pyramid files; none copies them.
 """
 
 from __future__ import annotations
@@ -36,12 +40,26 @@ def _lookup(data: dict, key: str):
     return node
 
 
+def check_used(cfg: Config) -> None:
+    """A swept key that some stage ignores is an error: trials would differ there by chance alone."""
+    overridden = cfg.loss.stage_level_weights
+    for key in cfg.tune.search:
+        if key.startswith("loss.level_weights.") and overridden:
+            ignored = [s.resolution for s in cfg.train.stages if str(s.resolution) in overridden]
+            if ignored:
+                raise ConfigError(f"tune.search: '{key}' is ignored at stages {ignored} px, where "
+                                  f"loss.stage_level_weights replaces loss.level_weights: search "
+                                  "loss.stage_level_weights.<px>.<level> for those stages, or add "
+                                  "'loss.stage_level_weights={}' to tune.overrides")
+
+
 def search_space(cfg: Config) -> dict:
     """``tune.search`` as Tune distributions; a bad key or bound is an error before anything starts."""
     from ray import tune
 
     if not cfg.tune.search:
         raise ConfigError("tune.search is empty: name at least one key to search")
+    check_used(trial_config(cfg, {}))
     data = to_dict(cfg)
     space = {}
     for key, bounds in cfg.tune.search.items():
@@ -65,7 +83,7 @@ def trial_config(cfg: Config, params: dict) -> Config:
     return from_dict(data)
 
 
-def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str, dataset) -> None:
+def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_dir: str, dataset) -> None:
     """One trial: a full training run in ``SWEEP_DIR/trials/<trial_id>``."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -76,11 +94,15 @@ def _trial(params: dict, base: dict, pyramids: str, sweep_dir: str, dataset) -> 
     run_dir = Path(sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()], dataset=dataset).fit()
+    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout).fit()
 
 
-def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict:
-    """Run (or resume) a sweep; write ``results.csv``, ``best.yaml`` and return the best trial's figures."""
+def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout: str | Path | None = None) -> dict:
+    """Run (or resume) a sweep; write ``results.csv``, ``best.yaml`` and return the best trial's figures.
+
+    ``holdout``: the held-out pyramid the default metric is measured on
+    (required for any ``heldout/*`` metric).
+    """
     import ray.tune
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -88,6 +110,9 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict
     from raydino.train.trainer import check_pyramid, training_dataset
 
     space = search_space(cfg)
+    if cfg.tune.metric.startswith("heldout/") and holdout is None:
+        raise ConfigError(f"tune.metric={cfg.tune.metric} is measured on held-out images: pass --holdout "
+                          "HELD_OUT_PYRAMIDS (a pyramid of images the trials do not train on)")
     rows = check_pyramid(cfg, pyramids)["rows"]
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +122,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict
     # the other trials' workers hold the rest.
     dataset = training_dataset(trial_config(cfg, {}), pyramids, rows)
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), pyramids=str(Path(pyramids).resolve()),
+                                     holdout=str(Path(holdout).resolve()) if holdout else None,
                                      sweep_dir=str(sweep_dir), dataset=dataset)
     # the trial function only waits on its TorchTrainer, whose workers hold the real resources
     # (Tune refuses an empty request, hence a token fraction of a CPU)
@@ -112,8 +138,10 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path) -> dict
             tune_config=tune.TuneConfig(
                 metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.trials,
                 max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
-                                        reduction_factor=cfg.tune.reduction_factor, max_t=10_000),
+                # time in finished stages: rungs fall on stage ends, where the held-out figure is fresh
+                scheduler=ASHAScheduler(time_attr="stages_done", grace_period=max(1, cfg.tune.grace_period),
+                                        reduction_factor=cfg.tune.reduction_factor,
+                                        max_t=len(cfg.train.stages)),
             ),
             run_config=ray.tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir)),
         )
@@ -129,22 +157,26 @@ def _write_results(cfg: Config, grid, sweep_dir: Path) -> dict:
         m = result.metrics or {}
         rows.append({"trial_id": m.get("trial_id") or Path(result.path).name,
                      **{k: result.config.get(k) for k in keys}, metric: m.get(metric), "stage": m.get("stage"),
-                     "images_seen": m.get("images_seen"), "iterations": m.get("training_iteration", 0),
-                     "error": str(result.error).splitlines()[0] if result.error else ""})
-    longest = max(r["iterations"] or 0 for r in rows)
+                     "stages_done": m.get("stages_done") or 0, "images_seen": m.get("images_seen"),
+                     "error": str(result.error).splitlines()[0] if result.error else "",
+                     "_config": result.config})
+    longest = max(r["stages_done"] for r in rows)
     for r in rows:
-        r["stopped_early"] = not r["error"] and (r["iterations"] or 0) < longest
-    rows.sort(key=lambda r: (r[metric] is None, r[metric] or 0.0))
+        r["stopped_early"] = not r["error"] and r["stages_done"] < longest
+    # the best among the trials that reached the same (largest) budget: others were measured earlier
+    rows.sort(key=lambda r: (r["stages_done"] < longest or r[metric] is None, r[metric] or 0.0))
+    best = rows[0]
+    configs = [r.pop("_config") for r in rows]
     with open(sweep_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    best = grid.get_best_result(metric=metric, mode="min", scope="last")
-    best_cfg = trial_config(cfg, best.config)
+    best_cfg = trial_config(cfg, configs[0])
     best_cfg.train = cfg.train  # the preset's own resources, not the trial's
     save_config(best_cfg, sweep_dir / "best.yaml")
-    summary = {"metric": metric, "best_trial": rows[0]["trial_id"], "best_value": best.metrics.get(metric),
-               "best": {k: best.config[k] for k in keys}, "default": {k: _lookup(to_dict(cfg), k) for k in keys},
+    summary = {"metric": metric, "best_trial": best["trial_id"], "best_value": best[metric],
+               "best_stages_done": best["stages_done"], "set": "held-out" if metric.startswith("heldout/") else "",
+               "best": {k: configs[0][k] for k in keys}, "default": {k: _lookup(to_dict(cfg), k) for k in keys},
                "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)}
     (sweep_dir / "best.json").write_text(json.dumps(summary, indent=1))
     for r in rows:

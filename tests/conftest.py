@@ -107,6 +107,7 @@ def write_messy_folder(out, faces_dir) -> dict[str, str]:
     write("random.png", np.random.default_rng(0).bytes(4096), "not an image")
     write("bomb.png", _png_header_only(30000, 30000), "too large")
     (out / "notes.txt").write_text("ignored\n")
+    (out / "broken link.jpg").symlink_to(out / "moved away.jpg")  # dangling: a failure, never a silent gap
     (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (out / "jpeg" / "._visage.jpg").write_bytes(b"\0\5\26\7")  # macOS resource fork
     return expected
@@ -148,4 +149,14 @@ def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(56, 8
 def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
     """A demo-like pyramid (levels 56/84/112, two parquet shards) of the 48 faces, made without Ray Data."""
     return write_test_pyramid(tmp_path_factory.mktemp("train_pyramids"), faces_dir.glob("*.png"),
+                              str(tiny_models["dino"]))
+
+
+@pytest.fixture(scope="session")
+def holdout_pyramids(tmp_path_factory, tiny_models):
+    """A held-out pyramid: 16 other faces (another seed), same encoder and levels as ``train_pyramids``."""
+    from raydino.data.synth_faces import write_faces
+
+    faces = write_faces(tmp_path_factory.mktemp("holdout_faces"), count=16, seed=1, size=128)
+    return write_test_pyramid(tmp_path_factory.mktemp("holdout_pyramids"), faces.glob("*.png"),
                               str(tiny_models["dino"]))

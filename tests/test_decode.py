@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,8 @@ def test_listing_recurses_ignores_non_images_and_matches_globs(messy_images):
     rel = sorted(p[len(str(folder)) + 1:] for p in listing.images)
     assert rel == sorted(expected)
     assert listing.ignored == {".txt": 1, "(hidden)": 2}
+    assert [(Path(f["path"]).name, f["reason"].split(":")[0]) for f in listing.failures] == [
+        ("broken link.jpg", "dangling symlink")]
     assert list_images(f"file://{folder}").images == listing.images
     jpegs = list_images(f"{folder}/*.jpg").images
     assert {p.rsplit("/", 1)[1] for p in jpegs} == {

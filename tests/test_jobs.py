@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from raydino.pyramids import schema
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this environment's `ray` and `python`
 RUNTIME_ENV = "cluster/runtime_env.yaml"
@@ -298,6 +300,15 @@ def test_the_resubmitted_pipeline_resumes_and_finishes(cluster, demo):
     # The summary lines: where everything is.
     assert f"outputs under {out}" in logs and "raydino run finished in" in logs, logs[-3000:]
     assert f"report       {out / 'report' / 'index.html'}" in logs
+    # --images: a held-out split by path hash, recorded in both manifests, no image on both sides
+    train_m, held_m = (schema.read_manifest(out / name) for name in ("pyramids", "pyramids-val"))
+    assert (train_m["split"]["part"], held_m["split"]["part"]) == ("train", "holdout")
+    assert train_m["rows"] + held_m["rows"] == 48 and held_m["rows"] == held_m["split"]["files_held_out"] > 0
+    ids = [set(schema.load_arrays(out / name, ["id"])["id"]) for name in ("pyramids", "pyramids-val")]
+    assert ids[0].isdisjoint(ids[1])
+    figures = json.loads((out / "runs" / "train" / "eval.json").read_text())
+    assert figures["set"].startswith("held-out split") and figures["n"] == held_m["rows"]
+    assert {"fd_dinov2/reconstructions", "fd_dinov2/floor", "fd_dinov2/n"} <= set(figures)
     for path in ("config.yaml", "pyramids/manifest.json", "runs/train/generator.safetensors",
                  "runs/train/eval.json", "samples/mix.png", "report/index.html"):
         assert (out / path).is_file(), f"{path} missing"

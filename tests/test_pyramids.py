@@ -65,9 +65,11 @@ def test_messy_folder_one_row_per_good_image_and_a_reason_per_bad_one(built, mes
     assert list(arrays["id"]) == sorted(schema.stable_id(p) for p in good)
     failures = {f["path"]: f["reason"] for f in manifest["failures"]}
     assert {p: r.split(":")[0] for p, r in failures.items()} == {
-        str(folder / rel): kind for rel, kind in expected.items() if kind}
+        str(folder / rel): kind for rel, kind in expected.items() if kind} | {
+        str(folder / "broken link.jpg"): "dangling symlink"}
     assert manifest["ignored"] == {".txt": 1, "(hidden)": 2}
-    assert "rows, 6 failures (corrupt 1, empty file 1, not an image 2, too large 1, too small 1)" in stdout
+    assert ("rows, 7 failures (corrupt 1, dangling symlink 1, empty file 1, not an image 2, too large 1, too small 1)"
+            in stdout)
     assert "images/s" in stdout
     assert not list(out.parent.glob(".messy.*")) and not (out / "_failures").exists()
 

@@ -7,6 +7,8 @@ covered by test_train_ray.py), the text mapping trains as its Ray Train job.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,9 @@ def text_run(tmp_path_factory, ray_local):
     models = write_tiny_models(root / "models", seed=0, train_clip_on=faces)
     (root / "pyr").mkdir()
     pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
+    held_faces = write_faces(root / "held_faces", count=32, seed=6, size=128)
+    (root / "held").mkdir()
+    held = write_test_pyramid(root / "held", held_faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
     cfg = load_config("demo", overrides=[
         f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
@@ -54,7 +59,8 @@ def text_run(tmp_path_factory, ray_local):
     checkpoint.export_generator(next(session.checkpoint_dirs()), run_dir)
     fit_prior(cfg, pyramids, run_dir)
     fit_mapping(cfg, pyramids, run_dir)
-    return {"root": root, "run": run_dir, "untrained": untrained, "pyramids": pyramids, "faces": faces}
+    (run_dir / "metrics.json").write_text(json.dumps({"pyramids": str(pyramids)}))  # as `raydino train` writes it
+    return {"root": root, "run": run_dir, "untrained": untrained, "pyramids": pyramids, "held": held, "faces": faces}
 
 
 def _hair(images: torch.Tensor) -> np.ndarray:
@@ -78,15 +84,21 @@ def test_clip_score_of_matching_prompts_beats_mismatched(text_run):
     assert scores["clip_score/matched"] > scores["clip_score/mismatched"], scores
 
 
-def test_eval_orders_untrained_below_trained(text_run):
-    trained = evaluate(text_run["run"], text_run["pyramids"], n=32, prompts=PROMPTS)
-    untrained = evaluate(text_run["untrained"], text_run["pyramids"], n=32)
+def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
+    trained = evaluate(text_run["run"], text_run["held"], n=32, prompts=PROMPTS)
+    untrained = evaluate(text_run["untrained"], text_run["held"], n=32)
     assert trained["train_encoder/dist_unweighted"] < untrained["train_encoder/dist_unweighted"]
     assert trained["fd_dinov2/reconstructions"] < untrained["fd_dinov2/reconstructions"]
+    assert trained["heldout/eval_dist"] < untrained["heldout/eval_dist"]
     assert trained["colour_error"] < untrained["colour_error"]
     assert "fd_dinov2/prior" in trained and "clip_score/matched" in trained
-    assert "dinov2-tiny-fd" in trained["fd_encoder"] and "dinov2-tiny " in trained["training_encoder"]
+    assert "dinov2-tiny-fd" in trained["eval_encoder"] and "dinov2-tiny " in trained["training_encoder"]
+    assert trained["n"] == 32 and trained["fd_dinov2/n"] == 16 and trained["resolution"] == 16
+    assert 0 < trained["fd_dinov2/floor"] == untrained["fd_dinov2/floor"]  # real halves: the run plays no part
+    assert trained["set"].startswith("all 32 images of ") and trained["set"].endswith("held_faces")
     assert (text_run["run"] / "eval.json").is_file()
+    with pytest.raises(ValueError, match="was trained on"):  # the training rows are no held-out set
+        evaluate(text_run["run"], text_run["pyramids"], n=32)
 
 
 def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):

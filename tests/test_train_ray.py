@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
+from raydino.models.loading import EncoderMismatch
 from raydino.pyramids.schema import ManifestMismatch
 from raydino.train import checkpoint
 from raydino.train.trainer import EXPERIMENT, FAIL_ENV, TrainingError, train
@@ -27,7 +28,7 @@ def tiny_cfg(dino: str, **train_overrides):
         " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 24}]",
         "train.num_workers=2", "train.checkpoint_every=5", "train.num_to_keep=3", "train.log_every=4",
         "train.sample_every=6", "train.val_count=8", "train.materialize=true", "train.ema_beta=0.9",
-    ] + [f"train.{k}={v}" for k, v in train_overrides.items()]
+    ] + [f"{k if '.' in k else 'train.' + k}={v}" for k, v in train_overrides.items()]
     return load_config("demo", overrides=overrides)
 
 
@@ -42,9 +43,10 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, train_pyramids, tiny_models, tmp_path_factory):
+def reference(ray_local, train_pyramids, holdout_pyramids, tiny_models, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train") / "reference"
-    return run_dir, train(tiny_cfg(str(tiny_models["dino"])), train_pyramids, run_dir)
+    cfg = tiny_cfg(str(tiny_models["dino"]), **{"sample.fd_encoder": str(tiny_models["fd"])})
+    return run_dir, train(cfg, train_pyramids, run_dir, holdout=holdout_pyramids)
 
 
 def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
@@ -56,6 +58,10 @@ def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
     assert final < 0.6 * step0 and final < 0.8 * mean, (final, step0, mean)
     for size in (56, 84, 112):
         assert metrics[f"val/dist_{size}"] < metrics[f"step0/dist_{size}"]
+    # held-out images the run never saw, under the other encoder: better than at step 0, and labelled so
+    assert metrics["heldout/eval_dist"] < 0.8 * metrics["step0/heldout_eval_dist"], metrics
+    assert metrics["heldout/n"] == 8 and "dinov2-tiny-fd" in metrics["eval_encoder"]
+    assert metrics["heldout_set"].startswith("all 16 images of ")
     for name in ("grids/stage_16.png", "grids/stage_32.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -87,11 +93,13 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
 
 
-def test_worker_failure_is_recovered_with_the_exact_step_count(reference, train_pyramids, tiny_models, tmp_path,
-                                                               monkeypatch):
+def test_worker_failure_is_recovered_by_default_with_the_exact_step_count(reference, train_pyramids, tiny_models,
+                                                                          tmp_path, monkeypatch):
     run_dir = tmp_path / "failing"
     monkeypatch.setenv(FAIL_ENV, "7")
-    metrics = train(tiny_cfg(str(tiny_models["dino"]), max_failures=1), train_pyramids, run_dir)
+    cfg = tiny_cfg(str(tiny_models["dino"]))
+    assert cfg.train.max_failures >= 1  # the default: a killed worker is retried, no flag needed
+    metrics = train(cfg, train_pyramids, run_dir)
     assert (run_dir / ".fault_injected").is_file()  # the worker really died
     assert metrics["step"] == STEPS and metrics["images_seen"] == 128
     assert metrics["resumed_from_step"] == 5  # Ray restarted the workers from the last checkpoint
@@ -104,6 +112,6 @@ def test_manifest_mismatch_stops_before_any_worker(train_pyramids, tiny_models, 
     with pytest.raises(ManifestMismatch, match="'levels'"):
         train(cfg, train_pyramids, tmp_path / "run")
     other = tiny_cfg(str(tiny_models["fd"]))  # same architecture, other weights
-    with pytest.raises(ManifestMismatch, match="'dino'"):
+    with pytest.raises(EncoderMismatch, match="hash"):
         train(other, train_pyramids, tmp_path / "run")
     assert not (tmp_path / "run" / EXPERIMENT).exists()

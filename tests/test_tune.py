@@ -35,15 +35,22 @@ def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
 
 
 def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
-        ray_local, train_pyramids, tiny_models, tmp_path):
-    cfg = sweep_cfg(str(tiny_models["dino"]))
+        ray_local, train_pyramids, holdout_pyramids, tiny_models, tmp_path):
+    cfg = sweep_cfg(str(tiny_models["dino"]), **{"sample.fd_encoder": str(tiny_models["fd"])})
     sweep = tmp_path / "sweep"
-    summary = tune_sweep(cfg, train_pyramids, sweep)
+    with pytest.raises(ConfigError, match="--holdout"):
+        tune_sweep(cfg, train_pyramids, sweep)
+    summary = tune_sweep(cfg, train_pyramids, sweep, holdout=holdout_pyramids)
     rows = list(csv.DictReader(open(sweep / "results.csv")))
     assert len(rows) == 4 and summary["trials"] == 4
     assert all(not r["error"] for r in rows)
     assert summary["stopped_early"] >= 1, rows
-    assert float(rows[0]["val/dist_unweighted"]) == pytest.approx(summary["best_value"])
+    assert cfg.tune.metric == "heldout/eval_dist" and summary["set"] == "held-out"
+    # ranked among the trials that finished every stage, by the figure measured at their end
+    finished = [r for r in rows if int(r["stages_done"]) == 2]
+    assert rows[0] in finished and summary["best_stages_done"] == 2
+    assert float(rows[0]["heldout/eval_dist"]) == min(float(r["heldout/eval_dist"]) for r in finished)
+    assert float(rows[0]["heldout/eval_dist"]) == pytest.approx(summary["best_value"])
     for key in cfg.tune.search:
         assert float(rows[0][key]) == pytest.approx(summary["best"][key])
     assert list((sweep / "trials").glob("*/tb/events.out.tfevents.*"))
@@ -53,7 +60,7 @@ def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
     assert best.train == cfg.train  # the preset's schedule and resources, not the trial's
 
     events = sorted(p.name for p in sweep.rglob("events.out.tfevents.*"))
-    again = tune_sweep(cfg, train_pyramids, sweep)  # a finished sweep: restored, nothing rerun
+    again = tune_sweep(cfg, train_pyramids, sweep, holdout=holdout_pyramids)  # finished: restored, nothing rerun
     assert sorted(p.name for p in sweep.rglob("events.out.tfevents.*")) == events
     assert again["best"] == summary["best"]
 

@@ -163,3 +163,48 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> Clip:
     )
     log.info("CLIP weights: %s (hash %s, dim %d)", clip.source, clip.hash, clip.dim)
     return clip
+
+
+class EncoderMismatch(ValueError):
+    """A configured encoder whose weights are not the ones a pyramid was made with."""
+
+
+def _bind(kind: str, key: str, named: str, made: dict, load, where: str) -> str:
+    """The source to load for one encoder: ``named`` if it holds the pyramid's weights, else the pyramid's own."""
+    if named == made["source"]:
+        return named
+    if named:
+        try:
+            model = load(named)
+        except ModelNotFoundError:
+            log.info("%s %s=%s is not there; using the pyramid's %s %s (hash %s)", where, key, named, kind,
+                     made["source"], made["hash"])
+            return made["source"]
+        if model.hash != made["hash"]:
+            raise EncoderMismatch(f"{key}={named} has weights hash {model.hash}, but the pyramid {where} was made "
+                                  f"with {kind} {made['source']} (hash {made['hash']}): use that {kind}, or "
+                                  "recompute the pyramid with this one")
+        return named
+    return made["source"]
+
+
+def bind_encoders(pyramids, manifest: dict, where: str) -> None:
+    """Point a run's ``PyramidConfig`` at the DINOv2 and CLIP its pyramid was made with.
+
+    The manifest names each encoder's source and weights hash. A configured
+    encoder that holds the same weights is kept; one that is not there (the
+    preset's default path on another machine, say) gives way to the
+    manifest's, said in the log; one with other weights is an error naming
+    both. A pyramid without a CLIP column turns text conditioning off.
+    """
+    pyramids.dino = _bind("DINOv2", "pyramids.dino", pyramids.dino, manifest["dino"], load_dino, where)
+    clip = manifest.get("clip")
+    if not clip:
+        if pyramids.clip:
+            log.info("%s has no CLIP column: text conditioning is off for this run", where)
+        pyramids.clip = ""
+        return
+    named = pyramids.clip
+    if named and _looks_local(named) and Path(named).expanduser().is_dir():
+        named = clip_model_name(named)[0]  # the spelling the manifest uses: local-dir:/absolute/path
+    pyramids.clip = _bind("CLIP", "pyramids.clip", named, clip, load_clip, where)

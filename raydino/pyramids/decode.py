@@ -13,7 +13,10 @@ them, and tests call them directly.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
+import math
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,15 +45,63 @@ class BadImage(Exception):
 
 @dataclass
 class Listing:
-    """The files a source names: image candidates, and what was skipped by extension."""
+    """The files a source names: image candidates, what was skipped by extension, and what could not be listed.
+
+    Every entry under the source ends up in exactly one of the three, so the
+    manifest can account for each file (a dangling symlink is a failure, not
+    a silent gap).
+    """
 
     filesystem: pafs.FileSystem
     prefix: str  # prepended to filesystem paths to show them (``s3://``; empty for local files)
+    root: str = ""  # the folder paths are relative to (for the held-out split)
     images: list[str] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)  # extension -> count
+    failures: list[dict[str, str]] = field(default_factory=list)  # entries found but not readable as files
 
     def display(self, path: str) -> str:
         return self.prefix + path
+
+    def relative(self, path: str) -> str:
+        return path[len(self.root):].lstrip("/") if self.root and path.startswith(self.root) else PurePosixPath(path).name
+
+
+@dataclass(frozen=True)
+class Split:
+    """One side of the deterministic train / held-out split of a source.
+
+    A file's side depends only on the hash of its path relative to the
+    source: the ``k`` files with the smallest hashes are held out, with
+    ``k = ceil(fraction * N)`` raised to ``min_count`` and capped at a third
+    of the files, so training always keeps a clear majority.
+    """
+
+    part: str  # "train" or "holdout"
+    fraction: float
+    min_count: int
+
+    def __post_init__(self) -> None:
+        if self.part not in ("train", "holdout"):
+            raise ValueError(f"split part must be 'train' or 'holdout', not {self.part!r}")
+        if not 0 <= self.fraction < 1:
+            raise ValueError(f"data.holdout_fraction must be in [0, 1), not {self.fraction}")
+
+    def held_out_count(self, n: int) -> int:
+        return min(max(math.ceil(self.fraction * n), self.min_count), n // 3)
+
+    def apply(self, listing: Listing) -> dict:
+        """Keep this side's images in ``listing``; return the split as the manifest records it."""
+        def key(path: str) -> str:
+            return hashlib.sha1(listing.relative(path).encode("utf-8")).hexdigest()
+
+        by_hash = sorted(listing.images, key=key)
+        k = self.held_out_count(len(by_hash))
+        held = set(by_hash[:k])
+        listing.images = sorted(p for p in listing.images if (p in held) == (self.part == "holdout"))
+        return {"part": self.part, "holdout_fraction": self.fraction, "holdout_min": self.min_count,
+                "files_total": len(by_hash), "files_held_out": k,
+                "rule": "the k files with the smallest sha1(relative path) are held out, "
+                        "k = min(max(ceil(fraction * N), holdout_min), N // 3)"}
 
 
 def _open_source(src: str) -> tuple[pafs.FileSystem, str, str]:
@@ -94,6 +145,8 @@ def list_images(src: str) -> Listing:
     a listing is the same on every run.
     """
     fs, path, prefix = _open_source(src)
+    if isinstance(fs, pafs.LocalFileSystem) and not any(c in path for c in GLOB_CHARS):
+        return _list_local(path, src)
     if any(c in path for c in GLOB_CHARS):
         root = _glob_base(path)
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -103,17 +156,63 @@ def list_images(src: str) -> Listing:
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"image source not found: {src}")
         infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    listing = Listing(fs, prefix)
+    listing = Listing(fs, prefix, root=root)
     for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
-        below_root = PurePosixPath(info.path[len(root):] if info.path.startswith(root) else info.base_name)
-        if any(part.startswith(".") for part in below_root.parts):
-            listing.ignored["(hidden)"] += 1
-        elif info.extension and f".{info.extension.lower()}" in IMAGE_EXTENSIONS:
-            listing.images.append(info.path)
-        else:
-            listing.ignored[f".{info.extension.lower()}" if info.extension else "(none)"] += 1
+        if info.type == pafs.FileType.File:
+            _classify(listing, info.path)
+    listing.images.sort()
+    return listing
+
+
+def _classify(listing: Listing, path: str) -> None:
+    """File ``path`` -> an image candidate, or an ignored entry counted by its kind."""
+    rel = PurePosixPath(listing.relative(path))
+    ext = rel.suffix.lower()
+    if any(part.startswith(".") for part in rel.parts):
+        listing.ignored["(hidden)"] += 1
+    elif ext in IMAGE_EXTENSIONS:
+        listing.images.append(path)
+    else:
+        listing.ignored[ext or "(none)"] += 1
+
+
+def _list_local(path: str, src: str) -> Listing:
+    """A local folder or file, walked with ``os.scandir``.
+
+    pyarrow's local listing drops dangling symlinks and cannot say that a
+    folder was unreadable; here each such entry becomes a failure record.
+    """
+    listing = Listing(pafs.LocalFileSystem(), "", root=path)
+    if os.path.isfile(path):
+        listing.root = str(PurePosixPath(path).parent)
+        _classify(listing, path)
+        return listing
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image source not found: {src}")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"image source is neither a folder nor a file: {src}")
+
+    def walk(folder: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            listing.failures.append({"path": folder, "reason": f"unreadable folder: {exc.strerror or exc}"})
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows symlinks, like a file manager; hidden folders' files count as hidden
+                    walk(entry.path)
+                elif entry.is_file():
+                    _classify(listing, entry.path)
+                elif entry.is_symlink():
+                    listing.failures.append({"path": entry.path, "reason": "dangling symlink: its target "
+                                             f"{os.readlink(entry.path)!r} does not exist"})
+                else:
+                    listing.ignored["(not a regular file)"] += 1
+            except OSError as exc:
+                listing.failures.append({"path": entry.path, "reason": f"unreadable: {exc.strerror or exc}"})
+
+    walk(path)
     listing.images.sort()
     return listing
 
@@ -173,3 +272,19 @@ def decode_image(data: bytes, size: int, *, min_side: int, max_pixels: int) -> n
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
         raise BadImage("corrupt", str(exc) or type(exc).__name__) from None
     return square_crop(img, size)
+
+
+def read_source_image(path: str, size: int) -> np.ndarray:
+    """A pyramid row's source image (``path`` as the pyramid stores it) -> the same ``uint8`` crop extraction made.
+
+    Evaluation compares generated pixels with these, so they go through
+    :func:`decode_image` exactly as the extraction did, whatever the format.
+    """
+    fs, fs_path, _ = _open_source(path)
+    try:
+        with fs.open_input_stream(fs_path) as stream:
+            data = stream.read()
+        return decode_image(data, size, min_side=1, max_pixels=2**62)
+    except (OSError, BadImage) as exc:
+        raise FileNotFoundError(f"{path}: the held-out pyramid's source image cannot be read ({exc}); evaluation "
+                                "needs the pixels of the images the pyramid was made from") from None

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from raydino.config import PyramidConfig
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
 from raydino.pyramids import schema
-from raydino.pyramids.decode import BACKGROUND, BadImage, Listing, decode_image, list_images, source_uri
+from raydino.pyramids.decode import BACKGROUND, BadImage, Listing, Split, decode_image, list_images, source_uri
 from raydino.pyramids.features import PyramidEncoder
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _finished(out: Path) -> dict | None:
     return manifest if manifest.get("status") == "ok" else None
 
 
-def _check_same_request(manifest: dict, cfg: PyramidConfig, images: str, out: Path) -> None:
+def _check_same_request(manifest: dict, cfg: PyramidConfig, images: str, out: Path, split: dict | None) -> None:
     made = manifest.get("config", {})
     wanted = dataclasses.asdict(cfg)
     for key in CONTENT_KEYS:
@@ -194,6 +194,11 @@ def _check_same_request(manifest: dict, cfg: PyramidConfig, images: str, out: Pa
         raise schema.ManifestMismatch(
             f"{out} holds a finished pyramid of {manifest.get('source')!r}, not {images!r}: pass --overwrite to recompute it"
         )
+    keys = ("part", "holdout_fraction", "holdout_min")
+    made_split, wanted_split = manifest.get("split") or {}, split or {}
+    if [made_split.get(k) for k in keys] != [wanted_split.get(k) for k in keys]:
+        raise schema.ManifestMismatch(f"{out} holds a finished pyramid of another split ({made_split or 'none'}): "
+                                      "pass --overwrite to recompute it")
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -213,15 +218,17 @@ def _summary(manifest: dict, out: Path) -> str:
 
 
 def _manifest(cfg: PyramidConfig, images: str, listing: Listing, dino: Dino, clip: Clip | None,
-              shards: list[Path], failures: list[dict[str, str]], seconds: float) -> dict[str, Any]:
+              shards: list[Path], failures: list[dict[str, str]], seconds: float, split: dict | None) -> dict[str, Any]:
     rows = sum(pq.read_metadata(f).num_rows for f in shards)
-    if rows + len(failures) != len(listing.images):
+    if rows + len(failures) != len(listing.images) + len(listing.failures):
         log.warning("%d rows + %d failures != %d images listed", rows, len(failures), len(listing.images))
     return {
         "status": "ok",
         "source": source_uri(images),
+        "split": split,
         "rows": rows,
         "images_listed": len(listing.images),
+        "listing_failures": len(listing.failures),  # entries that could not be listed as files (dangling symlinks)
         "failures": failures,
         "failure_counts": dict(Counter(f["reason"].split(":", 1)[0] for f in failures)),
         "ignored": dict(listing.ignored),
@@ -243,7 +250,8 @@ def _manifest(cfg: PyramidConfig, images: str, listing: Listing, dino: Dino, cli
 
 def _verdict(manifest: dict, cfg: PyramidConfig, images: str) -> str:
     """Why this pyramid must not be used, or an empty string."""
-    listed, failed = manifest["images_listed"], len(manifest["failures"])
+    listed = manifest["images_listed"] + manifest["listing_failures"]
+    failed = len(manifest["failures"])
     if manifest["rows"] == 0:
         return f"no readable image in {images} ({listed} image files, {failed} failures)"
     if failed > cfg.max_failure_fraction * listed:
@@ -251,10 +259,13 @@ def _verdict(manifest: dict, cfg: PyramidConfig, images: str) -> str:
     return ""
 
 
-def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: bool = False) -> dict:
-    """Compute the pyramids of every image under ``images`` into the folder ``out``.
+def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: bool = False,
+                   split: Split | None = None) -> dict:
+    """Compute the pyramids of every image under ``images`` (or of one ``split`` side of them) into ``out``.
 
-    Returns the manifest. A finished ``out`` made from the same source and
+    Returns the manifest. Entries that could not be listed (dangling
+    symlinks, unreadable folders) and ignored files are recorded in the
+    training side's manifest, or in the only one when there is no split. A finished ``out`` made from the same source and
     settings is left alone (``overwrite`` recomputes it). Raises
     :class:`PyramidError` after writing a failed run's manifest to ``out``
     when no image is readable or the failure fraction exceeds
@@ -262,15 +273,18 @@ def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: 
     or a local one.
     """
     out = Path(out).expanduser().absolute()
+    listing = list_images(images)
+    split_info = split.apply(listing) if split else None
+    if split and split.part == "holdout":  # the training side's manifest accounts for these
+        listing.failures, listing.ignored = [], type(listing.ignored)()
     done = _finished(out)
     if done and not overwrite:
-        _check_same_request(done, cfg, images, out)
+        _check_same_request(done, cfg, images, out, split_info)
         print(f"pyramids: {out} is finished already ({done['rows']} rows); nothing to do (--overwrite recomputes)")
         return done
     if not overwrite and out.exists() and not (out / schema.MANIFEST).exists() and (out.is_file() or any(out.iterdir())):
         raise PyramidError(f"{out} exists and is not a pyramid: choose another --out, or pass --overwrite to replace it")
 
-    listing = list_images(images)
     dino = load_dino(cfg.dino)  # fail before any Ray work on a model that is not there
     clip = load_clip(cfg.clip) if cfg.clip else None
     bad = [s for s in cfg.sizes if s % dino.patch_size]
@@ -283,9 +297,9 @@ def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: 
         tmp.mkdir()
         shard_rows = _shard_rows(cfg, dino.dim, dino.patch_size, clip.dim if clip else 0)
         seconds = _run(cfg, listing, tmp, shard_rows) if listing.images else 0.0
-        failures = _gather_failures(tmp)
+        failures = sorted(listing.failures + _gather_failures(tmp), key=lambda f: f["path"])
         shards = sorted(tmp.glob("*.parquet"))
-        manifest = _manifest(cfg, images, listing, dino, clip, shards, failures, seconds)
+        manifest = _manifest(cfg, images, listing, dino, clip, shards, failures, seconds, split_info)
         error = _verdict(manifest, cfg, images)
         if error:  # keep only the manifest: a failed pyramid must not look usable
             for f in shards:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from raydino import __version__
 
@@ -76,6 +78,17 @@ def read_manifest(pyramid_dir: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def describe_set(manifest: dict) -> str:
+    """Which images a pyramid holds, in words: every figure computed on it carries this label."""
+    split = manifest.get("split")
+    source = manifest.get("source", "?")
+    if not split:
+        return f"all {manifest.get('rows')} images of {source}"
+    side = "held-out" if split["part"] == "holdout" else "training"
+    return (f"{side} split of {source}: {manifest.get('rows')} images "
+            f"({split['files_held_out']} of {split['files_total']} files held out)")
+
+
 class ManifestMismatch(ValueError):
     """A pyramid that was made with other settings than the run expects."""
 
@@ -102,10 +115,20 @@ def shard_files(pyramid_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(pyramid_dir).glob("*.parquet"))
 
 
+def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> dict[str, np.ndarray]:
+    """The ``count`` rows with the smallest ids: a fixed validation set, read without loading the whole pyramid."""
+    files = shard_files(pyramid_dir)
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
+    ids = pa.concat_arrays([pq.read_table(f, columns=["id"])["id"].combine_chunks() for f in files])
+    chosen = pc.take(ids, pc.sort_indices(ids)[:count])
+    table = pa.concat_tables([pq.read_table(f, columns=["id", *columns], filters=pc.field("id").isin(chosen))
+                              for f in files]).sort_by("id")
+    return {c: to_numpy(table[c]).copy() for c in columns}  # writable: torch warns on read-only arrays
+
+
 def load_arrays(pyramid_dir: str | Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """Read a whole (small) pyramid with pyarrow alone, rows sorted by id."""
-    import pyarrow.parquet as pq
-
     files = shard_files(pyramid_dir)
     if not files:
         raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")

@@ -56,6 +56,7 @@ class Progress:
     bad_steps: int = 0      # skipped (non-finite) steps in total
     bad_in_row: int = 0
     baselines: dict[str, float] = field(default_factory=dict)
+    heldout: dict[str, float] = field(default_factory=dict)  # held-out figures at the last stage end (or step 0)
 
     def advance(self, images: int, ok: bool) -> None:
         """Count one step (a skipped one too: its batch was consumed)."""

@@ -27,7 +27,7 @@ from raydino.models.generator import Generator
 from raydino.models.loading import Dino, load_dino
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
-from raydino.train.monitor import RunLog, Validator
+from raydino.train.monitor import HeldOutScore, RunLog, Validator
 from raydino.train.session import Session
 from raydino.train.step import StepOutput, fade_alpha, requires_grad, stage_steps, train_step, update_ema
 
@@ -85,6 +85,18 @@ def log_step(monitor: RunLog, progress: Progress, stage: StageConfig, steps: int
           f"alpha {alpha:.2f} loss {out.terms.total.item():.4f} {rate:.1f} img/s", flush=True)
 
 
+def stage_line(resolution: int, progress: Progress, metrics: dict[str, float]) -> str:
+    """The end-of-stage summary: training rows under the training encoder, and held-out figures when there are."""
+    line = (f"[train {resolution}px] stage done: {progress.images_seen} images; training rows, training encoder: "
+            f"val/dist_unweighted {metrics['val/dist_unweighted']:.4f} (step 0: "
+            f"{progress.baselines['step0/dist_unweighted']:.4f}, mean image: "
+            f"{progress.baselines['mean_image/dist_unweighted']:.4f})")
+    if "heldout/eval_dist" in metrics:
+        line += (f"; held-out, evaluation encoder: heldout/eval_dist {metrics['heldout/eval_dist']:.4f} "
+                 f"(step 0: {metrics['step0/heldout_eval_dist']:.4f}, n={int(metrics['heldout/n'])})")
+    return line
+
+
 def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
     """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery.
 
@@ -101,8 +113,14 @@ def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) 
         os._exit(1)
 
 
-def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0) -> dict:
-    """Train through every stage; returns rank 0's final metrics (others return ``{}``)."""
+def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0,
+        holdout: dict | None = None) -> dict:
+    """Train through every stage; returns rank 0's final metrics (others return ``{}``).
+
+    ``holdout`` (``rows``, ``images``, ``encoder``, ``set``; from
+    ``trainer.holdout_payload``) adds the held-out figures at step 0 and at
+    each stage end; every later report carries the latest of them.
+    """
     tc, sizes, device, rank0 = cfg.train, cfg.pyramids.sizes, session.device, session.rank == 0
     run_dir = Path(run_dir)
     dino = load_dino(cfg.pyramids.dino, device)
@@ -116,12 +134,19 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
     final_res = tc.stages[-1].resolution
 
-    validator = monitor = None
+    validator = monitor = heldout = None
     if rank0:
         validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, tc.seed, device)
         monitor = RunLog(run_dir, purge_step=progress.step or None)
+        if holdout:
+            heldout = HeldOutScore(load_dino(holdout["encoder"], device), holdout["rows"], holdout["images"], sizes,
+                                   cfg.model.noise_dim, tc.seed, device)
         if not progress.baselines:
             progress.baselines = validator.baselines(ema, final_res)
+            if heldout:
+                progress.heldout = heldout(ema, tc.stages[0].resolution)
+                progress.baselines["step0/heldout_eval_dist"] = progress.heldout["heldout/eval_dist"]
+                monitor.scalars(progress.heldout, 0)
 
     def validate(resolution: int, alpha: float) -> dict[str, float]:
         val, images = validator.evaluate(ema, resolution, alpha)
@@ -132,9 +157,9 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     def report(resolution: int, alpha: float) -> dict[str, float]:
         """Validation metrics (rank 0) and a checkpoint (every rank's part), reported together."""
         metrics = {"stage": resolution, "step": progress.step, "images_seen": progress.images_seen,
-                   "alpha": alpha, "bad_steps": progress.bad_steps}
+                   "alpha": alpha, "bad_steps": progress.bad_steps, "stages_done": progress.stage}
         if rank0:
-            metrics |= validate(resolution, alpha) | progress.baselines
+            metrics |= validate(resolution, alpha) | progress.baselines | progress.heldout
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg)
             session.report(metrics, Path(d))
@@ -165,11 +190,12 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
                 log_step(monitor, progress, stage, steps, alpha, out)
             if progress.stage_step == steps:
                 progress.next_stage()
+                if heldout:
+                    progress.heldout = heldout(ema, stage.resolution, fade_alpha(stage, steps, first))
+                    monitor.scalars(progress.heldout, progress.step)
                 metrics = report(stage.resolution, fade_alpha(stage, steps, first))
                 if rank0:
-                    print(f"[train {stage.resolution}px] stage done: {progress.images_seen} images, val/dist_unweighted "
-                          f"{metrics['val/dist_unweighted']:.4f} (step 0: {progress.baselines['step0/dist_unweighted']:.4f}"
-                          f", mean image: {progress.baselines['mean_image/dist_unweighted']:.4f})", flush=True)
+                    print(stage_line(stage.resolution, progress, metrics), flush=True)
             elif progress.step % tc.checkpoint_every == 0:
                 report(stage.resolution, alpha)
             elif rank0 and progress.step % tc.sample_every == 0:
@@ -182,5 +208,6 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     monitor.close()
     return {"stage": final_res, "step": progress.step, "images_seen": progress.images_seen,
             "bad_steps": progress.bad_steps, "resumed_from_step": resumed_from,
-            **val, **progress.baselines,
-            "encoder": f"training DINOv2 {dino.source} (hash {dino.hash})"}
+            **val, **progress.baselines, **progress.heldout,
+            "encoder": f"training DINOv2 {dino.source} (hash {dino.hash})",
+            **({"heldout_set": holdout["set"], "eval_encoder": holdout["encoder"]} if holdout else {})}

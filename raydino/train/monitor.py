@@ -1,11 +1,16 @@
 """What rank 0 watches: fixed validation codes, their distances and grids, TensorBoard, progress lines.
 
-Validation uses the EMA generator on the first ``train.val_count`` rows of
-the pyramid (by id) with fixed noise, and scores them with the unweighted
-per-level patch distance under the training encoder, so the figure does not
-move when the loss weights do. These rows are also training rows: the
-figure measures how well codes are turned back into images, not
-generalisation (that is FD's job, in ``metrics.py``).
+Two sets, labelled apart:
+
+- ``val/*``: the EMA generator on the first ``train.val_count`` *training*
+  rows (by id) with fixed noise, scored by the unweighted per-level patch
+  distance under the *training* encoder. It shows how well codes are turned
+  back into images, watched every few steps; it is not a held-out figure.
+- ``heldout/*``: the same number of *held-out* images (a separate pyramid)
+  against their reconstructions at the stage's resolution, under the
+  *evaluation* encoder (``sample.fd_encoder``), at step 0 and each stage end.
+  No swept key enters it, and the generator was never fitted to that
+  encoder or those images: it is what Tune ranks trials by.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
 from raydino.losses import Targets, columns, level_distances
+from raydino.metrics import match_resolution, paired_distance
 from raydino.models.generator import Generator
 from raydino.models.loading import Dino
+from raydino.pyramids import schema
 from raydino.pyramids.features import resize
-from raydino.train.session import read_first_rows
 
 
 def summarise(prefix: str, distances: dict[int, float]) -> dict[str, float]:
@@ -36,7 +43,7 @@ class Validator:
     def __init__(self, dino: Dino, sizes: list[int], pyramid_dir: str | Path, count: int, noise_dim: int,
                  seed: int, device: torch.device):
         self.dino, self.sizes = dino, sizes
-        self.targets = Targets.from_batch(read_first_rows(pyramid_dir, columns(sizes), count), sizes, device)
+        self.targets = Targets.from_batch(schema.read_first_rows(pyramid_dir, columns(sizes), count), sizes, device)
         gen = torch.Generator().manual_seed(seed + 7919)
         self.noise = torch.randn(len(self.targets.code), noise_dim, generator=gen).to(device)
 
@@ -60,6 +67,25 @@ class Validator:
         thumbs = resize(self.targets.thumb, images.shape[-1]).clamp(0, 1)
         pairs = torch.stack([images.clamp(0, 1), thumbs], dim=1).flatten(0, 1)
         return make_grid(pairs.cpu(), nrow=8, padding=1, pad_value=1.0)
+
+
+class HeldOutScore:
+    """Held-out images against their reconstructions under the evaluation encoder (the sweep's objective)."""
+
+    def __init__(self, encoder: Dino, rows: dict[str, np.ndarray], images: np.ndarray, sizes: list[int],
+                 noise_dim: int, seed: int, device: torch.device):
+        self.encoder, self.size, self.images = encoder, max(sizes), images
+        self.code = Targets.from_batch(rows, sizes, device).code
+        gen = torch.Generator().manual_seed(seed + 104729)
+        self.noise = torch.randn(len(self.code), noise_dim, generator=gen).to(device)
+
+    @torch.no_grad()
+    def __call__(self, model: Generator, resolution: int, alpha: float = 1.0) -> dict[str, float]:
+        generated = model(self.code, self.noise, resolution, alpha).float().clamp(0, 1)
+        real = match_resolution(self.images, resolution)
+        d = paired_distance(self.encoder, generated, real, self.size)
+        return {"heldout/eval_dist": d["mean"], "heldout/eval_patch": d["patch"], "heldout/eval_cls": d["cls"],
+                "heldout/n": float(len(self.code))}
 
 
 class RunLog:

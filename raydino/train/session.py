@@ -15,10 +15,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -49,18 +45,6 @@ class Session(Protocol):
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data-order seed of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
     return seed * 1_000_003 + epoch
-
-
-def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> dict[str, np.ndarray]:
-    """The ``count`` rows with the smallest ids: a fixed validation set, read without loading the whole pyramid."""
-    files = schema.shard_files(pyramid_dir)
-    if not files:
-        raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
-    ids = pa.concat_arrays([pq.read_table(f, columns=["id"])["id"].combine_chunks() for f in files])
-    chosen = pc.take(ids, pc.sort_indices(ids)[:count])
-    table = pa.concat_tables([pq.read_table(f, columns=["id", *columns], filters=pc.field("id").isin(chosen))
-                              for f in files]).sort_by("id")
-    return {c: schema.to_numpy(table[c]).copy() for c in columns}  # writable: torch warns on read-only arrays
 
 
 class LocalSession:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import ray.data
 import ray.train
 import ray.train.torch
@@ -106,18 +107,21 @@ def _train_fn(loop_config: dict) -> dict:
     cfg = from_dict(loop_config["cfg"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], RaySession(cfg),
-                    fail_at_step=loop_config["fail_at_step"])
+                    fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
 
 def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
     """Refuse a pyramid whose manifest does not match the config, before any worker starts.
 
-    Loads the configured DINOv2 once on the driver: the manifest must name
-    the same weights (source and hash), levels and token width.
+    First binds ``cfg.pyramids`` to the encoders the manifest names (see
+    :func:`~raydino.models.loading.bind_encoders`), then loads that DINOv2
+    once on the driver: the manifest must name the same weights (source and
+    hash), levels and token width.
     """
-    from raydino.models.loading import load_dino
+    from raydino.models.loading import bind_encoders, load_dino
 
     manifest = schema.read_manifest(pyramid_dir)
+    bind_encoders(cfg.pyramids, manifest, str(pyramid_dir))
     dino = load_dino(cfg.pyramids.dino)
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dino_source=dino.source, dim=dino.dim,
                           where=str(pyramid_dir))
@@ -134,23 +138,47 @@ def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
     return manifest
 
 
+def holdout_payload(cfg: Config, holdout_dir: str | Path | None) -> dict | None:
+    """The held-out figures' inputs, read once on the driver and shipped to rank 0 with the loop's config.
+
+    The first ``train.val_count`` rows (by id) of the held-out pyramid and
+    the pixels of their source images, so workers need no access to the
+    image folder; the evaluation encoder is ``sample.fd_encoder`` (the
+    training encoder when that is empty, said in the figures' label).
+    """
+    if holdout_dir is None:
+        return None
+    from raydino.pyramids.decode import read_source_image
+
+    manifest = schema.read_manifest(holdout_dir)
+    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dino_source=cfg.pyramids.dino, where=str(holdout_dir))
+    rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
+    images = np.stack([read_source_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
+    return {"rows": rows, "images": images, "encoder": cfg.sample.fd_encoder or cfg.pyramids.dino,
+            "set": schema.describe_set(manifest) + f"; first {len(images)} by id"}
+
+
 def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *, name: str | None = None,
                   storage_path: str | None = None, callbacks: list | None = None,
-                  dataset: ray.data.Dataset | None = None):
+                  dataset: ray.data.Dataset | None = None, holdout: str | Path | None = None):
     """A ``TorchTrainer`` for ``cfg`` (Ray Tune calls this inside a trial with its own name/storage/callbacks).
 
     Checkpoints go to ``storage_path/name`` (default ``RUN_DIR/checkpoints``);
     rank 0 writes TensorBoard and grids to ``run_dir`` (a shared filesystem
     on a multi-node cluster). ``dataset`` is a ``training_dataset`` built
-    once and shared, as a sweep's trials do.
+    once and shared, as a sweep's trials do. ``holdout``: a held-out
+    pyramid, for the ``heldout/*`` figures at each stage end.
     """
     rows = check_pyramid(cfg, pyramids_dir)["rows"]
+    # one progress line per print: Train V2 otherwise routes worker prints through a logger that echoes them twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     run_dir = Path(run_dir).resolve()
     tc = cfg.train
     return TorchTrainer(
         _train_fn,
         train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
-                           "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0)},
+                           "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0),
+                           "holdout": holdout_payload(cfg, holdout)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker,
                                                            **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
@@ -190,7 +218,8 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
     return load_config(config_file=str(path), overrides=overrides)
 
 
-def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False,
+          holdout: str | Path | None = None) -> dict:
     """Train to the end of ``train.stages``; write ``generator.safetensors``, ``config.yaml``, ``metrics.json``.
 
     ``resume=True`` continues the run already in ``run_dir`` (same Ray
@@ -204,7 +233,7 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
                               "or choose another --out")
     if resume and not snapshot.exists():
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
-    trainer = build_trainer(cfg, pyramids_dir, run_dir)  # checks the pyramid before anything is written
+    trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / checkpoint.CONFIG)
     start = time.time()
@@ -217,7 +246,9 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
         raise TrainingError(f"training failed: {exc}") from exc
     with result.checkpoint.as_directory() as d:
         checkpoint.export_generator(d, run_dir)
-    metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1)}
+    metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1),
+                                                 "pyramids": str(Path(pyramids_dir).resolve()),
+                                                 "holdout": str(Path(holdout).resolve()) if holdout else None}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     log.info("trained generator: %s", run_dir / checkpoint.GENERATOR)
     return metrics
