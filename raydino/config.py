@@ -107,6 +107,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     num_to_keep: int = 2
     max_failures: int = 2  # a killed worker is retried from the last committed checkpoint
+    ray_log_level: str = "ERROR"  # Ray Train's own console lines; INFO shows every report, restart and traceback
     max_bad_steps: int = 10
     log_every: int = 10
     sample_every: int = 100

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +51,10 @@ class Targets:
     def from_batch(cls, batch: dict[str, torch.Tensor], sizes: list[int], device: torch.device | str = "cpu") -> Targets:
         """From pyramid columns (as read from parquet: float16 tokens, uint8 HWC thumbnails)."""
         def get(name: str) -> torch.Tensor:
-            return torch.as_tensor(batch[name]).to(device)
+            value = batch[name]
+            if isinstance(value, np.ndarray) and not value.flags.writeable:  # e.g. zero-copy from Ray's object store
+                value = value.copy()
+            return torch.as_tensor(value).to(device)
 
         thumb = get(schema.THUMB).permute(0, 3, 1, 2).float() / 255.0
         return cls(

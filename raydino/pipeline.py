@@ -30,9 +30,15 @@ def _pyramid_complete(manifest: Path) -> bool:
 
 
 def init_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray."""
-    import ray
+    """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray.
 
+    One progress view: the steps' own lines, not Ray Data's per-operator bars
+    (one set per split, per epoch).
+    """
+    import ray
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         ray.init(address=address)
 

@@ -28,6 +28,8 @@ def square_crop(img: Image.Image, size: int) -> np.ndarray:
 
 def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 BxHxWx3 -> float BxCxHxW in [0, 1] on ``device``."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:  # zero-copy from Ray's object store
+        images = images.copy()
     x = torch.as_tensor(images).to(device, non_blocking=True)
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 

@@ -130,6 +130,10 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
                                          rng=rng)
     progress = restored or Progress()
     resumed_from = restored.step if restored else None  # progress (the same object) moves on from here
+    if restored and rank0:
+        print(f"[train] resuming from the checkpoint of step {restored.step} (stage {progress.stage + 1} of "
+              f"{len(tc.stages)}): a restarted or resumed run continues exactly where that checkpoint left off",
+              flush=True)
     net = session.prepare(model)
     loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
     final_res = tc.stages[-1].resolution

@@ -33,6 +33,7 @@ from ray.train import (
     CheckpointConfig,
     DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
     TrainingFailedError,
@@ -106,6 +107,10 @@ def _train_fn(loop_config: dict) -> dict:
 
     cfg = from_dict(loop_config["cfg"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    # Train V2 logs each report at INFO through a logger named by its file path (so its LoggingConfig
+    # does not reach it) into the root logger's console handler; raydino's own lines stay at INFO.
+    logging.getLogger().setLevel(cfg.train.ray_log_level)
+    logging.getLogger("raydino").setLevel(logging.INFO)
     return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], RaySession(cfg),
                     fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
@@ -185,6 +190,9 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
         run_config=RunConfig(name=name or EXPERIMENT, storage_path=storage_path or str(run_dir),
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
+                             # Ray Train's INFO lines (a recovered failure's traceback among them) stay in the
+                             # session's log files; the loop says in one line what a restart resumed from
+                             logging_config=LoggingConfig(log_level=tc.ray_log_level),
                              callbacks=callbacks),
         datasets={"train": dataset if dataset is not None else training_dataset(cfg, pyramids_dir, rows)},
         dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
