@@ -65,7 +65,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
-    init_ray(args.address)
+    init_ray(args.address, data_progress=True)
     build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 

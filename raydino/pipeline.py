@@ -29,16 +29,16 @@ def _pyramid_complete(manifest: Path) -> bool:
     return manifest.exists() and json.loads(manifest.read_text()).get("status") == "ok"
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, data_progress: bool = False) -> None:
     """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray.
 
     One progress view: the steps' own lines, not Ray Data's per-operator bars
-    (one set per split, per epoch).
+    (one set per split, per epoch), unless ``data_progress`` (an extraction on its own).
     """
     import ray
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = data_progress
     if not ray.is_initialized():
         ray.init(address=address)
 
