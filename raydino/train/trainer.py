@@ -143,7 +143,7 @@ def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
     return manifest
 
 
-def holdout_payload(cfg: Config, holdout_dir: str | Path | None) -> dict | None:
+def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str) -> dict | None:
     """The held-out figures' inputs, read once on the driver and shipped to rank 0 with the loop's config.
 
     The first ``train.val_count`` rows (by id) of the held-out pyramid and
@@ -156,7 +156,10 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None) -> dict | None:
     from raydino.pyramids.decode import read_source_image
 
     manifest = schema.read_manifest(holdout_dir)
-    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dino_source=cfg.pyramids.dino, where=str(holdout_dir))
+    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(holdout_dir))
+    if manifest["dino"]["hash"] != dino_hash:  # its codes must be in the training encoder's space
+        raise schema.ManifestMismatch(f"{holdout_dir}: held-out pyramid made with DINOv2 {manifest['dino']['source']} "
+                                      f"(hash {manifest['dino']['hash']}), the training pyramid with hash {dino_hash}")
     rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
     images = np.stack([read_source_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
     return {"rows": rows, "images": images, "encoder": cfg.sample.fd_encoder or cfg.pyramids.dino,
@@ -174,7 +177,7 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     once and shared, as a sweep's trials do. ``holdout``: a held-out
     pyramid, for the ``heldout/*`` figures at each stage end.
     """
-    rows = check_pyramid(cfg, pyramids_dir)["rows"]
+    manifest = check_pyramid(cfg, pyramids_dir)
     # one progress line per print: Train V2 otherwise routes worker prints through a logger that echoes them twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     run_dir = Path(run_dir).resolve()
@@ -183,7 +186,7 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
         _train_fn,
         train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
                            "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0),
-                           "holdout": holdout_payload(cfg, holdout)},
+                           "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker,
                                                            **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
@@ -194,7 +197,7 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
                              # session's log files; the loop says in one line what a restart resumed from
                              logging_config=LoggingConfig(log_level=tc.ray_log_level),
                              callbacks=callbacks),
-        datasets={"train": dataset if dataset is not None else training_dataset(cfg, pyramids_dir, rows)},
+        datasets={"train": dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])},
         dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
     )
 
