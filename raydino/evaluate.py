@@ -27,7 +27,7 @@ import numpy as np
 
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import clip_score, colour_error, dino_cls, fd_with_floor, match_resolution, paired_distance
-from raydino.models.loading import load_dino
+from raydino.models.loading import load_dino, require_local
 from raydino.pyramids import schema
 from raydino.pyramids.decode import read_source_image
 from raydino.sample import Sampler
@@ -55,7 +55,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     n = len(rows["path"])
     if n < 4:
         raise ValueError(f"{pyramids}: eval needs at least 4 held-out rows, found {n}")
-    if _overlaps_training(run_dir, manifest):
+    if _overlaps_training(run_dir, Path(pyramids), manifest):
         raise ValueError(f"{pyramids} holds images {run_dir} was trained on ({manifest.get('source')}): evaluate on "
                          "its held-out pyramid (`raydino run` writes OUT/pyramids-val)")
     targets = Targets.from_batch(rows, sizes, s.device)
@@ -65,6 +65,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "set": schema.describe_set(manifest),
                  "n": n, "resolution": res, "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
 
+    require_local(cfg.sample.fd_encoder, "sample.fd_encoder")
     fd_dino = load_dino(cfg.sample.fd_encoder or cfg.pyramids.dino, s.device)
     out["eval_encoder"] = f"{fd_dino.source} (hash {fd_dino.hash})" + ("" if cfg.sample.fd_encoder else
                                                                         " = the training encoder (no sample.fd_encoder)")
@@ -90,18 +91,20 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     return out
 
 
-def _overlaps_training(run_dir: Path, manifest: dict) -> bool:
+def _overlaps_training(run_dir: Path, pyramids: Path, manifest: dict) -> bool:
     """Whether a pyramid may share images with the one the run trained on (named in its ``metrics.json``).
 
-    Same source and not the two sides of one split: the same folder, or
-    the training side itself.
+    The training pyramid itself, or one of the same source that is not the
+    other side of the same split.
     """
     metrics = run_dir / "metrics.json"
     trained = json.loads(metrics.read_text()).get("pyramids") if metrics.is_file() else None
     if not trained or not Path(trained, schema.MANIFEST).is_file():
         return False
+    if Path(trained).resolve() == pyramids.resolve():
+        return True
     train_manifest = schema.read_manifest(trained)
-    if train_manifest.get("source") != manifest.get("source"):
+    if not manifest.get("source") or train_manifest.get("source") != manifest.get("source"):
         return False
     a, b = train_manifest.get("split") or {}, manifest.get("split") or {}
     keys = ("holdout_fraction", "holdout_min", "files_total")

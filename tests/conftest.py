@@ -139,7 +139,8 @@ def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(56, 8
         batch = {"image": images[part], "id": [schema.stable_id(paths[j]) for j in part],
                  "path": [paths[j] for j in part]}
         pq.write_table(schema.make_table(encoder(batch)), out / f"part-{i:05d}.parquet")
-    schema.write_manifest(out, {"rows": len(paths), "failures": [], "levels": sizes, "dim": encoder.dino.dim,
+    schema.write_manifest(out, {"source": str(Path(paths[0]).parent), "rows": len(paths), "failures": [],
+                                "levels": sizes, "dim": encoder.dino.dim,
                                 "dtype": "float16", "dino": encoder.dino.describe(),
                                 "clip": encoder.clip.describe() if encoder.clip else None})
     return out

@@ -165,6 +165,12 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> Clip:
     return clip
 
 
+def require_local(spec: str, key: str) -> None:
+    """Fail on the driver, naming the config key, when a local model directory a worker will load is not there."""
+    if spec and _looks_local(spec) and not Path(spec.removeprefix("file://")).expanduser().is_dir():
+        raise ModelNotFoundError(f"{key}={spec}: no model directory there: {TINY_HINT}")
+
+
 class EncoderMismatch(ValueError):
     """A configured encoder whose weights are not the ones a pyramid was made with."""
 

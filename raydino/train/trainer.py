@@ -153,8 +153,10 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
     """
     if holdout_dir is None:
         return None
+    from raydino.models.loading import require_local
     from raydino.pyramids.decode import read_source_image
 
+    require_local(cfg.sample.fd_encoder, "sample.fd_encoder")
     manifest = schema.read_manifest(holdout_dir)
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(holdout_dir))
     if manifest["dino"]["hash"] != dino_hash:  # its codes must be in the training encoder's space
