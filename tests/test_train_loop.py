@@ -58,29 +58,55 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_mo
         loop.run(cfg, train_pyramids, tmp_path / "run", session)
 
 
-def _state(cfg, dim=48):
-    torch.manual_seed(0)
+def _state(cfg, seed: int = 0, dim: int = 48):
+    """A model, an EMA that differs from it, an optimizer with state and a used RNG, all set by ``seed``."""
+    torch.manual_seed(seed)
     model = Generator(cfg.model, dim, 4)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 16, dim), torch.randn(2, cfg.model.noise_dim), 16).mean().backward()
     opt.step()
-    return model, ema, opt, torch.Generator().manual_seed(3)
+    rng = torch.Generator().manual_seed(seed + 3)
+    torch.randn(5, generator=rng)
+    return model, ema, opt, rng
+
+
+def assert_same(a, b, where: str = "") -> None:
+    """Bitwise equality of nested state (dicts, lists, tensors, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where} keys differ"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), f"{where} lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+def state_of(model, ema, opt, rng) -> dict:
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng.get_state()}
 
 
 def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
-    model, ema, opt, rng = _state(cfg)
+    saved = _state(cfg, seed=0)
     old, new = tmp_path / "step_00000004", tmp_path / "step_00000008"
     for d, step in ((old, 4), (new, 8)):
         d.mkdir()
-        checkpoint.save(d, rank=0, model=model, ema=ema, opt=opt, progress=Progress(step=step), rng=rng, cfg=cfg)
+        checkpoint.save(d, rank=0, model=saved[0], ema=saved[1], opt=saved[2], progress=Progress(step=step),
+                        rng=saved[3], cfg=cfg)
 
-    fresh = _state(cfg)
+    fresh = _state(cfg, seed=1)  # other weights, EMA, optimizer moments and RNG position
+    for part in ("model", "ema", "opt", "rng"):
+        with pytest.raises(AssertionError):
+            assert_same(state_of(*saved)[part], state_of(*fresh)[part])
     kwargs = dict(rank=0, model=fresh[0], ema=fresh[1], opt=fresh[2], rng=fresh[3])
     assert checkpoint.restore_latest([new, old], **kwargs).step == 8
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh[0].state_dict().values(),
-                                                  strict=True))
+    assert_same(state_of(*saved), state_of(*fresh))
 
     (new / checkpoint.OPTIMIZER).write_bytes((new / checkpoint.OPTIMIZER).read_bytes()[:100])
     assert checkpoint.restore_latest([new, old], **kwargs).step == 4  # falls back
