@@ -1,12 +1,18 @@
-"""The training loop and checkpoints without Ray (LocalSession): NaN guard, corrupt checkpoints."""
+"""The training loop and checkpoints without Ray (LocalSession).
+
+NaN guard, EMA, a stage that ends mid-epoch, checkpoints (corrupt ones too) and a bitwise resume.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.losses import columns
@@ -15,6 +21,7 @@ from raydino.pyramids import schema
 from raydino.train import checkpoint, loop
 from raydino.train.checkpoint import CheckpointError, Progress
 from raydino.train.session import LocalSession
+from raydino.train.step import update_ema
 
 
 def local_cfg(dino: str, **train):
@@ -74,7 +81,8 @@ def _state(cfg, seed: int = 0, dim: int = 48):
 def assert_same(a, b, where: str = "") -> None:
     """Bitwise equality of nested state (dicts, lists, tensors, numbers)."""
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        assert same, f"{where} differs"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), f"{where} keys differ"
         for k in a:
@@ -128,3 +136,110 @@ def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
     loaded, loaded_cfg = checkpoint.load_generator(run_dir)
     assert loaded_cfg == cfg and loaded.grid == 4 and loaded.code_tokens_dim == 48
     assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), loaded.state_dict().values(), strict=True))
+
+
+def test_ema_update_is_the_exponential_moving_average():
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    p = {k: v.clone() for k, v in model.state_dict().items()}
+    e0 = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, model, 0.9)
+    for k in p:
+        torch.testing.assert_close(ema.state_dict()[k], 0.9 * e0[k] + 0.1 * p[k], rtol=0, atol=1e-7)
+        assert torch.equal(model.state_dict()[k], p[k])  # the model is only read
+    for _ in range(4):
+        update_ema(ema, model, 0.9)
+    for k in p:  # a constant model: the EMA's distance to it shrinks by beta per update
+        torch.testing.assert_close(ema.state_dict()[k], p[k] + 0.9**5 * (e0[k] - p[k]), rtol=0, atol=1e-6)
+
+
+# Stage 1: 3 steps of 4 images, 3 of the 12 batches of epoch 0; stage 2: 8 steps of 8 images, the 6 batches of
+# epoch 1 and 2 of epoch 2, fading in over 32 images. Reports (checkpoints) at steps 3, 5, 10 and 11.
+SWITCH_STAGES = ("[{resolution: 16, images: 12, batch_size: 4, lr: 0.005},"
+                 " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 32}]")
+SWITCH_STEPS = 11
+
+
+def switch_cfg(dino: str):
+    return local_cfg(dino, stages=SWITCH_STAGES, checkpoint_every=5, log_every=1000, sample_every=1000)
+
+
+class Interrupted(Exception):
+    """Stands for a killed worker."""
+
+
+@dataclass
+class Step:
+    resolution: int
+    alpha: float
+    code: torch.Tensor  # the batch's coarse code
+
+
+def recording(steps: list[Step], stop_after: int = 0):
+    """``loop.train_step``, noting what each step trains on; raises :class:`Interrupted` after ``stop_after`` steps."""
+    real = loop.train_step
+
+    def train_step(net, opt, loss_fn, targets, noise, resolution, alpha, **kwargs):
+        if stop_after and len(steps) == stop_after:
+            raise Interrupted
+        steps.append(Step(resolution, alpha, targets.code.clone()))
+        return real(net, opt, loss_fn, targets, noise, resolution, alpha, **kwargs)
+
+    return train_step
+
+
+@pytest.fixture(scope="module")
+def switch_run(train_pyramids, tiny_models, tmp_path_factory):
+    """An uninterrupted LocalSession run through a stage switch in the middle of an epoch."""
+    cfg, out = switch_cfg(str(tiny_models["dino"])), tmp_path_factory.mktemp("switch")
+    session = LocalSession(train_pyramids, columns(cfg.pyramids.sizes), checkpoints=out / "ckpt")
+    steps: list[Step] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording(steps))
+        metrics = loop.run(cfg, train_pyramids, out / "run", session)
+    return cfg, out / "ckpt", steps, metrics
+
+
+def test_a_stage_ending_mid_epoch_hands_over_at_a_new_epoch_and_resolution(switch_run, train_pyramids):
+    cfg, _, steps, metrics = switch_run
+    assert metrics["step"] == SWITCH_STEPS and metrics["images_seen"] == 12 + 64
+    assert [s.resolution for s in steps] == [16] * 3 + [32] * 8
+    assert [s.alpha for s in steps] == [1.0] * 3 + [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    # the batches an independent reading of the pyramid gives at each (epoch, batch size): the 32 px stage
+    # starts epoch 1 from its first batch, with its own batch size, and runs on into epoch 2
+    plain = LocalSession(train_pyramids, columns(cfg.pyramids.sizes))
+    code = schema.tokens_col(cfg.pyramids.sizes[0])
+    expected = ([b[code] for b in plain.batches(0, 4)][:3] + [b[code] for b in plain.batches(1, 8)]
+                + [b[code] for b in plain.batches(2, 8)][:2])
+    assert len(expected) == len(steps)
+    for i, (step, batch) in enumerate(zip(steps, expected, strict=True)):
+        assert torch.equal(step.code, batch.float()), f"step {i + 1} trained on another batch"
+
+
+def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
+    """Killed after step 7 (checkpoints at 3 and 5): the resumed run retakes steps 6 and 7 on the same data."""
+    cfg, reference_ckpt, reference_steps, _ = switch_run
+    ckpt = tmp_path / "ckpt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording([], stop_after=7))
+        with pytest.raises(Interrupted):
+            loop.run(cfg, train_pyramids, tmp_path / "run", LocalSession(train_pyramids, columns(cfg.pyramids.sizes),
+                                                                          checkpoints=ckpt))
+    assert sorted(d.name for d in ckpt.iterdir()) == ["step_00000003", "step_00000005"]
+
+    steps: list[Step] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording(steps))
+        metrics = loop.run(cfg, train_pyramids, tmp_path / "run", LocalSession(
+            train_pyramids, columns(cfg.pyramids.sizes), checkpoints=ckpt))
+    assert metrics["step"] == SWITCH_STEPS and metrics["resumed_from_step"] == 5
+    assert len(steps) == SWITCH_STEPS - 5  # mid epoch 1: the resumed run skips the batches steps 4 and 5 took
+    for step, ref in zip(steps, reference_steps[5:], strict=True):
+        assert (step.resolution, step.alpha) == (ref.resolution, ref.alpha) and torch.equal(step.code, ref.code)
+
+    final, ref = ckpt / f"step_{SWITCH_STEPS:08d}", reference_ckpt / f"step_{SWITCH_STEPS:08d}"
+    for name in (checkpoint.MODEL, checkpoint.EMA):
+        assert_same(load_file(str(final / name)), load_file(str(ref / name)), name)
+    for name in (checkpoint.OPTIMIZER, checkpoint.rng_file(0)):
+        assert_same(torch.load(final / name, weights_only=True), torch.load(ref / name, weights_only=True), name)
+    assert json.loads((final / checkpoint.STATE).read_text()) == json.loads((ref / checkpoint.STATE).read_text())
