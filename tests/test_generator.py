@@ -86,10 +86,25 @@ def test_level_weights_stage_overrides_and_skipped_levels(tiny_models):
         DinoPyramidLoss(dino, SIZES, LossConfig(stage_level_weights={"32": [1.0]}))
 
 
-def test_random_shift_moves_content_by_at_most_max_px():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+def reflect(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices past an edge mirrored back without repeating the edge pixel (``F.pad``'s "reflect")."""
+    index = index.abs()
+    return torch.where(index >= n, 2 * (n - 1) - index, index)
+
+
+def test_random_shift_translates_each_image_by_its_drawn_offset():
+    b, h, w, max_px = 64, 8, 10, 2
+    x = torch.arange(b * 3 * h * w, dtype=torch.float32).reshape(b, 3, h, w)  # every pixel value distinct
     assert torch.equal(random_shift(x, 0, None), x)
-    shifted = random_shift(x, 2, torch.Generator().manual_seed(0))
-    assert shifted.shape == x.shape
-    centre = shifted[:, :, 2:6, 2:6]  # interior pixels come from the image, offset by at most 2
-    assert all(((x[b, 0] - v).abs() < 1e-6).any() for b in range(2) for v in centre[b, 0].flatten())
+    shifted = random_shift(x, max_px, torch.Generator().manual_seed(0))
+    # offsets in [-max_px, max_px] per image and axis, drawn as (dy, dx) from the generator
+    offsets = torch.randint(0, 2 * max_px + 1, (b, 2), generator=torch.Generator().manual_seed(0)) - max_px
+    assert set(offsets[:, 0].tolist()) == set(offsets[:, 1].tolist()) == set(range(-max_px, max_px + 1))
+    for image, out, (dy, dx) in zip(x, shifted, offsets.tolist(), strict=True):
+        # output pixel (i, j) shows input pixel (i + dy, j + dx), mirrored at the borders
+        rows, cols = reflect(torch.arange(h) + dy, h), reflect(torch.arange(w) + dx, w)
+        assert torch.equal(out, image[:, rows][:, :, cols]), (dy, dx)
+        # away from the borders this is a plain translation of the content by (-dy, -dx)
+        rolled = torch.roll(image, shifts=(-dy, -dx), dims=(1, 2))
+        assert torch.equal(out[:, max_px : h - max_px, max_px : w - max_px],
+                           rolled[:, max_px : h - max_px, max_px : w - max_px])

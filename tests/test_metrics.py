@@ -37,10 +37,27 @@ def test_fd_sample_estimate_converges_to_closed_form():
     assert fd(x, y) == pytest.approx(3 * 1.0 + 3 * (2 - 1) ** 2, rel=0.05)
 
 
-def test_fd_is_stable_for_singular_covariances():
+def test_fd_of_rank_deficient_covariances_matches_closed_forms():
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(10, 64))  # fewer samples than dimensions: rank-deficient
-    assert np.isfinite(fd(x, x + 0.01)) and fd(x, x) < 1e-8
+    x = rng.normal(size=(10, 64))  # fewer samples than dimensions: covariance of rank 9 in 64 dimensions
+    assert fd(x, x) == pytest.approx(0.0, abs=1e-8)
+    # y = 2x + c: S_y = 4 S_x, (S_x S_y)^(1/2) = 2 S_x, so FD = ||mu_x - mu_y||^2 + tr S_x
+    c = rng.normal(size=64)
+    y = 2 * x + c
+    expected = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(np.cov(x, rowvar=False))
+    assert fd(x, y) == pytest.approx(expected, rel=1e-6)  # sqrt of round-off eigenvalues: ~1e-7
+    # supports in orthogonal subspaces: S_x S_z = 0, so FD = ||mu_x - mu_z||^2 + tr S_x + tr S_z
+    x5, z5 = np.zeros((10, 64)), np.zeros((10, 64))
+    x5[:, :5], z5[:, 5:12] = rng.normal(size=(10, 5)), 3 * rng.normal(size=(10, 7)) + 1
+    mu1, s1 = x5.mean(0), np.cov(x5, rowvar=False)
+    mu2, s2 = z5.mean(0), np.cov(z5, rowvar=False)
+    assert fd(x5, z5) == pytest.approx(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2), rel=1e-6)
+    # a general rank-deficient pair against an independent route: the eigenvalues of the non-symmetric S1 S2
+    s2 = np.cov(rng.normal(size=(12, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    s1 = np.cov(x, rowvar=False)
+    tr = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr, rel=1e-6)
 
 
 def test_colour_error():

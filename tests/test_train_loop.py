@@ -1,12 +1,18 @@
-"""The training loop and checkpoints without Ray (LocalSession): NaN guard, corrupt checkpoints."""
+"""The training loop and checkpoints without Ray (LocalSession).
+
+NaN guard, EMA, a stage that ends mid-epoch, checkpoints (corrupt ones too) and a bitwise resume.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.losses import columns
@@ -15,12 +21,13 @@ from raydino.pyramids import schema
 from raydino.train import checkpoint, loop
 from raydino.train.checkpoint import CheckpointError, Progress
 from raydino.train.session import LocalSession
+from raydino.train.step import update_ema
 
 
 def local_cfg(dino: str, **train):
     overrides = [f"pyramids.dino={dino}", "model.channels=[16,8]", "model.code_dim=8", "model.noise_dim=4",
-                 "train.stages=[{resolution: 16, images: 48, batch_size: 8, lr: 0.005},"
-                 " {resolution: 32, images: 32, batch_size: 8, lr: 0.003, fade_images: 16}]",
+                 "train.stages=[{resolution: 16, images: 24, batch_size: 8, lr: 0.005},"
+                 " {resolution: 32, images: 16, batch_size: 8, lr: 0.003, fade_images: 16}]",
                  "train.num_workers=1", "train.checkpoint_every=4", "train.log_every=2", "train.sample_every=3",
                  "train.val_count=4"] + [f"train.{k}={v}" for k, v in train.items()]
     return load_config("demo", overrides=overrides)
@@ -43,10 +50,10 @@ class PoisonedSession(LocalSession):
 
 def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
-    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={3}, checkpoints=tmp_path / "ckpt")
+    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2}, checkpoints=tmp_path / "ckpt")
     metrics = loop.run(cfg, train_pyramids, tmp_path / "run", session)
-    assert metrics["step"] == 10 and metrics["bad_steps"] == 1 and metrics["images_seen"] == 80
-    assert [r["step"] for r in session.reports] == [4, 6, 8, 10]  # every 4 steps and at each stage end
+    assert metrics["step"] == 5 and metrics["bad_steps"] == 1 and metrics["images_seen"] == 40
+    assert [r["step"] for r in session.reports] == [3, 4, 5]  # every 4 steps and at each stage end
     assert all(math.isfinite(r["val/dist_unweighted"]) for r in session.reports)
     assert (tmp_path / "run" / "grids" / "stage_32.png").is_file()
 
@@ -58,29 +65,56 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_mo
         loop.run(cfg, train_pyramids, tmp_path / "run", session)
 
 
-def _state(cfg, dim=48):
-    torch.manual_seed(0)
+def _state(cfg, seed: int = 0, dim: int = 48):
+    """A model, an EMA that differs from it, an optimizer with state and a used RNG, all set by ``seed``."""
+    torch.manual_seed(seed)
     model = Generator(cfg.model, dim, 4)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 16, dim), torch.randn(2, cfg.model.noise_dim), 16).mean().backward()
     opt.step()
-    return model, ema, opt, torch.Generator().manual_seed(3)
+    rng = torch.Generator().manual_seed(seed + 3)
+    torch.randn(5, generator=rng)
+    return model, ema, opt, rng
+
+
+def assert_same(a, b, where: str = "") -> None:
+    """Bitwise equality of nested state (dicts, lists, tensors, numbers)."""
+    if isinstance(a, torch.Tensor):
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        assert same, f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where} keys differ"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), f"{where} lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+def state_of(model, ema, opt, rng) -> dict:
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng.get_state()}
 
 
 def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
-    model, ema, opt, rng = _state(cfg)
+    saved = _state(cfg, seed=0)
     old, new = tmp_path / "step_00000004", tmp_path / "step_00000008"
     for d, step in ((old, 4), (new, 8)):
         d.mkdir()
-        checkpoint.save(d, rank=0, model=model, ema=ema, opt=opt, progress=Progress(step=step), rng=rng, cfg=cfg)
+        checkpoint.save(d, rank=0, model=saved[0], ema=saved[1], opt=saved[2], progress=Progress(step=step),
+                        rng=saved[3], cfg=cfg)
 
-    fresh = _state(cfg)
+    fresh = _state(cfg, seed=1)  # other weights, EMA, optimizer moments and RNG position
+    for part in ("model", "ema", "opt", "rng"):
+        with pytest.raises(AssertionError):
+            assert_same(state_of(*saved)[part], state_of(*fresh)[part])
     kwargs = dict(rank=0, model=fresh[0], ema=fresh[1], opt=fresh[2], rng=fresh[3])
     assert checkpoint.restore_latest([new, old], **kwargs).step == 8
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh[0].state_dict().values(),
-                                                  strict=True))
+    assert_same(state_of(*saved), state_of(*fresh))
 
     (new / checkpoint.OPTIMIZER).write_bytes((new / checkpoint.OPTIMIZER).read_bytes()[:100])
     assert checkpoint.restore_latest([new, old], **kwargs).step == 4  # falls back
@@ -102,3 +136,109 @@ def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
     loaded, loaded_cfg = checkpoint.load_generator(run_dir)
     assert loaded_cfg == cfg and loaded.grid == 4 and loaded.code_tokens_dim == 48
     assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), loaded.state_dict().values(), strict=True))
+
+
+def test_ema_update_is_the_exponential_moving_average():
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    p = {k: v.clone() for k, v in model.state_dict().items()}
+    e0 = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, model, 0.9)
+    for k in p:
+        torch.testing.assert_close(ema.state_dict()[k], 0.9 * e0[k] + 0.1 * p[k], rtol=0, atol=1e-7)
+        assert torch.equal(model.state_dict()[k], p[k])  # the model is only read
+    for _ in range(4):
+        update_ema(ema, model, 0.9)
+    for k in p:  # a constant model: the EMA's distance to it shrinks by beta per update
+        torch.testing.assert_close(ema.state_dict()[k], p[k] + 0.9**5 * (e0[k] - p[k]), rtol=0, atol=1e-6)
+
+
+# Stage 1: 3 steps of 4 images, 3 of the 12 batches of epoch 0; stage 2: 5 steps of 8 images, 5 of the 6
+# batches of epoch 1, fading in over 16 images. Reports (checkpoints) at steps 3, 5 and 8.
+SWITCH_STAGES = ("[{resolution: 16, images: 12, batch_size: 4, lr: 0.005},"
+                 " {resolution: 32, images: 40, batch_size: 8, lr: 0.003, fade_images: 16}]")
+SWITCH_STEPS = 8
+
+
+def switch_cfg(dino: str):
+    return local_cfg(dino, stages=SWITCH_STAGES, checkpoint_every=5, log_every=1000, sample_every=1000)
+
+
+class Interrupted(Exception):
+    """Stands for a killed worker."""
+
+
+@dataclass
+class Step:
+    resolution: int
+    alpha: float
+    code: torch.Tensor  # the batch's coarse code
+
+
+def recording(steps: list[Step], stop_after: int = 0):
+    """``loop.train_step``, noting what each step trains on; raises :class:`Interrupted` after ``stop_after`` steps."""
+    real = loop.train_step
+
+    def train_step(net, opt, loss_fn, targets, noise, resolution, alpha, **kwargs):
+        if stop_after and len(steps) == stop_after:
+            raise Interrupted
+        steps.append(Step(resolution, alpha, targets.code.clone()))
+        return real(net, opt, loss_fn, targets, noise, resolution, alpha, **kwargs)
+
+    return train_step
+
+
+@pytest.fixture(scope="module")
+def switch_run(train_pyramids, tiny_models, tmp_path_factory):
+    """An uninterrupted LocalSession run through a stage switch in the middle of an epoch."""
+    cfg, out = switch_cfg(str(tiny_models["dino"])), tmp_path_factory.mktemp("switch")
+    session = LocalSession(train_pyramids, columns(cfg.pyramids.sizes), checkpoints=out / "ckpt")
+    steps: list[Step] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording(steps))
+        metrics = loop.run(cfg, train_pyramids, out / "run", session)
+    return cfg, out / "ckpt", steps, metrics
+
+
+def test_a_stage_ending_mid_epoch_hands_over_at_a_new_epoch_and_resolution(switch_run, train_pyramids):
+    cfg, _, steps, metrics = switch_run
+    assert metrics["step"] == SWITCH_STEPS and metrics["images_seen"] == 12 + 40
+    assert [s.resolution for s in steps] == [16] * 3 + [32] * 5
+    assert [s.alpha for s in steps] == [1.0] * 3 + [0.0, 0.5, 1.0, 1.0, 1.0]
+    # the batches an independent reading of the pyramid gives at each (epoch, batch size): the 32 px stage
+    # starts epoch 1 from its first batch, with its own batch size
+    plain = LocalSession(train_pyramids, columns(cfg.pyramids.sizes))
+    code = schema.tokens_col(cfg.pyramids.sizes[0])
+    expected = [b[code] for b in plain.batches(0, 4)][:3] + [b[code] for b in plain.batches(1, 8)][:5]
+    assert len(expected) == len(steps)
+    for i, (step, batch) in enumerate(zip(steps, expected, strict=True)):
+        assert torch.equal(step.code, batch.float()), f"step {i + 1} trained on another batch"
+
+
+def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
+    """Killed after step 6 (checkpoints at 3 and 5): the resumed run retakes step 6, mid-epoch, on the same data."""
+    cfg, reference_ckpt, reference_steps, _ = switch_run
+    ckpt = tmp_path / "ckpt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording([], stop_after=6))
+        with pytest.raises(Interrupted):
+            loop.run(cfg, train_pyramids, tmp_path / "run", LocalSession(train_pyramids, columns(cfg.pyramids.sizes),
+                                                                          checkpoints=ckpt))
+    assert sorted(d.name for d in ckpt.iterdir()) == ["step_00000003", "step_00000005"]
+
+    steps: list[Step] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "train_step", recording(steps))
+        metrics = loop.run(cfg, train_pyramids, tmp_path / "run", LocalSession(
+            train_pyramids, columns(cfg.pyramids.sizes), checkpoints=ckpt))
+    assert metrics["step"] == SWITCH_STEPS and metrics["resumed_from_step"] == 5
+    assert len(steps) == SWITCH_STEPS - 5  # mid epoch 1: the resumed run skips the 2 batches steps 4 and 5 took
+    for step, ref in zip(steps, reference_steps[5:], strict=True):
+        assert (step.resolution, step.alpha) == (ref.resolution, ref.alpha) and torch.equal(step.code, ref.code)
+
+    final, ref = ckpt / f"step_{SWITCH_STEPS:08d}", reference_ckpt / f"step_{SWITCH_STEPS:08d}"
+    for name in (checkpoint.MODEL, checkpoint.EMA):
+        assert_same(load_file(str(final / name)), load_file(str(ref / name)), name)
+    for name in (checkpoint.OPTIMIZER, checkpoint.rng_file(0)):
+        assert_same(torch.load(final / name, weights_only=True), torch.load(ref / name, weights_only=True), name)
+    assert json.loads((final / checkpoint.STATE).read_text()) == json.loads((ref / checkpoint.STATE).read_text())
