@@ -32,11 +32,21 @@ def ray_local():
     With the dashboard, as a plain ``ray.init`` has it: Ray Train's
     placement-group cleaner asks the state API behind it whether a trial's
     controller is gone, and without it an early-stopped trial's CPUs stay held.
+    The suite runs in two processes (pytest-xdist), each with its own Ray, so
+    the dashboard gets a port of its own and every process of this instance
+    (started from this environment) is told where it is: a process that looks
+    for "the" cluster by scanning the machine would otherwise ask the other one.
     """
+    import socket
+
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=2, log_to_driver=False, dashboard_port=port)
     yield ray
 
 
