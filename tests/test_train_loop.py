@@ -231,8 +231,9 @@ def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
             train_pyramids, columns(cfg.pyramids.sizes), checkpoints=ckpt))
     assert metrics["step"] == SWITCH_STEPS and metrics["resumed_from_step"] == 5
     assert len(steps) == SWITCH_STEPS - 5  # mid epoch 1: the resumed run skips the 2 batches steps 4 and 5 took
-    for step, ref in zip(steps, reference_steps[5:], strict=True):
-        assert (step.resolution, step.alpha) == (ref.resolution, ref.alpha) and torch.equal(step.code, ref.code)
+    for i, (step, ref) in enumerate(zip(steps, reference_steps[5:], strict=True), start=6):
+        assert (step.resolution, step.alpha) == (ref.resolution, ref.alpha), f"step {i}"
+        assert torch.equal(step.code, ref.code), f"step {i} trained on another batch"
 
     final, ref = ckpt / f"step_{SWITCH_STEPS:08d}", reference_ckpt / f"step_{SWITCH_STEPS:08d}"
     for name in (checkpoint.MODEL, checkpoint.EMA):
