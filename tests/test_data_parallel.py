@@ -52,7 +52,7 @@ def one_step(dino_dir: str, pyramid_dir: str, init: dict[str, torch.Tensor], row
     model.load_state_dict(init)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     arrays = schema.load_arrays(pyramid_dir, columns(sizes))
-    targets = Targets.from_batch({k: v[:BATCH][rows] for k, v in arrays.items()}, sizes)
+    targets = Targets.from_batch({k: np.array(v[:BATCH][rows]) for k, v in arrays.items()}, sizes)
     noise = torch.randn(BATCH, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))[rows]
     out = train_step(wrap(model), opt, DinoPyramidLoss(dino, sizes, cfg.loss), targets, noise, 32, 0.5,
                      grad_clip=1e9, bf16=False)

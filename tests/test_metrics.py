@@ -53,8 +53,8 @@ def test_fd_of_rank_deficient_covariances_matches_closed_forms():
     mu2, s2 = z5.mean(0), np.cov(z5, rowvar=False)
     assert fd(x5, z5) == pytest.approx(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2), rel=1e-6)
     # a general rank-deficient pair against an independent route: the eigenvalues of the non-symmetric S1 S2
-    s2 = np.cov(rng.normal(size=(12, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
-    s1 = np.cov(x, rowvar=False)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(rng.normal(size=(12, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    mu1, mu2 = rng.normal(size=64), rng.normal(size=64)
     tr = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
         ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr, rel=1e-6)
