@@ -106,6 +106,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     import ray.tune
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     from raydino.train.trainer import check_pyramid, training_dataset
 
@@ -138,6 +139,8 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
             tune_config=tune.TuneConfig(
                 metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.trials,
                 max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                # the same weights on every run of the same config: with train.seed, the same trials
+                search_alg=BasicVariantGenerator(random_state=cfg.train.seed),
                 # time in finished stages: rungs fall on stage ends, where the held-out figure is fresh
                 scheduler=ASHAScheduler(time_attr="stages_done", grace_period=max(1, cfg.tune.grace_period),
                                         reduction_factor=cfg.tune.reduction_factor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import pytest
 
@@ -18,7 +19,7 @@ def sweep_cfg(dino: str, **extra):
         "train.stages=[{resolution: 16, images: 32, batch_size: 8, lr: 0.005},"
         " {resolution: 32, images: 32, batch_size: 8, lr: 0.003, fade_images: 16}]",
         "train.num_workers=1", "train.checkpoint_every=2", "train.sample_every=1000", "train.val_count=8",
-        "train.materialize=true", "tune.trials=4", "tune.max_concurrent_trials=2", "tune.cpus_per_trial=0.5",
+        "train.materialize=true", "tune.trials=4", "tune.max_concurrent_trials=1", "tune.cpus_per_trial=0.5",
         "tune.grace_period=1", "tune.reduction_factor=2", "tune.overrides=[]",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config("demo", overrides=overrides)
@@ -51,6 +52,11 @@ def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
     assert rows[0] in finished and summary["best_stages_done"] == 2
     assert float(rows[0]["heldout/eval_dist"]) == min(float(r["heldout/eval_dist"]) for r in finished)
     assert float(rows[0]["heldout/eval_dist"]) == pytest.approx(summary["best_value"])
+    # every trial's CPUs come back, early-stopped ones too (Ray Train's placement-group cleaner needs the state API)
+    deadline = time.time() + 60
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(1)
+    assert ray_local.available_resources().get("CPU", 0) == 2
     for key in cfg.tune.search:
         assert float(rows[0][key]) == pytest.approx(summary["best"][key])
     assert list((sweep / "trials").glob("*/tb/events.out.tfevents.*"))
