@@ -7,7 +7,9 @@
   (``sample.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
   reconstructions and for prior samples;
 - CLIP score of prompt samples, matched against mismatched prompts;
-- colour error against the stored thumbnails.
+- colour error against the stored thumbnails;
+- attribute agreement of reconstructions, prompt and prior samples, by a
+  classifier of the synthetic faces' attributes (``raydino.attribute_agreement``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from raydino.attribute_agreement import attribute_figures
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import clip_score, colour_error, dino_cls, fd
 from raydino.models.loading import load_dino
@@ -75,6 +78,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int = 64, seed: int =
     if (run_dir / PRIOR_FILE).is_file():
         prior = s.from_prior(n, seed)[0].images
         out["fd_dinov2/prior"] = fd(dino_cls(fd_dino, prior, size), real)
+    out |= attribute_figures(s, recon, list(rows["path"]), size, n, seed, prompts)
 
     if prompts and (run_dir / MAPPING_FILE).is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)

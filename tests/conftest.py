@@ -17,12 +17,20 @@ def faces_dir(tmp_path_factory):
     return write_faces(tmp_path_factory.mktemp("faces"), count=48, seed=0, size=128)
 
 
+# a shorter budget than the demo's (docs/encoders.md): the probes still clear the margins tests/test_encoders.py asserts
+TEST_BUDGET = dict(encoder_steps=200, fd_encoder_steps=150, classifier_steps=300, probe_faces=128)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Tiny DINOv2 (+ FD twin) and an untrained tiny CLIP."""
+    """Tiny DINOv2 (+ FD twin) trained on 128 synthetic faces, their attribute classifier, an untrained tiny CLIP."""
+    from raydino.config import TinyModelsConfig
+    from raydino.data.synth_faces import write_faces
     from raydino.models.tiny import write_tiny_models
 
-    return write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)
+    faces = write_faces(tmp_path_factory.mktemp("encoder_faces"), count=128, seed=0, size=64)
+    return write_tiny_models(tmp_path_factory.mktemp("models"), faces, seed=0, clip_steps=0,
+                             budget=TinyModelsConfig(**TEST_BUDGET))
 
 
 @pytest.fixture(scope="session")
