@@ -29,7 +29,9 @@ def cmd_synth_faces(args: argparse.Namespace) -> None:
 def cmd_tiny_models(args: argparse.Namespace) -> None:
     from raydino.models.tiny import write_tiny_models
 
-    paths = write_tiny_models(args.out, seed=args.seed, train_clip_on=args.train_clip_on)
+    cfg = _cfg(args)
+    paths = write_tiny_models(args.out, args.faces, seed=args.seed, clip_steps=cfg.data.clip_fit_steps,
+                              budget=cfg.tiny, sizes=cfg.pyramids.sizes)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
@@ -180,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.set_defaults(func=cmd_synth_faces)
 
-    p = sub.add_parser("tiny-models", help="write tiny random DINOv2/CLIP models for offline runs")
+    p = sub.add_parser("tiny-models", help="train tiny DINOv2/CLIP encoders and an attribute classifier on synthetic faces")
+    _config_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-clip-on", default=None, help="synthetic-face folder to fit the tiny CLIP to its captions")
+    p.add_argument("--faces", "--train-clip-on", dest="faces", required=True,
+                   help="a `raydino synth-faces` folder: the encoders, the classifier and the CLIP learn from it")
     p.set_defaults(func=cmd_tiny_models)
 
     p = sub.add_parser("run", help="the main job: every stage of the pipeline, resumable")

@@ -37,6 +37,24 @@ class DataConfig:
 
 
 @dataclass
+class TinyModelsConfig:
+    """The offline demo's encoders (``raydino tiny-models``), trained on its synthetic faces.
+
+    Each tiny DINOv2 stand-in trains for its steps (``encoder_steps: 0`` keeps
+    random weights, and says so: the baseline the trained ones are measured
+    against), the attribute classifier for ``classifier_steps``; the probes
+    are scored on ``probe_faces`` held-out faces (docs/encoders.md).
+    """
+
+    encoder_steps: int = 600
+    fd_encoder_steps: int = 400
+    classifier_steps: int = 400
+    batch_size: int = 32
+    lr: float = 5e-3
+    probe_faces: int = 192
+
+
+@dataclass
 class PyramidConfig:
     """DINOv2 feature-pyramid extraction (milestone 1)."""
 
@@ -157,6 +175,7 @@ class SampleConfig:
     mapping_steps: int = 500
     mapping_noise: float = 0.1
     fd_encoder: str = ""
+    attribute_classifier: str = ""  # a synthetic-face attribute classifier (`raydino tiny-models`): attribute agreement
 
 
 @dataclass
@@ -177,6 +196,7 @@ class Config:
     preset: str = "demo"
     out: str = "data/demo"
     data: DataConfig = field(default_factory=DataConfig)
+    tiny: TinyModelsConfig = field(default_factory=TinyModelsConfig)
     pyramids: PyramidConfig = field(default_factory=PyramidConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -320,7 +340,8 @@ def resolve_paths(cfg: Config) -> Config:
     """
     if _local(cfg.out):
         cfg.out = str(Path(cfg.out).expanduser().resolve())
-    for section, name in (("data", "images"), ("pyramids", "dino"), ("pyramids", "clip"), ("sample", "fd_encoder")):
+    for section, name in (("data", "images"), ("pyramids", "dino"), ("pyramids", "clip"), ("sample", "fd_encoder"),
+                          ("sample", "attribute_classifier")):
         part = getattr(cfg, section)
         value = getattr(part, name).replace("{out}", cfg.out)
         if value and "://" not in value and _local(value):

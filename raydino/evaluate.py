@@ -15,7 +15,9 @@ resized to it before encoding, like the generated ones.
   *training* DINOv2 (labelled so: a generator trained on one network's
   features can score well on it without looking right);
 - CLIP score of prompt samples, matched against mismatched prompts;
-- colour error against the stored thumbnails.
+- colour error against the stored thumbnails;
+- attribute agreement of reconstructions, prompt and prior samples, by a
+  classifier of the synthetic faces' attributes (``raydino.attribute_agreement``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raydino.attribute_agreement import attribute_figures
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import clip_score, colour_error, dino_cls, fd_with_floor, match_resolution, paired_distance
 from raydino.models.loading import load_dino, require_local
@@ -84,6 +87,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out |= {f"train_encoder/dist_{k}": v for k, v in dist.items()}
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
+    out |= attribute_figures(s, recon, real, list(rows["path"]), half, seed, prompts)
     if prompts and (run_dir / MAPPING_FILE).is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
     (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))

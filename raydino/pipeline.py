@@ -53,7 +53,8 @@ def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = 
 def _models(cfg: Config, faces: Path, out: Path) -> None:
     from raydino.models.tiny import write_tiny_models
 
-    write_tiny_models(out, seed=cfg.data.seed, train_clip_on=faces, clip_steps=cfg.data.clip_fit_steps)
+    write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.data.clip_fit_steps, budget=cfg.tiny,
+                      sizes=cfg.pyramids.sizes)
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
@@ -127,7 +128,7 @@ def plan(cfg: Config) -> list[Step]:
                           lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
         models = root / "models"
-        steps.append(Step("tiny models", models / "clip-tiny" / "open_clip_model.safetensors",
+        steps.append(Step("tiny models", models / "tiny-models.json",
                           lambda: _models(cfg, faces, models)))
     pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
     # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set

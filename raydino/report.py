@@ -355,6 +355,13 @@ FIGURES = [  # eval.json key, title, what it means
      "Cosine between prompt samples and their own prompt."),
     ("clip_score/mismatched", "CLIP score, other prompts",
      "The same samples against the other prompts: text control works when this is clearly lower."),
+    ("attributes/reconstructions", "Attribute agreement, reconstructions",
+     "Share of the held-out targets' attributes (hair, skin, glasses, smile, background) that a classifier trained "
+     "on real faces reads back from their reconstructions. Higher is better; per attribute below."),
+    ("attributes/prompts", "Attribute agreement, prompt samples",
+     "Share of the attributes a prompt names that its samples show."),
+    ("attributes/prior_tv", "Attribute distance, prior samples",
+     "Total variation between the attribute frequencies of prior samples and of real faces (0–1). Lower is better."),
 ]
 
 
@@ -706,6 +713,59 @@ def _trial_curves(sweep: Path, metric: str, best_id: object) -> str:
     return f'<h3>Validation curve of each trial</h3><div class="charts">{line_chart(metric, series, "★: the best trial.")}</div>'
 
 
+ATTRIBUTE_COLUMNS = [  # eval.json prefix, column title
+    ("attributes/real", "real held-out images"), ("attributes/reconstructions", "reconstructions"),
+    ("attributes/prompts", "prompt samples"), ("attributes/chance", "chance"), ("attributes/prior_tv", "prior: TV ↓"),
+]
+
+
+def section_attributes(ctx: Context) -> str:
+    """Attribute agreement per attribute, next to the classifier's ceiling (real images) and chance."""
+    ev = ctx.evaluation or {}
+    if "attribute_classifier" not in ev:
+        return _missing("No attribute agreement in eval.json: the run names no attribute classifier "
+                        "(sample.attribute_classifier, written by raydino tiny-models).")
+    if "attributes/note" in ev:
+        return _missing(ev["attributes/note"])
+    names = [k.split("/", 2)[2] for k in ev if k.startswith("attributes/real/")]
+    columns = [(key, title) for key, title in ATTRIBUTE_COLUMNS if key in ev]
+    rows = [[_esc(name)] + [fmt(ev.get(f"{key}/{name}")) for key, _ in columns] for name in names]
+    rows.append(["<b>mean</b>"] + [f"<b>{fmt(ev[key])}</b>" for key, _ in columns])
+    return ('<p class="lead">Accuracy of a classifier of the synthetic faces\' attributes, trained on real faces only: '
+            'on the real held-out images (its ceiling), on their reconstructions (against the true attributes), on '
+            'prompt samples (against what the prompt names); chance is always guessing the most frequent class. '
+            'For prior samples: the total-variation distance between their attribute frequencies and the real ones. '
+            'Speckle does not raise these figures, blur lowers them (docs/encoders.md).</p>'
+            + _table(["attribute"] + [t for _, t in columns], rows)
+            + f'<p class="small">Classifier <code>{_esc(ev["attribute_classifier"])}</code>; '
+              f'{fmt(ev.get("n"))} held-out images.</p>')
+
+
+def section_encoders(ctx: Context) -> str:
+    """The linear probes of the tiny encoders (``probes.json`` beside each), once per report."""
+    cfg = ctx.cfg
+    if cfg is None:
+        return _missing(f"No config.yaml in {ctx.inputs.run}.")
+    found = [(role, Path(spec) / "probes.json") for role, spec in
+             (("training encoder", cfg.pyramids.dino), ("FD encoder", cfg.sample.fd_encoder)) if spec]
+    found = [(role, path) for role, path in found if path.is_file()]
+    if not found:
+        return _missing("No probes.json beside the encoders: they are not `raydino tiny-models` encoders "
+                        "(pretrained weights are not probed here).")
+    probes = [(role, json.loads(path.read_text())) for role, path in found]
+    first = probes[0][1]
+    keys = list(first["trained"])
+    header = ["probe"] + [f"{_esc(role)}" for role, _ in probes] + ["random init", "majority class"]
+    rows = [[_esc(k.replace("parts/", "patch parts, ").replace("attributes/", "CLS: "))]
+            + [f"<b>{fmt(p['trained'][k])}</b>" for _, p in probes] + [fmt(first["random"][k]), fmt(first["majority"][k])]
+            for k in keys]
+    return (f'<p class="lead">Linear probes on {fmt(first["faces"])} held-out synthetic faces (half fit, half scored): '
+            'the face part under each patch, per pyramid level (px), from the patch tokens; each attribute from the '
+            'CLS token. The same probes on a randomly initialised encoder of the same shape, and the most frequent '
+            'class, for reference.</p>' + _table(header, rows)
+            + "".join(f'<p class="small">{_esc(role)}: <code>{_esc(p["encoder"])}</code></p>' for role, p in probes))
+
+
 def section_run(ctx: Context) -> str:
     cfg = ctx.cfg
     if cfg is None:
@@ -739,11 +799,13 @@ def write_report(run: str | Path, *, sweep: str | Path | None = None, pyramids: 
     ctx = Context(inputs)
     sections = [
         ("figures", "Key figures", lambda: section_figures(ctx)),
+        ("attributes", "Attribute agreement", lambda: section_attributes(ctx)),
         ("stages", "Validation grids per stage", lambda: section_stages(ctx)),
         ("samples", "Samples", lambda: section_samples(ctx)),
         ("pyramid", "The feature pyramid", lambda: section_pyramid(ctx)),
         ("curves", "Training curves", lambda: section_curves(ctx)),
         ("tune", "Loss-weight sweep (Ray Tune)", lambda: section_tune(ctx)),
+        ("encoders", "What the encoders see (probes)", lambda: section_encoders(ctx)),
         ("run", "Run", lambda: section_run(ctx)),
     ]
     body = "".join(f'<section id="{sid}"><h2>{_esc(title)}</h2>{_guarded(build)}</section>'

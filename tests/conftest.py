@@ -17,12 +17,43 @@ def faces_dir(tmp_path_factory):
     return write_faces(tmp_path_factory.mktemp("faces"), count=48, seed=0, size=128)
 
 
+# a shorter budget than the demo's (docs/encoders.md): the probes still clear the margins tests/test_encoders.py asserts
+TEST_BUDGET = dict(encoder_steps=200, fd_encoder_steps=150, classifier_steps=300, probe_faces=128)
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build):
+    """``build(folder)`` once per test session, shared by pytest-xdist's worker processes.
+
+    The first worker to get the lock builds into a folder beside the workers'
+    own temp dirs; the others wait and read the paths it wrote.
+    """
+    import json
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    if worker_id == "master":  # no xdist: a plain session fixture
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            done.write_text(json.dumps({k: str(v) for k, v in build(root / name).items()}))
+    return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """Tiny DINOv2 (+ FD twin) and an untrained tiny CLIP."""
+def tiny_models(tmp_path_factory, worker_id):
+    """Tiny DINOv2 (+ FD twin) trained on 128 synthetic faces, their attribute classifier, an untrained tiny CLIP."""
+    from raydino.config import TinyModelsConfig
+    from raydino.data.synth_faces import write_faces
     from raydino.models.tiny import write_tiny_models
 
-    return write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)
+    def build(out):
+        faces = write_faces(out / "encoder_faces", count=128, seed=0, size=64)
+        return write_tiny_models(out / "models", faces, seed=0, clip_steps=0, budget=TinyModelsConfig(**TEST_BUDGET))
+
+    return built_once(tmp_path_factory, worker_id, "tiny_models", build)
 
 
 @pytest.fixture(scope="session")

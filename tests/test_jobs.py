@@ -254,8 +254,9 @@ def demo(cluster, tiny_models, faces_dir):
     outputs existed right after the first job.
     """
     out = cluster.root / "out" / "demo"
-    for name, key in {"dinov2-tiny": "dino", "dinov2-tiny-fd": "fd", "clip-tiny": "clip"}.items():
-        shutil.copytree(tiny_models[key], out / "models" / name)
+    for key in ("dino", "fd", "clip", "attributes"):
+        shutil.copytree(tiny_models[key], out / "models" / tiny_models[key].name)
+    shutil.copy(tiny_models["dino"].parent / "tiny-models.json", out / "models")
     # One 2-CPU training worker fits on the 2-CPU head and one on the 3-CPU node, whose spare
     # CPU feeds Ray Data: no node can hold both, so the run's placement group spans the two.
     command = ["python", "jobs/pipeline.py", "--preset", "demo", "--out", str(out), "--images", str(faces_dir), *SMALL,

@@ -201,3 +201,27 @@ def _png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_report_shows_attribute_agreement_and_the_encoders_probes(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "train"
+    run.mkdir(parents=True)
+    save_config(load_config("demo", overrides=[f"out={tmp_path}"]), run / "config.yaml")
+    figures = {"attribute_classifier": "/m/face-attributes (hash 0a1b2c3d4e5f)", "n": 24,
+               "attributes/real": 0.9712345, "attributes/real/smile": 0.9123456,
+               "attributes/reconstructions": 0.6234567, "attributes/reconstructions/smile": 0.5432109,
+               "attributes/chance": 0.4123456, "attributes/chance/smile": 0.5555555,
+               "attributes/prior_tv": 0.2345678, "attributes/prior_tv/smile": 0.1234567}
+    (run / "eval.json").write_text(json.dumps({**EVAL, **figures}))
+    probes = {"encoder": "/m/dinov2-tiny (hash 83aa6a7a7883)", "faces": 192, "sizes": [56],
+              "trained": {"parts/56": 0.9512345, "attributes/smile": 0.8765432},
+              "random": {"parts/56": 0.8012345, "attributes/smile": 0.5123456},
+              "majority": {"parts/56": 0.6234567, "attributes/smile": 0.5012345}}
+    for name in ("dinov2-tiny", "dinov2-tiny-fd"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "probes.json").write_text(json.dumps(probes))
+    text = write_report(run).read_text()
+    for value in (*figures.values(), *probes["trained"].values(), *probes["random"].values()):
+        if isinstance(value, float):
+            assert f"{value:.4g}" in text, value
+    assert "0a1b2c3d4e5f" in text and "FD encoder" in text and "random init" in text

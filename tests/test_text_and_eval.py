@@ -1,13 +1,14 @@
 """Milestone 4 and `raydino eval` on a small trained run: text control measured for real.
 
-The tiny CLIP is fitted to the synthetic captions (as `raydino tiny-models
---train-clip-on` does), the generator trains in-process (the Ray path is
+The tiny CLIP is fitted to the synthetic captions (as `raydino tiny-models`
+does; the session's trained encoders and attribute classifier are copied beside it), the generator trains in-process (the Ray path is
 covered by test_train_ray.py), the text mapping trains as its Ray Train job.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.losses import columns
 from raydino.models.generator import Generator
-from raydino.models.tiny import write_tiny_models
+from raydino.models.tiny import write_tiny_clip
 from raydino.sample import Sampler
 from raydino.train import checkpoint, loop
 from raydino.train.mapping import fit_mapping, fit_prior
@@ -30,10 +31,12 @@ PROMPTS = ["a face with red hair", "a face with blue hair"]
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, ray_local):
+def text_run(tmp_path_factory, ray_local, tiny_models):
     root = tmp_path_factory.mktemp("text")
     faces = write_faces(root / "faces", count=96, seed=5, size=128)
-    models = write_tiny_models(root / "models", seed=0, train_clip_on=faces)
+    models = {key: shutil.copytree(tiny_models[key], root / "models" / tiny_models[key].name)
+              for key in ("dino", "fd", "attributes")}
+    models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", faces, seed=0, steps=300)
     (root / "pyr").mkdir()
     pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
     held_faces = write_faces(root / "held_faces", count=32, seed=6, size=128)

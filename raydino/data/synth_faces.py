@@ -9,6 +9,7 @@ measure them. Everything is deterministic in ``(seed, index)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ BACKGROUNDS = {
     "slate": (90, 100, 115),
 }
 SUPERSAMPLE = 2
+PARTS = ("background", "skin", "hair", "eyes", "mouth", "glasses", "clothing")
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,18 @@ def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return tuple(int(np.clip(c * factor, 0, 255)) for c in colour)  # type: ignore[return-value]
 
 
-def render_face(attrs: FaceAttributes, size: int = 256) -> Image.Image:
-    """Draw one face; shapes are laid out in a unit square then scaled."""
-    s = size * SUPERSAMPLE
-    img = Image.new("RGB", (s, s), BACKGROUNDS[attrs.background])
-    d = ImageDraw.Draw(img)
+def _paint(draw: ImageDraw.ImageDraw, shape: str, xy: object, colour: object, ring: bool = False, **kw) -> None:
+    """One PIL shape, filled with ``colour`` (or outlined, for ``ring``)."""
+    getattr(draw, shape)(xy, **({"outline": colour} if ring else {"fill": colour}), **kw)
+
+
+def _layout(attrs: FaceAttributes, s: int, paint: Callable[..., None]) -> tuple[float, float]:
+    """Every shape of one face, in drawing order, laid out in a unit square scaled to ``s`` px.
+
+    ``paint(shape, xy, part, colour, **kw)`` draws one shape; the colour image
+    and the part map both come from this one layout, so they cannot disagree.
+    Returns the centre the face is rotated about.
+    """
     cx, cy, k = (0.5 + attrs.dx) * s, (0.52 + attrs.dy) * s, attrs.scale * s
 
     def pt(x: float, y: float) -> tuple[float, float]:
@@ -109,41 +118,65 @@ def render_face(attrs: FaceAttributes, size: int = 256) -> Image.Image:
     skin, hair = SKIN_TONES[attrs.skin], HAIR_COLOURS[attrs.hair_colour]
     shirt = _shade(BACKGROUNDS[attrs.background], 0.55)
     if attrs.hair_style == "long":
-        d.rounded_rectangle(box(-0.30, -0.30, 0.30, 0.36), radius=0.2 * k, fill=hair)
-    d.ellipse(box(-0.40, 0.30, 0.40, 0.80), fill=shirt)  # shoulders
-    d.rectangle(box(-0.08, 0.16, 0.08, 0.38), fill=_shade(skin, 0.9))  # neck
-    d.ellipse(box(-0.27, -0.04, -0.19, 0.10), fill=_shade(skin, 0.95))  # ears
-    d.ellipse(box(0.19, -0.04, 0.27, 0.10), fill=_shade(skin, 0.95))
-    d.ellipse(box(-0.22, -0.30, 0.22, 0.30), fill=skin)  # face
+        paint("rounded_rectangle", box(-0.30, -0.30, 0.30, 0.36), "hair", hair, radius=0.2 * k)
+    paint("ellipse", box(-0.40, 0.30, 0.40, 0.80), "clothing", shirt)  # shoulders
+    paint("rectangle", box(-0.08, 0.16, 0.08, 0.38), "skin", _shade(skin, 0.9))  # neck
+    paint("ellipse", box(-0.27, -0.04, -0.19, 0.10), "skin", _shade(skin, 0.95))  # ears
+    paint("ellipse", box(0.19, -0.04, 0.27, 0.10), "skin", _shade(skin, 0.95))
+    paint("ellipse", box(-0.22, -0.30, 0.22, 0.30), "skin", skin)  # face
     if attrs.hair_style in ("short", "long", "bun"):
-        d.chord(box(-0.235, -0.34, 0.235, 0.06), start=180, end=360, fill=hair)
-        d.rectangle(box(-0.235, -0.16, -0.19, 0.02), fill=hair)
-        d.rectangle(box(0.19, -0.16, 0.235, 0.02), fill=hair)
+        paint("chord", box(-0.235, -0.34, 0.235, 0.06), "hair", hair, start=180, end=360)
+        paint("rectangle", box(-0.235, -0.16, -0.19, 0.02), "hair", hair)
+        paint("rectangle", box(0.19, -0.16, 0.235, 0.02), "hair", hair)
     if attrs.hair_style == "bun":
-        d.ellipse(box(-0.09, -0.46, 0.09, -0.29), fill=hair)
-    brow = hair if attrs.hair_style != "bald" else _shade(skin, 0.6)
+        paint("ellipse", box(-0.09, -0.46, 0.09, -0.29), "hair", hair)
+    bald = attrs.hair_style == "bald"
+    brow, brow_part = (_shade(skin, 0.6), "skin") if bald else (hair, "hair")
     iris = EYE_COLOURS[attrs.eye_colour]
     for side in (-1, 1):
         ex = side * 0.09
-        d.ellipse(box(ex - 0.055, -0.035, ex + 0.055, 0.025), fill=(250, 250, 250))
-        d.ellipse(box(ex - 0.028, -0.033, ex + 0.028, 0.023), fill=iris)
-        d.ellipse(box(ex - 0.012, -0.017, ex + 0.012, 0.007), fill=(10, 10, 10))
-        d.line([pt(ex - 0.06, -0.075), pt(ex + 0.06, -0.085)], fill=brow, width=max(2, int(0.018 * k)))
+        paint("ellipse", box(ex - 0.055, -0.035, ex + 0.055, 0.025), "eyes", (250, 250, 250))
+        paint("ellipse", box(ex - 0.028, -0.033, ex + 0.028, 0.023), "eyes", iris)
+        paint("ellipse", box(ex - 0.012, -0.017, ex + 0.012, 0.007), "eyes", (10, 10, 10))
+        paint("line", [pt(ex - 0.06, -0.075), pt(ex + 0.06, -0.085)], brow_part, brow, width=max(2, int(0.018 * k)))
         if attrs.glasses:
-            d.ellipse(box(ex - 0.075, -0.07, ex + 0.075, 0.06), outline=(20, 20, 20), width=max(2, int(0.014 * k)))
+            paint("ellipse", box(ex - 0.075, -0.07, ex + 0.075, 0.06), "glasses", (20, 20, 20), ring=True,
+                  width=max(2, int(0.014 * k)))
     if attrs.glasses:
-        d.line([pt(-0.015, -0.01), pt(0.015, -0.01)], fill=(20, 20, 20), width=max(2, int(0.012 * k)))
-    d.polygon([pt(0, 0.02), pt(-0.03, 0.11), pt(0.03, 0.11)], fill=_shade(skin, 0.8))
+        paint("line", [pt(-0.015, -0.01), pt(0.015, -0.01)], "glasses", (20, 20, 20), width=max(2, int(0.012 * k)))
+    paint("polygon", [pt(0, 0.02), pt(-0.03, 0.11), pt(0.03, 0.11)], "skin", _shade(skin, 0.8))  # nose
     lips = (170, 60, 60)
     if attrs.smile:
-        d.chord(box(-0.09, 0.10, 0.09, 0.21), start=0, end=180, fill=lips)
-        d.chord(box(-0.07, 0.11, 0.07, 0.17), start=0, end=180, fill=(250, 250, 250))
+        paint("chord", box(-0.09, 0.10, 0.09, 0.21), "mouth", lips, start=0, end=180)
+        paint("chord", box(-0.07, 0.11, 0.07, 0.17), "mouth", (250, 250, 250), start=0, end=180)
     else:
-        d.rounded_rectangle(box(-0.075, 0.165, 0.075, 0.19), radius=0.01 * k, fill=lips)
+        paint("rounded_rectangle", box(-0.075, 0.165, 0.075, 0.19), "mouth", lips, radius=0.01 * k)
+    return cx, cy
 
-    img = img.rotate(attrs.angle, resample=Image.BILINEAR, center=(cx, cy), fillcolor=BACKGROUNDS[attrs.background])
+
+def render_face(attrs: FaceAttributes, size: int = 256) -> Image.Image:
+    """Draw one face at ``SUPERSAMPLE`` times the size, then blur and downsample (antialiasing)."""
+    s = size * SUPERSAMPLE
+    img = Image.new("RGB", (s, s), BACKGROUNDS[attrs.background])
+    draw = ImageDraw.Draw(img)
+    centre = _layout(attrs, s, lambda shape, xy, part, colour, **kw: _paint(draw, shape, xy, colour, **kw))
+    img = img.rotate(attrs.angle, resample=Image.BILINEAR, center=centre, fillcolor=BACKGROUNDS[attrs.background])
     img = img.filter(ImageFilter.GaussianBlur(SUPERSAMPLE * 0.6)).resize((size, size), Image.LANCZOS)
     return _light(img, attrs)
+
+
+def render_parts(attrs: FaceAttributes, size: int = 256) -> np.ndarray:
+    """The part of every pixel of ``render_face(attrs, size)``: uint8 ``[size, size]`` indices into ``PARTS``.
+
+    What the face generator knows and a network must learn to see: the
+    supervision of the tiny encoders and the labels of their patch probes.
+    """
+    s = size * SUPERSAMPLE
+    img = Image.new("L", (s, s), PARTS.index("background"))
+    draw = ImageDraw.Draw(img)
+    centre = _layout(attrs, s, lambda shape, xy, part, colour, **kw: _paint(draw, shape, xy, PARTS.index(part), **kw))
+    img = img.rotate(attrs.angle, resample=Image.NEAREST, center=centre, fillcolor=PARTS.index("background"))
+    return np.asarray(img.resize((size, size), Image.NEAREST), dtype=np.uint8)
 
 
 def _light(img: Image.Image, attrs: FaceAttributes) -> Image.Image:

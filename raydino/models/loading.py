@@ -18,7 +18,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-TINY_HINT = "run `raydino tiny-models --out DIR` for offline tiny models, or download the weights and pass their directory"
+MARKER = "RAYDINO_TINY.txt"  # beside `raydino tiny-models` weights: what they are (random, or trained on what)
+TINY_HINT = "run `raydino tiny-models --faces FACES_DIR --out DIR` for offline tiny models, or download the weights and pass their directory"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -36,6 +37,12 @@ def weights_hash(module: nn.Module) -> str:
 
 def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~", "file://")) or Path(spec).exists() or spec.startswith("data/")
+
+
+def _marker(directory: str) -> str:
+    """``: <what the weights are>`` for ``raydino tiny-models`` output, else nothing."""
+    path = Path(directory) / MARKER
+    return f": {path.read_text().strip()}" if path.is_file() else ""
 
 
 @dataclass
@@ -80,7 +87,7 @@ def load_dino(spec: str, device: str | torch.device = "cpu") -> Dino:
         mean=tuple(processor.image_mean),
         std=tuple(processor.image_std),
     )
-    log.info("DINOv2 weights: %s (hash %s, dim %d)", dino.source, dino.hash, dino.dim)
+    log.info("DINOv2 weights: %s (hash %s, dim %d)%s", dino.source, dino.hash, dino.dim, _marker(source))
     return dino
 
 
@@ -161,7 +168,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> Clip:
         mean=tuple(visual.preprocess_cfg["mean"]),
         std=tuple(visual.preprocess_cfg["std"]),
     )
-    log.info("CLIP weights: %s (hash %s, dim %d)", clip.source, clip.hash, clip.dim)
+    log.info("CLIP weights: %s (hash %s, dim %d)%s", clip.source, clip.hash, clip.dim,
+             _marker(name.removeprefix("local-dir:")))
     return clip
 
 

@@ -1,17 +1,37 @@
-"""Tiny randomly initialised encoders of the real classes, saved like real ones.
+"""Tiny encoders of the real classes, trained on synthetic faces and saved like real ones.
 
 They let tests and the offline demo run the exact loading and feature code
-that a real run uses; only the sizes differ. Each is saved with a
-``RAYDINO_TINY.txt`` marker so nobody mistakes it for pretrained weights.
+that a real run uses; only the sizes differ. A random ViT is not a
+perceptual space, so the two DINOv2 stand-ins are trained to see the faces
+(``encoder_training``), the CLIP is fitted to their captions, and a small
+attribute classifier is trained to judge generated faces. Each is saved with
+a ``RAYDINO_TINY.txt`` marker saying what its weights are, which every load
+logs, so nobody mistakes them for pretrained weights; the linear probes of
+both encoders against a random one are written beside them (``probes.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from raydino.config import TinyModelsConfig
+from raydino.data.face_set import FaceSet
+from raydino.models.encoder_training import (
+    FD_OBJECTIVE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRAINING_OBJECTIVE,
+    Objective,
+    train_encoder,
+)
+from raydino.models.loading import MARKER
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
 TINY_CLIP = {
@@ -19,22 +39,32 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-MARKER = "RAYDINO_TINY.txt"
+PROBES = "probes.json"
+SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
+PROBE_SEED = 20_000  # held-out probe faces: not the training faces (seed) nor `raydino run`'s held-out ones (seed + 10000)
+
+log = logging.getLogger(__name__)
 
 
-def save_tiny_dino(out: str | Path, seed: int = 0) -> Path:
-    """A small ``Dinov2Model`` with its image-processor config (ImageNet mean/std)."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+def build_tiny_dino(seed: int = 0) -> torch.nn.Module:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    return Dinov2Model(Dinov2Config(**TINY_DINO))
+
+
+def save_tiny_dino(out: str | Path, seed: int = 0, model: torch.nn.Module | None = None,
+                   note: str = "random weights") -> Path:
+    """A small ``Dinov2Model`` (random unless ``model`` is given) with its image-processor config."""
+    from transformers import BitImageProcessor
 
     out = Path(out)
-    torch.manual_seed(seed)
-    model = Dinov2Model(Dinov2Config(**TINY_DINO))
-    model.save_pretrained(out)
+    (model if model is not None else build_tiny_dino(seed)).save_pretrained(out)
     BitImageProcessor(
         do_resize=True, size={"shortest_edge": 256}, do_center_crop=True, crop_size={"height": 224, "width": 224},
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
     ).save_pretrained(out)
-    (out / MARKER).write_text(f"random weights, seed {seed}: for tests and the offline demo only\n")
+    (out / MARKER).write_text(f"{note}, seed {seed}: for tests and the offline demo only\n")
     return out
 
 
@@ -101,21 +131,85 @@ def fit_tiny_clip(model: torch.nn.Module, faces_dir: str | Path, steps: int = 30
     return model.eval()
 
 
-def write_tiny_models(out: str | Path, seed: int = 0, train_clip_on: str | Path | None = None,
-                      clip_steps: int = 300) -> dict[str, Path]:
-    """The demo's three encoders: training DINOv2, a second DINOv2 for FD, CLIP.
-
-    With ``train_clip_on`` (a ``raydino synth-faces`` folder) the CLIP is fitted
-    to those faces' captions so that text control can be checked offline.
-    """
-    out = Path(out)
+def write_tiny_clip(out: Path, faces: str | Path, seed: int, steps: int) -> Path:
+    """The tiny CLIP fitted to the faces' captions (``steps: 0`` keeps it random, and says so)."""
     torch.manual_seed(seed)
     clip = build_tiny_clip()
-    if train_clip_on is not None:
-        fit_tiny_clip(clip, train_clip_on, steps=clip_steps, seed=seed)
-    return {
-        "dino": save_tiny_dino(out / "dinov2-tiny", seed),
-        "fd": save_tiny_dino(out / "dinov2-tiny-fd", seed + 1),
-        "clip": save_tiny_clip(out / "clip-tiny", seed, model=clip,
-                               note="fitted to synthetic-face captions" if train_clip_on else "random weights"),
-    }
+    if steps:
+        fit_tiny_clip(clip, faces, steps=steps, seed=seed)
+    note = f"fitted to the captions of {Path(faces).resolve()}, {steps} steps" if steps else "random weights"
+    return save_tiny_clip(out, seed, model=clip, note=note)
+
+
+def write_tiny_encoder(out: Path, train: FaceSet, faces: str | Path, sizes: list[int], objective: Objective,
+                       steps: int, budget: TinyModelsConfig, seed: int) -> Path:
+    """One DINOv2 stand-in, trained on ``train`` for ``steps`` (0: random weights, marked so)."""
+    model = build_tiny_dino(seed)
+    if not steps:
+        log.warning("tiny DINOv2 %s: random weights (0 training steps)", out)
+        return save_tiny_dino(out, seed, model)
+    train_encoder(model, train, sizes, objective, steps, budget.batch_size, budget.lr, seed)
+    note = (f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}: {steps} steps at {sizes} px, "
+            f"objective {objective}")
+    return save_tiny_dino(out, seed, model, note)
+
+
+def write_probes(encoders: dict[str, Path], sizes: list[int], count: int, seed: int) -> None:
+    """``probes.json`` beside each encoder: its held-out probe accuracies, a random encoder's, the majority floor."""
+    from raydino.data.face_set import from_seed
+    from raydino.models.loading import Dino, load_dino, weights_hash
+    from raydino.models.probes import majority_baseline, probe_encoder
+
+    held_out = from_seed(PROBE_SEED + seed, count, max(sizes))
+    rand = build_tiny_dino(seed + 2).eval().requires_grad_(False)
+    random = Dino(rand, "random init", weights_hash(rand), TINY_DINO["patch_size"], TINY_DINO["hidden_size"],
+                  IMAGENET_MEAN, IMAGENET_STD)
+    baseline = {"random": probe_encoder(random, held_out, sizes),
+                "majority": majority_baseline(held_out, sizes, TINY_DINO["patch_size"])}
+    for path in encoders.values():
+        dino = load_dino(str(path))
+        figures = {"encoder": f"{dino.source} (hash {dino.hash})", "faces": count, "face_seed": PROBE_SEED + seed,
+                   "sizes": sizes, "trained": probe_encoder(dino, held_out, sizes), **baseline}
+        (path / PROBES).write_text(json.dumps(figures, indent=1))
+
+
+def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_steps: int = 300,
+                      budget: TinyModelsConfig | None = None, sizes: list[int] | None = None) -> dict[str, Path]:
+    """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the attribute judge.
+
+    ``dino`` (the training DINOv2), ``fd`` (another seed and objective mix, so
+    that the evaluation space is not the training space), ``clip`` (fitted to
+    the captions), ``attributes`` (the attribute classifier). ``sizes``: the
+    pyramid levels the encoders will see (default: the demo's).
+    """
+    from raydino.data.face_set import from_folder
+    from raydino.models.face_attributes import save_classifier, train_classifier
+
+    out, budget, sizes = Path(out), budget or TinyModelsConfig(), list(sizes or [56, 84, 112])
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    train = from_folder(faces, max(sizes))
+    seconds["faces"] = time.time() - t0
+    paths = {}
+    for key, name, objective, steps, s in (("dino", "dinov2-tiny", TRAINING_OBJECTIVE, budget.encoder_steps, seed),
+                                           ("fd", "dinov2-tiny-fd", FD_OBJECTIVE, budget.fd_encoder_steps, seed + 1)):
+        t0 = time.time()
+        paths[key] = write_tiny_encoder(out / name, train, faces, sizes, objective, steps, budget, s)
+        seconds[key] = time.time() - t0
+        log.info("tiny DINOv2 %s: %d steps in %.1fs", name, steps, seconds[key])
+    t0 = time.time()
+    paths["attributes"] = save_classifier(train_classifier(train, budget.classifier_steps, seed=seed),
+                                          out / "face-attributes",
+                                          f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}")
+    seconds["attributes"] = time.time() - t0
+    t0 = time.time()
+    write_probes({k: paths[k] for k in ("dino", "fd")}, sizes, budget.probe_faces, seed)
+    seconds["probes"] = time.time() - t0
+    t0 = time.time()
+    paths["clip"] = write_tiny_clip(out / "clip-tiny", faces, seed, clip_steps)
+    seconds["clip"] = time.time() - t0
+    summary = {"faces": str(Path(faces).resolve()), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
+               "clip_steps": clip_steps, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "paths": {k: str(v) for k, v in paths.items()}}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return paths
