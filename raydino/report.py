@@ -5,8 +5,9 @@ a folder beside it (``index_files/`` for ``index.html``) and curves are
 inline SVG drawn here from the TensorBoard event files. It shows the key
 figures of ``eval.json``, the validation grids of every stage, the samples of
 ``raydino sample`` (reconstructions, prompts with their CLIP scores, prior,
-mix), the DINOv2 pyramid itself as PCA colours, the training curves and the
-Tune trials. A section whose inputs are missing says so and names the
+mix), the attribute agreement per attribute, the DINOv2 pyramid itself as PCA
+colours, the training curves, the Tune trials and, for ``raydino
+tiny-models`` encoders, their linear probes. A section whose inputs are missing says so and names the
 command that makes them; one unreadable input never costs the whole page.
 
 Every figure is printed with :func:`fmt` (4 significant digits), so the

@@ -46,7 +46,7 @@ class Objective:
 
 # The FD encoder judges what the training encoder taught, so it must not be the same space:
 # another seed and another mix (CLS-heavy, no colour regression: FD compares CLS tokens).
-TRAINING_OBJECTIVE = Objective(parts=1.0, colour=0.5, attributes=2.0)
+TRAINING_OBJECTIVE = Objective(parts=1.0, colour=2.0, attributes=2.0)
 FD_OBJECTIVE = Objective(parts=0.5, colour=0.0, attributes=3.0)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from raydino.config import TinyModelsConfig
-from raydino.data.face_set import FaceSet
+from raydino.data.face_set import FaceSet, from_folder, from_seed
 from raydino.models.encoder_training import (
     FD_OBJECTIVE,
     IMAGENET_MEAN,
@@ -31,7 +31,9 @@ from raydino.models.encoder_training import (
     Objective,
     train_encoder,
 )
-from raydino.models.loading import MARKER
+from raydino.models.face_attributes import save_classifier, train_classifier
+from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
+from raydino.models.probes import majority_baseline, probe_encoder
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
 TINY_CLIP = {
@@ -154,19 +156,15 @@ def write_tiny_encoder(out: Path, train: FaceSet, faces: str | Path, sizes: list
     return save_tiny_dino(out, seed, model, note)
 
 
-def write_probes(encoders: dict[str, Path], sizes: list[int], count: int, seed: int) -> None:
+def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) -> None:
     """``probes.json`` beside each encoder: its held-out probe accuracies, a random encoder's, the majority floor."""
-    from raydino.data.face_set import from_seed
-    from raydino.models.loading import Dino, load_dino, weights_hash
-    from raydino.models.probes import majority_baseline, probe_encoder
-
     held_out = from_seed(PROBE_SEED + seed, count, max(sizes))
     rand = build_tiny_dino(seed + 2).eval().requires_grad_(False)
     random = Dino(rand, "random init", weights_hash(rand), TINY_DINO["patch_size"], TINY_DINO["hidden_size"],
                   IMAGENET_MEAN, IMAGENET_STD)
     baseline = {"random": probe_encoder(random, held_out, sizes),
                 "majority": majority_baseline(held_out, sizes, TINY_DINO["patch_size"])}
-    for path in encoders.values():
+    for path in encoders:
         dino = load_dino(str(path))
         figures = {"encoder": f"{dino.source} (hash {dino.hash})", "faces": count, "face_seed": PROBE_SEED + seed,
                    "sizes": sizes, "trained": probe_encoder(dino, held_out, sizes), **baseline}
@@ -182,9 +180,6 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_st
     the captions), ``attributes`` (the attribute classifier). ``sizes``: the
     pyramid levels the encoders will see (default: the demo's).
     """
-    from raydino.data.face_set import from_folder
-    from raydino.models.face_attributes import save_classifier, train_classifier
-
     out, budget, sizes = Path(out), budget or TinyModelsConfig(), list(sizes or [56, 84, 112])
     seconds: dict[str, float] = {}
     t0 = time.time()
@@ -203,7 +198,7 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_st
                                           f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}")
     seconds["attributes"] = time.time() - t0
     t0 = time.time()
-    write_probes({k: paths[k] for k in ("dino", "fd")}, sizes, budget.probe_faces, seed)
+    write_probes([paths["dino"], paths["fd"]], sizes, budget.probe_faces, seed)
     seconds["probes"] = time.time() - t0
     t0 = time.time()
     paths["clip"] = write_tiny_clip(out / "clip-tiny", faces, seed, clip_steps)
