@@ -25,11 +25,9 @@ saved and loaded through the normal loader.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import tempfile
 import threading
@@ -39,6 +37,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+from raydino.bench.record import header, save
 
 ARCHS = {
     "vits14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
@@ -67,27 +67,6 @@ def save_random_dino(arch: str, out: Path) -> Path:
         torch.manual_seed(0)
         Dinov2Model(Dinov2Config(**ARCHS[arch])).save_pretrained(out)
     return out
-
-
-def machine() -> dict[str, Any]:
-    """CPU model and cores, GPU name, library versions: what the figures were measured on."""
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "load_average": os.getloadavg()[0],
-    }
 
 
 def _autocast(device: str):
@@ -256,7 +235,7 @@ def ray_pipeline(dino_dir: str, sizes: list[int], batch_size: int, images: str, 
     import ray
 
     from raydino.config import PyramidConfig
-    from raydino.pyramids.extract import build_pyramids
+    from raydino.pyramids.extract import STATS, build_pyramids
 
     ray.init(include_dashboard=False, log_to_driver=False)
     cfg = PyramidConfig(dino=dino_dir, sizes=sizes, batch_size=batch_size, actors=actors,
@@ -274,16 +253,24 @@ def ray_pipeline(dino_dir: str, sizes: list[int], batch_size: int, images: str, 
     ray.shutdown()
     steady = (full["rows"] - small["rows"]) / max(full["seconds"] - small["seconds"], 1e-9)
     result = {"images_per_s": steady, "end_to_end_images_per_s": full["images_per_s"], "rows": full["rows"],
-              "seconds": full["seconds"], "quarter_seconds": small["seconds"], "peak_pss_mib": memory.peak_pss_mib}
+              "seconds": full["seconds"], "quarter_seconds": small["seconds"], "peak_pss_mib": memory.peak_pss_mib,
+              "ray_data_stats": (out / "full" / STATS).read_text()}
     if device == "cuda":
         result["peak_gpu_used_mib"] = memory.peak_gpu_mib
     return result
 
 
 def _isolated(fn: Callable[..., dict], *args: Any) -> dict:
-    """Run one phase in a fresh process: its own peak memory, no state from the others."""
+    """Run one phase in a fresh process: its own peak memory, no state from the others.
+
+    The 1-minute load average before and after says whether other work shared
+    the machine during the phase (on a shared 2-core machine it decides
+    whether a ratio means anything).
+    """
+    before = os.getloadavg()[0]
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+        result = pool.submit(fn, *args).result()
+    return {**result, "load_average": [before, os.getloadavg()[0]]}
 
 
 def _report(results: dict[str, Any]) -> str:
@@ -300,7 +287,8 @@ def _report(results: dict[str, Any]) -> str:
     for name, r in ph.items():
         mem = ", ".join(f"{k.removesuffix('_mib')} {v / 1024:.2f} GiB" for k, v in r.items() if k.endswith("_mib"))
         extra = f" steady ({r['end_to_end_images_per_s']:.1f} end to end)" if name == "ray" else ""
-        lines.append(f"{names[name]:<50} {r['images_per_s']:9.1f} images/s{extra}; {mem}")
+        load = "load {:.1f} -> {:.1f}".format(*r["load_average"]) if "load_average" in r else ""
+        lines.append(f"{names[name]:<50} {r['images_per_s']:9.1f} images/s{extra}; {mem}; {load}")
     for top, base in (("ray", "naive"), ("ray", "ceiling"), ("encoder", "ceiling"), ("naive", "ceiling")):
         if {top, base} <= set(ph):
             lines.append(f"{top} / {base}: {ph[top]['images_per_s'] / ph[base]['images_per_s']:.3f}")
@@ -321,8 +309,8 @@ def run_bench(arch: str = "vits14", dino: str | None = None, count: int = 256, n
     if unknown:
         raise ValueError(f"unknown bench phases {unknown} (known: {', '.join(PHASES)})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info = machine()
-    actors = actors or (torch.cuda.device_count() if device == "cuda" else info["cores"])
+    info = header("pyramids")
+    actors = actors or (torch.cuda.device_count() if device == "cuda" else info["machine"]["cores"])
     with tempfile.TemporaryDirectory(prefix="raydino-bench-") as tmp:
         dino_dir = dino or str(save_random_dino(arch, Path(tmp) / f"dinov2-{arch}"))
         needed = count if "ray" in phases else (naive_count or count) if {"naive", "decode"} & set(phases) else 0
@@ -336,13 +324,13 @@ def run_bench(arch: str = "vits14", dino: str | None = None, count: int = 256, n
             "ray": (ray_pipeline, dino_dir, sizes, batch_size, str(faces), device, actors),
         }
         results = {
-            "machine": info,
+            **info,
             "config": {"arch": "given" if dino else arch, "dino": dino or f"random {arch}", "sizes": sizes,
                        "batch_size": batch_size, "count": count, "naive_count": len(files),
                        "image_size": image_size, "device": device, "actors": actors},
             "phases": {name: _isolated(*jobs[name]) for name in phases},
         }
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
     print(_report(results), flush=True)
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2))
+    save(results, out)
     return results

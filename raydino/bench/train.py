@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raydino.bench.pyramids import machine, save_random_dino
+from raydino.bench.pyramids import save_random_dino
+from raydino.bench.record import header, save
 from raydino.config import Config, load_config
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.loading import load_dino
@@ -75,41 +77,96 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def device_phase(cfg: Config, dino_dir: str, batch: int, steps: int, device: torch.device,
-                 compile_model: bool = False) -> list[dict[str, Any]]:
-    """Per stage: images/s on in-device batches, FLOPs per step, MFU on CUDA."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step``, as PyTorch's ``FlopCounterMode`` counts them.
 
+    Its table has no entry for the CPU's fused attention kernel, so on CPU a
+    ViT's attention counted zero; the entries below use PyTorch's own SDPA
+    formulas, the ones it applies to the CUDA kernels. The backward's count
+    includes the attention scores that the fused kernels recompute (about 2%
+    of a ViT-B/14 step's FLOPs): hardware FLOPs, not model FLOPs.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v),
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """Measured dense bf16 matrix-product rate on random data: the ceiling the step can be held to."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, device: torch.device,
+                 compile_mode: str = "none", channels_last: bool = False) -> list[dict[str, Any]]:
+    """Per stage and batch size: images/s on in-device batches, FLOPs per step, MFU on CUDA.
+
+    ``compile_mode``: ``generator`` compiles the generator, ``all`` the DINOv2
+    loss encoder too. FLOPs are counted on the eager models (the same
+    arithmetic), since the counter does not see inside compiled graphs.
+    """
     from raydino.train.loop import build_models
 
     dino = load_dino(dino_dir, device)
     model, _, opt = build_models(cfg, dino, device)
-    net = torch.compile(model) if compile_model else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    eager_dino = dino.model
     loss_fn = DinoPyramidLoss(dino, cfg.pyramids.sizes, cfg.loss)
-    targets = synthetic_targets(cfg, dino.dim, batch, device)
-    noise = torch.randn(batch, cfg.model.noise_dim, device=device)
     bf16 = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    measured = matmul_tflops(device) if device.type == "cuda" else None
     rows = []
-    for stage in cfg.train.stages:
-        def step(res: int = stage.resolution) -> None:
-            train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
+    for batch in batches:
+        targets = synthetic_targets(cfg, dino.dim, batch, device)
+        noise = torch.randn(batch, cfg.model.noise_dim, device=device)
+        for stage in cfg.train.stages:
+            def step(net: torch.nn.Module = model, res: int = stage.resolution, targets: Targets = targets,
+                     noise: torch.Tensor = noise) -> None:
+                train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
 
-        step()
-        counter = FlopCounterMode(display=False)
-        with counter:
+            dino.model = eager_dino
             step()
-        flops = counter.get_total_flops()
-        seconds = time_steps(step, steps, device)
-        row = {"resolution": stage.resolution, "batch": batch, "ms_per_step": 1e3 * seconds,
-               "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "tflop_per_s": flops / seconds / 1e12}
-        if peak:
-            row["mfu"] = flops / seconds / peak
-        if device.type == "cuda":
-            row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            flops = count_flops(step)
+            net = model
+            if compile_mode != "none":
+                net = torch.compile(model)
+                if compile_mode == "all":
+                    dino.model = torch.compile(eager_dino)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = time_steps(lambda net=net, step=step: step(net), steps, device)
+            row = {"resolution": stage.resolution, "batch": batch, "compile": compile_mode,
+                   "channels_last": channels_last, "bf16": bf16, "ms_per_step": 1e3 * seconds,
+                   "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9,
+                   "tflop_per_s": flops / seconds / 1e12}
+            if peak:
+                row["mfu"] = flops / seconds / peak
+            if measured:
+                row["matmul_tflop_per_s"] = measured
+                row["fraction_of_measured_matmul"] = flops / seconds / 1e12 / measured
+            if device.type == "cuda":
+                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -215,22 +272,26 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
     pq.write_table(schema.make_table(batch), out / "part-00000.parquet")
 
 
-def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32), batch_size: int = 16,
-              steps: int = 20, rows: int = 256, epochs: int = 2, device: str | None = None,
-              phases: list[str] | tuple[str, ...] = ("device", "ray"), out: str | None = None,
-              compile_model: bool = False, materialize: bool = True) -> dict[str, Any]:
-    """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything."""
+def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32),
+              batch_size: list[int] | tuple[int, ...] = (16,), steps: int = 20, rows: int = 256, epochs: int = 2,
+              device: str | None = None, phases: list[str] | tuple[str, ...] = ("device", "ray"),
+              out: str | None = None, compile_mode: str = "none", channels_last: bool = False,
+              materialize: bool = True) -> dict[str, Any]:
+    """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything.
+
+    The device phase times every batch size in ``batch_size``; the ray phase
+    uses the first as its global batch.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = bench_config(arch, list(resolution), batch_size)
+    cfg = bench_config(arch, list(resolution), batch_size[0])
     cfg.train.materialize = materialize
-    results: dict[str, Any] = {"machine": machine(), "arch": arch, "sizes": cfg.pyramids.sizes,
+    results: dict[str, Any] = {**header("train"), "arch": arch, "sizes": cfg.pyramids.sizes,
                                "channels": cfg.model.channels, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
         dino_dir = str(save_random_dino(arch, Path(tmp) / "dino"))
         if "device" in phases:
-            results["device"] = device_phase(cfg, dino_dir, batch_size, steps, dev, compile_model)
+            results["device"] = device_phase(cfg, dino_dir, list(batch_size), steps, dev, compile_mode, channels_last)
         if "ray" in phases:
             results["ray"] = ray_phase(cfg, dino_dir, rows, epochs, Path(tmp))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=1))
+    save(results, out)
     return results
