@@ -5,16 +5,19 @@ generator, multi-level DINOv2 loss, backward through the frozen encoder,
 clipping, AdamW):
 
 - ``device`` (no Ray, so it runs where Ray is not installed): one process,
-  batches already on the device. It counts the FLOPs of one step with
+  batches already on the device, for each batch size given and optionally
+  compiled or channels-last. It counts the FLOPs of one step with
   ``torch.utils.flop_counter.FlopCounterMode`` and, on CUDA, reports MFU =
-  counted FLOPs x steps/s / the GPU's dense bf16 peak.
-- ``ray``: the same step under Ray Train (2 workers, gloo, CPU), fed from the
-  pyramid through Ray Data (``get_dataset_shard`` -> ``iter_torch_batches``,
-  a new iterator per epoch, as training does) and from one batch kept in
-  memory, in the same workers. Reported apart: the steady rate inside an
-  epoch, the wait for an epoch's first batch (a fixed cost per epoch), and
-  the ratio of both to the in-memory rate. The pyramid is written first with
-  ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
+  counted FLOPs x steps/s / the GPU's dense bf16 peak (datasheet), and the
+  same rate against a bf16 matrix product measured in the same run.
+- ``ray``: the same step under Ray Train (2 gloo workers on CPU; 1 worker,
+  NCCL, bf16 on a GPU machine), fed from the pyramid through Ray Data
+  (``get_dataset_shard`` -> ``iter_torch_batches``, a new iterator per
+  epoch, as training does) and from one batch kept on the device, in the
+  same workers. Reported apart: the steady rate inside an epoch, the wait
+  for an epoch's first batch (a fixed cost per epoch), and the ratio of both
+  to the in-memory rate (the input-pipeline ratio). The pyramid is written
+  first with ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
 
 Speed does not depend on weights: the DINOv2 is a random model of the named
 size (``--arch``), saved and loaded through the normal loader.
@@ -174,11 +177,13 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
     """The step fed by the worker's Ray Data shard (per epoch: the wait for its first batch, then the
     steady steps), and the same step on one batch kept in memory. The first epoch is the warm-up."""
     per_worker = stage.batch_size // session.world_size
-    noise = torch.randn(per_worker, cfg.model.noise_dim)
+    device = session.device
+    noise = torch.randn(per_worker, cfg.model.noise_dim, device=device)
 
-    def step(batch: dict) -> None:
-        targets = Targets.from_batch(batch, cfg.pyramids.sizes)
-        train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0, bf16=False)
+    def step(batch: dict | Targets) -> None:
+        targets = batch if isinstance(batch, Targets) else Targets.from_batch(batch, cfg.pyramids.sizes, device)
+        train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0,
+                   bf16=device.type == "cuda")
 
     waits, steady_s, steady_n, fixed = [], 0.0, 0, None
     for epoch in range(epochs + 1):
@@ -194,7 +199,8 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
         if epoch:  # epoch 0 warms up
             waits.append(wait)
             steady_s, steady_n = steady_s + time.perf_counter() - start, steady_n + n
-    in_memory = time_steps(lambda: step(fixed), steady_n // epochs, session.device)
+    resident = Targets.from_batch(fixed, cfg.pyramids.sizes, device)  # the device phase's input: no copy per step
+    in_memory = time_steps(lambda: step(resident), steady_n // epochs, device)
     steady = steady_s / steady_n
     steps_per_epoch = steady_n // epochs + 1
     epoch_wait = sum(waits) / len(waits)
@@ -240,12 +246,14 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path)
     pyramid.mkdir()
     faces = write_faces(workdir / "faces", rows, seed=0, size=128)
     _write_pyramid(faces, pyramid, dino_dir, cfg.pyramids.sizes)
+    gpu = torch.cuda.is_available()
+    workers = 1 if gpu else 2
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg.pyramids.dino, cfg.train.num_workers = dino_dir, 2
+        ray.init(num_cpus=None if gpu else 2, include_dashboard=False, log_to_driver=False)
+    cfg.pyramids.dino, cfg.train.num_workers, cfg.train.use_gpu = dino_dir, workers, gpu
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"cfg": to_dict(cfg), "epochs": epochs},
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
         datasets={"train": training_dataset(cfg, pyramid, rows)},
         dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
         run_config=RunConfig(storage_path=str(workdir), name="bench"),
@@ -265,7 +273,7 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
     from raydino.pyramids import schema
     from raydino.pyramids.features import PyramidEncoder, square_crop
 
-    encoder = PyramidEncoder(dino_dir, sizes, device="cpu", bf16=False)
+    encoder = PyramidEncoder(dino_dir, sizes)
     paths = sorted(str(p) for p in faces.glob("*.png"))
     images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
     batch = encoder({"image": images, "id": [schema.stable_id(p) for p in paths], "path": paths})
