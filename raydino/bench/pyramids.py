@@ -11,11 +11,13 @@ Three throughputs of the same DINOv2 on the same device, same levels:
   load), so it runs on a quarter and on all the images, and the steady rate is
   the difference: (N - N/4) / (t(N) - t(N/4)). End to end is printed too.
 
-Two more figures locate a bottleneck where Ray is missing: **decode**, one
+Three more figures locate a bottleneck where Ray is missing: **decode**, one
 core's rate through the decode stage alone (cores x that rate is what the
-CPUs can feed the encoder), and **encoder**, the actor's own work
+CPUs can feed the encoder), **encoder**, the actor's own work
 (``ArrowPyramidEncoder`` on uint8 batches in host memory), which bounds the
-pipeline on that device.
+pipeline on that device, and **write**, one core writing an encoder batch's
+shard with pyarrow's default parquet settings and with the pipeline's
+(:data:`~raydino.pyramids.extract.PARQUET_WRITE`).
 
 Each phase runs in a fresh process, so its peak memory is its own. Only the
 ray phase imports Ray: the other two run where Ray is not installed. Models
@@ -25,6 +27,7 @@ saved and loaded through the normal loader.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -47,7 +50,7 @@ ARCHS = {
                    image_size=518),
 }
 WARMUP = 2
-PHASES = ("ceiling", "naive", "decode", "encoder", "ray")
+PHASES = ("ceiling", "naive", "decode", "encoder", "write", "ray")
 
 
 def save_random_dino(arch: str, out: Path) -> Path:
@@ -173,6 +176,39 @@ def decode(sizes: list[int], files: list[str]) -> dict[str, Any]:
     return {"images_per_s": len(files) / (time.perf_counter() - start), **_peaks("cpu")}
 
 
+def write(dim: int, patch: int, sizes: list[int], batch_size: int, repeats: int = 3) -> dict[str, Any]:
+    """One core's images/s writing an encoder batch's shard (random float16 tokens of the model's shape):
+    pyarrow's default parquet settings against the pipeline's, the Arrow table built as the actor builds it."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from raydino.pyramids import schema
+    from raydino.pyramids.extract import PARQUET_WRITE
+
+    rng = np.random.default_rng(0)
+    batch: dict[str, Any] = {"id": [f"{i:016x}" for i in range(batch_size)], "path": [f"/x/{i}.png" for i in range(batch_size)]}
+    for s in sizes:
+        batch[schema.tokens_col(s)] = rng.standard_normal((batch_size, (s // patch) ** 2, dim)).astype(np.float16)
+        batch[schema.cls_col(s)] = rng.standard_normal((batch_size, dim)).astype(np.float16)
+    batch[schema.THUMB] = rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
+    table = schema.make_table(batch)  # the first call pays one-off imports: not the actor's steady cost
+    start = time.perf_counter()
+    for _ in range(repeats):
+        table = schema.make_table(batch)
+    result: dict[str, Any] = {"table_mb": table.nbytes / 1e6,
+                              "make_table_images_per_s": repeats * batch_size / (time.perf_counter() - start)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, settings in (("default", {}), ("pipeline", PARQUET_WRITE)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                pq.write_table(table, Path(tmp) / f"{name}.parquet", **settings)
+            rate = repeats * batch_size / (time.perf_counter() - start)
+            result[f"{name}_images_per_s"] = rate
+            result[f"{name}_mb_per_s"] = rate / batch_size * result["table_mb"]
+            result[f"{name}_file_mb"] = (Path(tmp) / f"{name}.parquet").stat().st_size / 1e6
+    return {"images_per_s": result["pipeline_images_per_s"], **result, **_peaks("cpu")}
+
+
 class _TreeMemory:
     """Peak summed PSS of this process and its descendants (the local Ray node), polled.
 
@@ -260,6 +296,12 @@ def ray_pipeline(dino_dir: str, sizes: list[int], batch_size: int, images: str, 
     return result
 
 
+def _dims(dino_dir: str) -> tuple[int, int]:
+    """Token width and patch size of the model the bench uses."""
+    config = json.loads((Path(dino_dir) / "config.json").read_text())
+    return config["hidden_size"], config["patch_size"]
+
+
 def _isolated(fn: Callable[..., dict], *args: Any) -> dict:
     """Run one phase in a fresh process: its own peak memory, no state from the others.
 
@@ -283,10 +325,14 @@ def _report(results: dict[str, Any]) -> str:
     ]
     names = {"ceiling": "ceiling (model only, tensors on device)", "naive": "naive (HF processor + forward per image)",
              "ray": "ray data (files -> decode -> encode -> parquet)", "decode": "decode stage alone, one core",
-             "encoder": "encoder stage alone (actor's work, no Ray)"}
+             "encoder": "encoder stage alone (actor's work, no Ray)",
+             "write": "parquet write of a batch, one core, pipeline settings"}
     for name, r in ph.items():
         mem = ", ".join(f"{k.removesuffix('_mib')} {v / 1024:.2f} GiB" for k, v in r.items() if k.endswith("_mib"))
         extra = f" steady ({r['end_to_end_images_per_s']:.1f} end to end)" if name == "ray" else ""
+        if name == "write":
+            extra = (f" ({r['pipeline_mb_per_s']:.0f} MB/s; pyarrow defaults {r['default_images_per_s']:.1f} images/s, "
+                     f"{r['default_mb_per_s']:.0f} MB/s; Arrow table {r['make_table_images_per_s']:.0f} images/s)")
         load = "load {:.1f} -> {:.1f}".format(*r["load_average"]) if "load_average" in r else ""
         lines.append(f"{names[name]:<50} {r['images_per_s']:9.1f} images/s{extra}; {mem}; {load}")
     for top, base in (("ray", "naive"), ("ray", "ceiling"), ("encoder", "ceiling"), ("naive", "ceiling")):
@@ -320,6 +366,7 @@ def run_bench(arch: str = "vits14", dino: str | None = None, count: int = 256, n
             "ceiling": (ceiling, dino_dir, sizes, batch_size, count, device),
             "naive": (naive, dino_dir, sizes, files, device),
             "decode": (decode, sizes, files),
+            "write": (write, *_dims(dino_dir), sizes, batch_size),
             "encoder": (encoder, dino_dir, sizes, batch_size, count, device),
             "ray": (ray_pipeline, dino_dir, sizes, batch_size, str(faces), device, actors),
         }
