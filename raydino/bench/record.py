@@ -54,9 +54,17 @@ def _versions() -> dict[str, str | None]:
 
 
 def _git_commit() -> str | None:
-    """The commit of the checkout the bench ran from, when it is one (``+`` if it had local edits)."""
+    """The commit of the checkout the bench ran from, when it is one (``+`` if it had local edits).
+
+    A copy of the code inside another repository (a carry to a device
+    machine) is not that repository's commit: None then.
+    """
     root = Path(__file__).resolve().parents[2]
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if Path(top).resolve() != root:
+            return None
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
