@@ -48,13 +48,13 @@ if [[ $small = 1 ]]; then
   PYR=(--arch tiny --count 128 --batch-size 16 --device cpu)
   TRAIN=(--arch tiny --resolution 32 --steps 2 --device cpu)
   B1=4 B2=8 FACES=64 FFHQ_STAGES="[{resolution: 16, images: 32, batch_size: 8}, {resolution: 32, images: 32, batch_size: 8}, {resolution: 64, images: 16, batch_size: 4}, {resolution: 128, images: 16, batch_size: 4}, {resolution: 256, images: 8, batch_size: 2}]"
-  FFHQ_RESUME_STAGES="${FFHQ_STAGES/images: 8, batch_size: 2/images: 16, batch_size: 2}" FFHQ_ARCH=tiny FFHQ_GPU="train.use_gpu=false pyramids.num_gpus=0"
+  FFHQ_RESUME_STAGES="${FFHQ_STAGES%]}, {resolution: 256, images: 8, batch_size: 2}]" FFHQ_ARCH=tiny FFHQ_GPU="train.use_gpu=false pyramids.num_gpus=0"
 else
   count="${GPU_CHECK_COUNT:-8192}"
   PYR=(--arch vitb14 --count "$count" --batch-size 256)
   TRAIN=(--arch vitb14 --resolution 256 --steps 10)
   B1=32 B2=128 FACES=512 FFHQ_STAGES="[{resolution: 16, images: 256, batch_size: 64}, {resolution: 32, images: 256, batch_size: 64}, {resolution: 64, images: 256, batch_size: 64}, {resolution: 128, images: 256, batch_size: 64}, {resolution: 256, images: 256, batch_size: 32}]"
-  FFHQ_RESUME_STAGES="${FFHQ_STAGES/images: 256, batch_size: 32/images: 512, batch_size: 32}" FFHQ_ARCH=vitb14 FFHQ_GPU=""
+  FFHQ_RESUME_STAGES="${FFHQ_STAGES%]}, {resolution: 256, images: 256, batch_size: 32}]" FFHQ_ARCH=vitb14 FFHQ_GPU=""
 fi
 
 # Kill, by pid, what a timed-out step left of its Ray node: processes whose command line names our
@@ -299,7 +299,8 @@ EOF
 
 cat >"$work/ffhq.sh" <<'EOF'
 # Item 3: a shortened ffhq256 run through `raydino train` (one worker; NCCL on a GPU), from a pyramid
-# made here by `raydino pyramids`, then a resume that adds images to the last stage.
+# made here by `raydino pyramids`, then a resume with one more 256 px stage appended (a finished
+# schedule has nothing left to resume).
 set -uo pipefail
 d="$(mktemp -d /tmp/ffhq.XXXX)"
 # options first, then the key=value overrides (argparse takes the overrides as one trailing list)
@@ -327,7 +328,8 @@ rc_pyr, rc_train, rc_resume, s_pyr, s_train, s_resume = map(int, sys.argv[3:9])
 def rates(log):
     per = {}
     for m in re.finditer(r"\[train (\d+)px\] step (\d+)/(\d+) images (\d+) .* ([\d.]+) img/s", log.read_text(errors="replace") if log.exists() else ""):
-        per.setdefault(int(m[1]), []).append((int(m[2]), float(m[5])))
+        if (int(m[2]), float(m[5])) not in per.get(int(m[1]), []):  # Ray echoes some worker lines twice
+            per.setdefault(int(m[1]), []).append((int(m[2]), float(m[5])))
     return {res: {"log_lines": len(v), "median_images_per_s_after_first": statistics.median([r for _, r in v[1:]]) if len(v) > 1 else None,
                   "steps_logged": [s for s, _ in v]} for res, v in per.items()}
 run = d / "run"
@@ -340,7 +342,7 @@ r = {**header("ffhq256-run"),
                  if k in ("rows", "images_per_s", "seconds", "levels", "dim")} if (d / "pyr" / "manifest.json").exists() else None,
      "train_stages": rates(d / "train.log"), "resume_stages": rates(d / "resume.log"),
      "files": {"generator.safetensors": (run / "generator.safetensors").exists(),
-               "checkpoints": len([p for p in run.rglob("checkpoint_*") if p.is_dir()]),
+               "checkpoints": sorted(p.name for p in (run / "checkpoints").glob("step_*")),
                "grids": sorted(p.name for p in (run / "grids").glob("*.png")) if (run / "grids").exists() else [],
                "tensorboard_event_files": len(list((run / "tb").glob("events.*"))) if (run / "tb").exists() else 0,
                "metrics.json": json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None},
