@@ -17,9 +17,16 @@
 #   f_train_compile     batch 128, generator and DINOv2 compiled
 #   d_train_cl   batch 128 with the generator channels-last
 # (in this order: what the issue's "Done when" needs first; the budget skips what does not fit)
+# Seen on an H200 (2026-11-27, one call, budget 490 s): install + a_env 39 s; b_pyramids over 150 s
+# (ceiling, encoder and write took ~100 s with their process starts, the ray phase's quarter run 19 s,
+# of which ~10 s waiting for the encoder actor); c_train 28 s; g_train_ray over 90 s (81 s with
+# --rows 256 --epochs 1); h_ffhq256 over 150 s (pyramid 20 s, then Ray Train start and five stages).
+# The caps below are sized from that; the whole list needs about 15 minutes, more than one session's
+# device time: run a subset (GPU_CHECK_STEPS) per session.
 # Each bench writes its JSON record to $OUT/records/ (at most 6 come back with steps.log and
 # summary.txt: the device returns 8 files).
-# Environment: OUT, PYTHON, GPU_CHECK_BUDGET_S (default 480; 2400 with GPU_CHECK_SMALL=1),
+# Environment: OUT, PYTHON, GPU_CHECK_STEPS (comma-separated step names, e.g. b_pyramids,e_pyramids_2actors;
+# default all; a_env always runs), GPU_CHECK_BUDGET_S (default 480; 2400 with GPU_CHECK_SMALL=1),
 # GPU_CHECK_COUNT (faces for the pyramid benches, default 8192), GPU_CHECK_SMALL=1 (CPU
 # rehearsal: arch tiny, small counts, --device cpu, no GPU asserts), DEVCARRY_SITE (/tmp/site).
 set -uo pipefail
@@ -73,10 +80,15 @@ reap() {
   fi
 }
 
-# run_step NAME CAP_SECONDS COMMAND...
+# run_step NAME CAP_SECONDS COMMAND...  (skipped unless GPU_CHECK_STEPS, when set, names it)
 run_step() {
   local name="$1" cap="$2"
   shift 2
+  if [[ -n "${GPU_CHECK_STEPS:-}" && ",$GPU_CHECK_STEPS,a_env," != *",$name,"* ]]; then
+    status+=("$name: not selected")
+    last_rc=0
+    return
+  fi
   local left=$((budget - (SECONDS - t_start) - 10))
   local limit=$((cap < left ? cap : left))
   if ((limit < 20)); then
@@ -374,14 +386,14 @@ else
     uname -a; nproc; free -g | head -2; df -h /tmp /dev/shm; $py $work/env_check.py"
 fi
 ray_ok=$((last_rc == 0))
-run_step b_pyramids 150 "$py" "$work/bench_wrap.py" bench pyramids \
+run_step b_pyramids 240 "$py" "$work/bench_wrap.py" bench pyramids \
   --phases "ceiling,encoder,write$( ((ray_ok)) && echo ,ray)" "${PYR[@]}" --out "$rec/"
 run_step c_train 70 "$py" -m raydino.cli bench train --phases device "${TRAIN[@]}" --batch-size "$B1,$B2" --out "$rec/"
 if ((ray_ok)); then
-  run_step g_train_ray 90 "$py" -m raydino.cli bench train --phases ray --arch "$FFHQ_ARCH" --resolution "$( [[ $small = 1 ]] && echo 32 || echo 256)" \
+  run_step g_train_ray 120 "$py" -m raydino.cli bench train --phases ray --arch "$FFHQ_ARCH" --resolution "$( [[ $small = 1 ]] && echo 32 || echo 256)" \
     --batch-size "$B1" --rows "$( [[ $small = 1 ]] && echo 32 || echo 512)" --epochs 2 --out "$rec/"
-  run_step h_ffhq256 150 bash "$work/ffhq.sh"
-  run_step e_pyramids_2actors 100 "$py" "$work/bench_wrap.py" --gpus-per-actor 0.5 bench pyramids --phases ceiling,ray \
+  run_step h_ffhq256 300 bash "$work/ffhq.sh"
+  run_step e_pyramids_2actors 150 "$py" "$work/bench_wrap.py" --gpus-per-actor 0.5 bench pyramids --phases ceiling,ray \
     --actors 2 "${PYR[@]}" --out "$rec/pyramids-2actors_$(date -u +%Y%m%dT%H%M%S).json"
 fi
 if [[ $small != 1 ]]; then  # compiling on the CPU machine takes minutes: checked apart there
