@@ -38,9 +38,9 @@ def stable_id(path: str) -> str:
 def tensor_array(values: np.ndarray) -> pa.Array:
     """``[rows, *shape]`` numpy -> Arrow fixed-shape tensor array, without copying.
 
-    ``FixedShapeTensorArray.from_numpy_ndarray`` copies element by element for
-    float16: 0.2-0.5 s per 25 MB here, a ViT-B/14 batch of 256 costing the
-    actor as much as the model on a GPU. Wrapping the buffer is free.
+    ``FixedShapeTensorArray.from_numpy_ndarray`` copied float16 through a slow
+    path (0.2-0.5 s per 25 MB on the 2-core development machine), inside the
+    encoder actor, between two GPU batches. Wrapping the buffer is free.
     """
     values = np.ascontiguousarray(values)
     flat = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), values.size, [None, pa.py_buffer(values)])
