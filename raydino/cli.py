@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--actors", type=int, default=None,
                    help="encoder actors (default: 1 per GPU, or one per core on a CPU-only machine)")
-    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,ray (default: all)")
+    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,write,ray (default: all)")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_pyramids)
     p = bench.add_parser("sample", help="one-pass generator vs DiT-XL/2 (250 steps, CFG); needs the bench extra")
