@@ -293,6 +293,8 @@ for f in sorted(rec.glob("*.json"), key=lambda f: f.stat().st_mtime):
                 if v["seconds"] <= v["quarter_seconds"]:
                     extra += " STEADY RATE INVALID"
             lines.append(f"  {k:<8} {v['images_per_s']:10.1f} images/s{extra}")
+            for op, rate in v.get("operator_images_per_s", {}).items():
+                lines.append(f"    {op:<40} {rate:10.1f} images/s over its active span")
         for top, base in (("ray", "ceiling"), ("encoder", "ceiling")):
             if top in ph and base in ph:
                 lines.append(f"  {top}/{base}: {ph[top]['images_per_s'] / ph[base]['images_per_s']:.3f}")
