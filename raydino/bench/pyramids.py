@@ -297,9 +297,11 @@ class _TreeMemory:
 def operator_rates(stats: str) -> dict[str, float]:
     """Input rows per second of each Ray Data operator over its active span, from ``Dataset.stats()``.
 
-    The slowest stage's rate is the pipeline's steady rate without the
-    start-up (actor start, model load) that dominates short runs: on an H200
-    the encoder started 10 s after decoding, and 8,192 images then took 5 s.
+    Unlike the end-to-end rate, these leave out the start-up (actor start,
+    model load) that dominates short runs: on an H200 the encoder started
+    10 s after decoding, and 8,192 images then took 5 s. The slowest is a
+    conservative steady rate: a stage held back by another (decode waiting
+    for the actor to start, say) shows the rate it was allowed.
     """
     rates, name = {}, None
     for line in stats.splitlines():
