@@ -79,6 +79,9 @@ def cmd_bench_pyramids(args: argparse.Namespace) -> None:
               actors=args.actors, phases=args.phases.split(",") if args.phases else None, out=args.out)
 
 
+OUT_HELP = "also write the results as JSON to this file, or to a new file per run in this folder (docs/benchmarks/)"
+
+
 def _sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -143,7 +146,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 
     run_bench(arch=args.arch, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
               rows=args.rows, epochs=args.epochs, device=args.device, phases=args.phases.split(","), out=args.out,
-              compile_model=args.compile, materialize=not args.stream)
+              compile_mode=args.compile, channels_last=args.channels_last, materialize=not args.stream)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -232,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--actors", type=int, default=None,
                    help="encoder actors (default: 1 per GPU, or one per core on a CPU-only machine)")
-    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,ray (default: all)")
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,write,ray (default: all)")
+    p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_pyramids)
     p = bench.add_parser("sample", help="one-pass generator vs DiT-XL/2 (250 steps, CFG); needs the bench extra")
     p.add_argument("--preset", default="ffhq256", help="whose generator to time")
@@ -249,15 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="tiny",
                    help="random-weight DINOv2 architecture (vitb14: the ffhq256 model's size)")
     p.add_argument("--resolution", type=_sizes, default=[16, 32], help="stages to time (comma-separated)")
-    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--batch-size", type=_sizes, default=[16],
+                   help="global batch size; the device phase times each of a comma-separated list")
     p.add_argument("--steps", type=int, default=20, help="device phase: timed steps per stage (after 3 warm-up steps)")
     p.add_argument("--rows", type=int, default=256, help="ray phase: synthetic faces in the pyramid it reads")
     p.add_argument("--epochs", type=int, default=2, help="ray phase: timed epochs per stage (after one warm-up epoch)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--phases", default="device,ray", help="device (no Ray needed), ray (2 gloo workers on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the generator (device phase)")
+    p.add_argument("--compile", choices=["none", "generator", "all"], default="none",
+                   help="device phase: torch.compile the generator, or it and the DINOv2 loss encoder")
+    p.add_argument("--channels-last", action="store_true", help="device phase: the generator in channels-last layout")
     p.add_argument("--stream", action="store_true", help="ray phase: stream the parquet (train.materialize=false)")
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_train)
 
     p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")

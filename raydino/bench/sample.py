@@ -10,23 +10,14 @@ classifier-free guidance (two evaluations per step, batched). Needs the
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from raydino.bench.record import header, save
 from raydino.config import load_config
 from raydino.models.generator import Generator
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _sync(device: torch.device) -> None:
@@ -98,7 +89,7 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 8, 64), di
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cudnn.benchmark = True
     gen, res, gen_params = build_generator(preset, dev, compile=compile)
-    figures: dict = {"machine": machine(), "preset": preset, "resolution": res, "generator_params": gen_params,
+    figures: dict = {**header("sample"), "preset": preset, "resolution": res, "generator_params": gen_params,
                      "compile": compile, "generator": {}}
     for b in batches:
         if dev.type == "cuda":
@@ -118,9 +109,9 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 8, 64), di
     figures["speedup_best_batch"] = best / dit_rate
     figures["speedup_batch1"] = b1 / dit_rate
     print(f"DiT-XL/2 {dit_steps} steps + CFG, batch {dit_batch}: {t_dit:.2f} s/batch, {dit_rate:.3f} images/s")
-    print(f"machine: {figures['machine']}")
+    m = figures["machine"]
+    print(f"machine: {m['gpu'] or m['cpu']} ({m['cores']} cores), torch {m['torch']}")
     print(f"speed-up vs DiT: batch {batches[0]}: {figures['speedup_batch1']:.0f}x; "
           f"best batch {best_b}: {figures['speedup_best_batch']:.0f}x")
-    if out:
-        Path(out).write_text(json.dumps(figures, indent=1))
+    save(figures, out)
     return figures

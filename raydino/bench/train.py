@@ -5,16 +5,19 @@ generator, multi-level DINOv2 loss, backward through the frozen encoder,
 clipping, AdamW):
 
 - ``device`` (no Ray, so it runs where Ray is not installed): one process,
-  batches already on the device. It counts the FLOPs of one step with
+  batches already on the device, for each batch size given and optionally
+  compiled or channels-last. It counts the FLOPs of one step with
   ``torch.utils.flop_counter.FlopCounterMode`` and, on CUDA, reports MFU =
-  counted FLOPs x steps/s / the GPU's dense bf16 peak.
-- ``ray``: the same step under Ray Train (2 workers, gloo, CPU), fed from the
-  pyramid through Ray Data (``get_dataset_shard`` -> ``iter_torch_batches``,
-  a new iterator per epoch, as training does) and from one batch kept in
-  memory, in the same workers. Reported apart: the steady rate inside an
-  epoch, the wait for an epoch's first batch (a fixed cost per epoch), and
-  the ratio of both to the in-memory rate. The pyramid is written first with
-  ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
+  counted FLOPs x steps/s / the GPU's dense bf16 peak (datasheet), and the
+  same rate against a bf16 matrix product measured in the same run.
+- ``ray``: the same step under Ray Train (2 gloo workers on CPU; 1 worker,
+  NCCL, bf16 on a GPU machine), fed from the pyramid through Ray Data
+  (``get_dataset_shard`` -> ``iter_torch_batches``, a new iterator per
+  epoch, as training does) and from one batch kept on the device, in the
+  same workers. Reported apart: the steady rate inside an epoch, the wait
+  for an epoch's first batch (a fixed cost per epoch), and the ratio of both
+  to the in-memory rate (the input-pipeline ratio). The pyramid is written
+  first with ``PyramidEncoder`` on synthetic faces, so it is real pyramid data.
 
 Speed does not depend on weights: the DINOv2 is a random model of the named
 size (``--arch``), saved and loaded through the normal loader.
@@ -25,12 +28,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raydino.bench.pyramids import machine, save_random_dino
+from raydino.bench.pyramids import save_random_dino
+from raydino.bench.record import header, save
 from raydino.config import Config, load_config
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.loading import load_dino
@@ -75,41 +80,96 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def device_phase(cfg: Config, dino_dir: str, batch: int, steps: int, device: torch.device,
-                 compile_model: bool = False) -> list[dict[str, Any]]:
-    """Per stage: images/s on in-device batches, FLOPs per step, MFU on CUDA."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step``, as PyTorch's ``FlopCounterMode`` counts them.
 
+    Its table has no entry for the CPU's fused attention kernel, so on CPU a
+    ViT's attention counted zero; the entries below use PyTorch's own SDPA
+    formulas, the ones it applies to the CUDA kernels. The backward's count
+    includes the attention scores that the fused kernels recompute (about 2%
+    of a ViT-B/14 step's FLOPs): hardware FLOPs, not model FLOPs.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v),
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """Measured dense bf16 matrix-product rate on random data: the ceiling the step can be held to."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, device: torch.device,
+                 compile_mode: str = "none", channels_last: bool = False) -> list[dict[str, Any]]:
+    """Per stage and batch size: images/s on in-device batches, FLOPs per step, MFU on CUDA.
+
+    ``compile_mode``: ``generator`` compiles the generator, ``all`` the DINOv2
+    loss encoder too. FLOPs are counted on the eager models (the same
+    arithmetic), since the counter does not see inside compiled graphs.
+    """
     from raydino.train.loop import build_models
 
     dino = load_dino(dino_dir, device)
     model, _, opt = build_models(cfg, dino, device)
-    net = torch.compile(model) if compile_model else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    eager_dino = dino.model
     loss_fn = DinoPyramidLoss(dino, cfg.pyramids.sizes, cfg.loss)
-    targets = synthetic_targets(cfg, dino.dim, batch, device)
-    noise = torch.randn(batch, cfg.model.noise_dim, device=device)
     bf16 = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    measured = matmul_tflops(device) if device.type == "cuda" else None
     rows = []
-    for stage in cfg.train.stages:
-        def step(res: int = stage.resolution) -> None:
-            train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
+    for batch in batches:
+        targets = synthetic_targets(cfg, dino.dim, batch, device)
+        noise = torch.randn(batch, cfg.model.noise_dim, device=device)
+        for stage in cfg.train.stages:
+            def step(net: torch.nn.Module = model, res: int = stage.resolution, targets: Targets = targets,
+                     noise: torch.Tensor = noise) -> None:
+                train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
 
-        step()
-        counter = FlopCounterMode(display=False)
-        with counter:
+            dino.model = eager_dino
             step()
-        flops = counter.get_total_flops()
-        seconds = time_steps(step, steps, device)
-        row = {"resolution": stage.resolution, "batch": batch, "ms_per_step": 1e3 * seconds,
-               "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "tflop_per_s": flops / seconds / 1e12}
-        if peak:
-            row["mfu"] = flops / seconds / peak
-        if device.type == "cuda":
-            row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            flops = count_flops(step)
+            net = model
+            if compile_mode != "none":
+                net = torch.compile(model)
+                if compile_mode == "all":
+                    dino.model = torch.compile(eager_dino)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = time_steps(lambda net=net, step=step: step(net), steps, device)
+            row = {"resolution": stage.resolution, "batch": batch, "compile": compile_mode,
+                   "channels_last": channels_last, "bf16": bf16, "ms_per_step": 1e3 * seconds,
+                   "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9,
+                   "tflop_per_s": flops / seconds / 1e12}
+            if peak:
+                row["mfu"] = flops / seconds / peak
+            if measured:
+                row["matmul_tflop_per_s"] = measured
+                row["fraction_of_measured_matmul"] = flops / seconds / 1e12 / measured
+            if device.type == "cuda":
+                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -117,11 +177,13 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
     """The step fed by the worker's Ray Data shard (per epoch: the wait for its first batch, then the
     steady steps), and the same step on one batch kept in memory. The first epoch is the warm-up."""
     per_worker = stage.batch_size // session.world_size
-    noise = torch.randn(per_worker, cfg.model.noise_dim)
+    device = session.device
+    noise = torch.randn(per_worker, cfg.model.noise_dim, device=device)
 
-    def step(batch: dict) -> None:
-        targets = Targets.from_batch(batch, cfg.pyramids.sizes)
-        train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0, bf16=False)
+    def step(batch: dict | Targets) -> None:
+        targets = batch if isinstance(batch, Targets) else Targets.from_batch(batch, cfg.pyramids.sizes, device)
+        train_step(net, opt, loss_fn, targets, noise, stage.resolution, 1.0, grad_clip=1.0,
+                   bf16=device.type == "cuda")
 
     waits, steady_s, steady_n, fixed = [], 0.0, 0, None
     for epoch in range(epochs + 1):
@@ -137,7 +199,8 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
         if epoch:  # epoch 0 warms up
             waits.append(wait)
             steady_s, steady_n = steady_s + time.perf_counter() - start, steady_n + n
-    in_memory = time_steps(lambda: step(fixed), steady_n // epochs, session.device)
+    resident = Targets.from_batch(fixed, cfg.pyramids.sizes, device)  # the device phase's input: no copy per step
+    in_memory = time_steps(lambda: step(resident), steady_n // epochs, device)
     steady = steady_s / steady_n
     steps_per_epoch = steady_n // epochs + 1
     epoch_wait = sum(waits) / len(waits)
@@ -183,12 +246,14 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path)
     pyramid.mkdir()
     faces = write_faces(workdir / "faces", rows, seed=0, size=128)
     _write_pyramid(faces, pyramid, dino_dir, cfg.pyramids.sizes)
+    gpu = torch.cuda.is_available()
+    workers = 1 if gpu else 2
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg.pyramids.dino, cfg.train.num_workers = dino_dir, 2
+        ray.init(num_cpus=None if gpu else 2, include_dashboard=False, log_to_driver=False)
+    cfg.pyramids.dino, cfg.train.num_workers, cfg.train.use_gpu = dino_dir, workers, gpu
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"cfg": to_dict(cfg), "epochs": epochs},
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
         datasets={"train": training_dataset(cfg, pyramid, rows)},
         dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
         run_config=RunConfig(storage_path=str(workdir), name="bench"),
@@ -208,29 +273,33 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
     from raydino.pyramids import schema
     from raydino.pyramids.features import PyramidEncoder, square_crop
 
-    encoder = PyramidEncoder(dino_dir, sizes, device="cpu", bf16=False)
+    encoder = PyramidEncoder(dino_dir, sizes)
     paths = sorted(str(p) for p in faces.glob("*.png"))
     images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
     batch = encoder({"image": images, "id": [schema.stable_id(p) for p in paths], "path": paths})
     pq.write_table(schema.make_table(batch), out / "part-00000.parquet")
 
 
-def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32), batch_size: int = 16,
-              steps: int = 20, rows: int = 256, epochs: int = 2, device: str | None = None,
-              phases: list[str] | tuple[str, ...] = ("device", "ray"), out: str | None = None,
-              compile_model: bool = False, materialize: bool = True) -> dict[str, Any]:
-    """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything."""
+def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16, 32),
+              batch_size: list[int] | tuple[int, ...] = (16,), steps: int = 20, rows: int = 256, epochs: int = 2,
+              device: str | None = None, phases: list[str] | tuple[str, ...] = ("device", "ray"),
+              out: str | None = None, compile_mode: str = "none", channels_last: bool = False,
+              materialize: bool = True) -> dict[str, Any]:
+    """Run the phases, print one JSON line per stage and phase, return (and optionally save) everything.
+
+    The device phase times every batch size in ``batch_size``; the ray phase
+    uses the first as its global batch.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = bench_config(arch, list(resolution), batch_size)
+    cfg = bench_config(arch, list(resolution), batch_size[0])
     cfg.train.materialize = materialize
-    results: dict[str, Any] = {"machine": machine(), "arch": arch, "sizes": cfg.pyramids.sizes,
+    results: dict[str, Any] = {**header("train"), "arch": arch, "sizes": cfg.pyramids.sizes,
                                "channels": cfg.model.channels, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
         dino_dir = str(save_random_dino(arch, Path(tmp) / "dino"))
         if "device" in phases:
-            results["device"] = device_phase(cfg, dino_dir, batch_size, steps, dev, compile_model)
+            results["device"] = device_phase(cfg, dino_dir, list(batch_size), steps, dev, compile_mode, channels_last)
         if "ray" in phases:
             results["ray"] = ray_phase(cfg, dino_dir, rows, epochs, Path(tmp))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=1))
+    save(results, out)
     return results
