@@ -71,16 +71,17 @@ def _named(prefix: str, figures: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}" if k else prefix: v for k, v in figures.items()}
 
 
-def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: list[str], n: int, seed: int,
-                      prompts: list[str] | None = None) -> dict:
+def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: list[str], prior: torch.Tensor | None,
+                      seed: int, prompts: list[str] | None = None) -> dict:
     """The ``attributes/...`` figures of ``raydino eval``; none when the run names no classifier.
 
     ``sampler``: the run's :class:`raydino.sample.Sampler`; ``recon``: its
     reconstructions of the held-out rows whose source images are ``paths``;
     ``real``: those images at the reconstructions' resolution (the
-    classifier's ceiling is measured where the generator is); ``n``: prior samples.
+    classifier's ceiling is measured where the generator is); ``prior``: the
+    run's prior samples (those FD scored), or None without a prior.
     """
-    from raydino.train.mapping import MAPPING_FILE, PRIOR_FILE
+    from raydino.train.mapping import MAPPING_FILE
 
     spec = sampler.cfg.sample.attribute_classifier
     if not spec:
@@ -95,9 +96,8 @@ def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: l
     out |= _named("attributes/real", accuracies(classifier.predict(real), labels))
     out |= _named("attributes/chance", chance(labels))
     out |= _named("attributes/reconstructions", accuracies(classifier.predict(recon), labels))
-    if (sampler.run_dir / PRIOR_FILE).is_file():
-        out |= _named("attributes/prior_tv", tv_distances(classifier.predict(sampler.from_prior(n, seed)[0].images),
-                                                          labels))
+    if prior is not None:
+        out |= _named("attributes/prior_tv", tv_distances(classifier.predict(prior), labels))
     if prompts and (sampler.run_dir / MAPPING_FILE).is_file():
         out |= _named("attributes/prompts", prompt_accuracies(classifier, sampler, prompts, seed))
     return out

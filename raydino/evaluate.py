@@ -79,15 +79,15 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     recon_fd = fd_with_floor(dino_cls(fd_dino, recon[:half], size), real_feats)
     out |= {"fd_dinov2/reconstructions": recon_fd["value"], "fd_dinov2/floor": recon_fd["floor"],
             "fd_dinov2/n": recon_fd["n"]}
-    if (run_dir / PRIOR_FILE).is_file():
-        prior = s.from_prior(half, seed)[0].images
+    prior = s.from_prior(half, seed)[0].images if (run_dir / PRIOR_FILE).is_file() else None
+    if prior is not None:
         out["fd_dinov2/prior"] = fd_with_floor(dino_cls(fd_dino, prior, size), real_feats)["value"]
 
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
     out |= {f"train_encoder/dist_{k}": v for k, v in dist.items()}
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
-    out |= attribute_figures(s, recon, real, list(rows["path"]), half, seed, prompts)
+    out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
     if prompts and (run_dir / MAPPING_FILE).is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
     (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))

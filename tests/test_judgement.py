@@ -93,3 +93,15 @@ def test_sweep_refuses_a_swept_key_a_stage_ignores(tiny_models):
     cfg.tune.overrides.append("loss.stage_level_weights={}")  # the way out the error names
     assert set(search_space(cfg)) == set(cfg.tune.search)
     assert set(search_space(load_config("ffhq256"))) == set(load_config("ffhq256").tune.search)
+
+
+def test_a_symlink_back_up_the_tree_is_walked_once(faces_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(next(faces_dir.glob("*.png")), folder / "sub" / "a.png")
+    (folder / "sub" / "up").symlink_to(folder)  # a loop: photos/sub/up/sub/up/...
+    listing = list_images(str(folder))
+    assert listing.images == [str(folder / "sub" / "a.png")] and not listing.failures
+    assert listing.ignored["(folder seen before, through a symlink)"] == 1

@@ -192,7 +192,14 @@ def _list_local(path: str, src: str) -> Listing:
     if not os.path.isdir(path):
         raise NotADirectoryError(f"image source is neither a folder nor a file: {src}")
 
+    seen: set[str] = set()  # real paths of the folders walked: a symlink back up the tree is not a loop
+
     def walk(folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            listing.ignored["(folder seen before, through a symlink)"] += 1
+            return
+        seen.add(real)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
