@@ -155,22 +155,21 @@ def plan(cfg: Config) -> list[Step]:
                       lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
                       complete=_pyramid_complete))
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
-    steps += [
-        Step("progressive training", run_dir / "generator.safetensors",
-             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True),
-        Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
-             lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True),
-    ]
-    if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
-        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
-                          needs_ray=True))
-    steps.append(Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)))
+    steps.append(Step("progressive training", run_dir / "generator.safetensors",
+                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True))
     kind = cfg.eval.baseline_loss
     baseline = root / "runs" / f"baseline-{kind}" if kind and kind != cfg.loss.kind else None
     if baseline:
         steps.append(Step(f"baseline: the same run with loss.kind={kind}", baseline / "eval.json",
                           lambda: _baseline(cfg, kind, pyramids, val_pyramids, baseline), needs_ray=True))
+    steps.append(Step("prior and text mapping",
+                      run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
+                      lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True))
+    if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
+        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
+                          needs_ray=True))
     steps += [
+        Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
         Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, baseline)),
         Step("report", root / "report" / "index.html",
              lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),

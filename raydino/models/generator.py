@@ -50,9 +50,15 @@ class Noise:
 
 def draw_noise(n: int, noise_dim: int, resolution: int, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> Noise:
-    """``n`` independent draws for a generator running at ``resolution`` (drawn on the CPU: same numbers everywhere)."""
-    z = torch.randn(n, noise_dim, generator=generator)
-    maps = [torch.randn(n, 1, r, r, generator=generator) for r in resolutions(resolution)]
+    """``n`` independent draws for a generator running at ``resolution`` (or below).
+
+    With a (CPU) ``generator`` the numbers are drawn on the CPU, so a seed
+    gives the same noise on every device and a checkpointed RNG resumes it;
+    without one they are drawn on ``device`` directly.
+    """
+    where = "cpu" if generator is not None else device
+    z = torch.randn(n, noise_dim, generator=generator, device=where)
+    maps = [torch.randn(n, 1, r, r, generator=generator, device=where) for r in resolutions(resolution)]
     return Noise(z, maps).to(device)
 
 
