@@ -111,5 +111,7 @@ def test_a_mixture_scores_better_than_its_mean_under_energy_not_under_regression
     y = torch.tensor([[1.0], [-1.0]])
     mixture = torch.tensor([[1.0, -1.0], [1.0, -1.0]])[..., None]  # draws +1 and -1 for either target
     mean = torch.zeros(2, 2, 1)
-    assert energy_score(mixture, y, 1.0)[0] < energy_score(mean, y, 1.0)[0]
+    # closed forms: the mixture scores mean_i |x_i - y| - 1/2 |x_1 - x_2| = 1 - 1/2 * 2 = 0, the mean |0 - y| = 1
+    torch.testing.assert_close(energy_score(mixture, y, 1.0)[0], torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(energy_score(mean, y, 1.0)[0], torch.tensor(1.0), atol=1e-5, rtol=0)
     assert ((mixture - y[:, None]) ** 2).mean() > ((mean - y[:, None]) ** 2).mean()  # squared error prefers the mean

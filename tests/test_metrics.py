@@ -137,3 +137,5 @@ def test_sharpness_ratio_is_one_for_the_images_and_below_one_blurred():
     assert sharpness_ratio(real, real) == pytest.approx(1.0)
     assert sharpness_ratio(gaussian_blur(real, 5, 1.5), real) < 0.2
     assert sharpness_ratio(torch.full_like(real, 0.5), real) == pytest.approx(0.0)
+    ramp = torch.linspace(0, 1, 32).expand(8, 3, 32, 32)  # as much contrast as the noise, no detail
+    assert sharpness_ratio(ramp, real) < 1e-3
