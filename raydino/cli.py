@@ -89,26 +89,29 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 56,112,224, got {text!r}") from None
 
 
-def cmd_fit_codes(args: argparse.Namespace) -> None:
-    from raydino.models.loading import bind_encoders
+def cmd_train_prior(args: argparse.Namespace) -> None:
+    from raydino.models.flow_prior import PRIOR_FILE
+    from raydino.models.prior import PCA_FILE
     from raydino.pipeline import init_ray
-    from raydino.pyramids import schema
-    from raydino.train.checkpoint import load_generator
-    from raydino.train.mapping import fit_mapping, fit_prior
+    from raydino.train.prior_trainer import train_prior
+    from raydino.train.trainer import TrainingError, resume_config
 
-    cfg = load_generator(args.run)[1]
-    bind_encoders(cfg.pyramids, schema.read_manifest(args.pyramids), args.pyramids)
-    print(f"prior: {fit_prior(cfg, args.pyramids, args.run)}")
-    if not args.no_text:
-        init_ray(args.address)
-        print(f"text mapping: {fit_mapping(cfg, args.pyramids, args.run)}")
+    cfg = resume_config(args.run, args.overrides)  # the run's config: its encoders, its prior.* settings
+    init_ray(args.address)
+    try:
+        figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
+    except TrainingError as exc:
+        sys.exit(f"raydino train-prior: error: {exc}")
+    print(f"flow prior: {args.run}/{PRIOR_FILE} ({figures['step']} steps, loss {figures['loss']:.4f}); "
+          f"PCA baseline: {args.run}/{PCA_FILE}; TensorBoard: tensorboard --logdir {args.run}/tb/prior")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from raydino.sample import sample
 
-    rows = sample(args.run, args.out, from_image=args.from_image, prompts=args.prompt, prior=args.prior,
-                  mix=args.mix, region=args.region, n=args.n, seed=args.seed, save_each_dir=args.save_each)
+    rows = sample(args.run, args.out, from_image=args.from_image, vary=args.vary, prompts=args.prompt,
+                  cfg_scale=args.cfg, prior=args.prior, mix=args.mix, region=args.region, steps=args.steps, n=args.n,
+                  seed=args.seed, save_each_dir=args.save_each)
     print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
 
 
@@ -266,19 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_train)
 
-    p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")
-    p.add_argument("--run", required=True, help="a finished training run directory")
+    p = sub.add_parser("train-prior", aliases=["fit-codes"],
+                       help="train a run's flow-matching prior over coarse codes (Ray Train) and its PCA baseline")
+    p.add_argument("--run", required=True, help="a finished training run directory (its config.yaml holds prior.*)")
     p.add_argument("--pyramids", required=True, help="the pyramid the run was trained on")
-    p.add_argument("--no-text", action="store_true", help="fit the prior only")
+    p.add_argument("--resume", action="store_true", help="continue the prior run in --run")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.set_defaults(func=cmd_fit_codes)
+    p.add_argument("overrides", nargs="*", help="prior.key=value overrides (e.g. prior.steps=2000)")
+    p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("sample", help="images from a real image, the prior, text prompts or a mix (no Ray)")
     p.add_argument("--run", required=True, help="a finished training run directory")
     p.add_argument("--out", required=True, help="the labelled PNG grid to write")
     p.add_argument("--from-image", default=None, metavar="PATH", help="reconstruction and variations of an image")
+    p.add_argument("--vary", type=float, default=None, metavar="T",
+                   help="with --from-image: vary the code along the prior's flow, T in [0, 1] (0: the reconstruction)")
     p.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
-    p.add_argument("--prior", action="store_true", help="unconditional samples from the coarse-code prior")
+    p.add_argument("--cfg", type=float, default=None, metavar="S",
+                   help="classifier-free guidance scale of --prompt samples (default: prior.guidance)")
+    p.add_argument("--prior", nargs="?", const="flow", default=None, choices=["flow", "pca"],
+                   help="unconditional samples from the flow prior, or from the PCA Gaussian baseline (--prior pca)")
+    p.add_argument("--steps", type=int, default=None, metavar="K",
+                   help="the prior's ODE steps (default: prior.sample_steps)")
     p.add_argument("--mix", nargs=2, default=None, metavar=("A", "B"), help="two images whose coarse codes to mix")
     p.add_argument("--region", default="top", choices=["top", "bottom", "left", "right"])
     p.add_argument("--n", type=int, default=8, help="images per row")
