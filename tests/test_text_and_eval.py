@@ -137,7 +137,8 @@ def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
                            (["--prior", "--cfg", "2"], "--cfg")):
         assert main(["sample", "--run", run, "--out", str(out), *flags]) == 2
         assert message in capsys.readouterr().err
-    for flags in (["--prior"], ["--prompt", PROMPTS[0]], ["--from-image", str(faces[0]), "--vary", "0.5"]):
+    for flags, flag in ((["--prior"], "--prior"), (["--prompt", PROMPTS[0]], "--prompt"),
+                        (["--from-image", str(faces[0]), "--vary", "0.5"], "--vary")):
         assert main(["sample", "--run", str(text_run["untrained"]), "--out", str(out), *flags]) == 2
-        assert f"{flags[-2] if flags[-2].startswith('--v') else flags[0]}: " in (err := capsys.readouterr().err)
-        assert "has no prior" in err and "raydino train-prior" in err
+        err = capsys.readouterr().err
+        assert f"{flag}: " in err and "has no prior" in err and "raydino train-prior" in err, err

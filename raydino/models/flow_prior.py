@@ -157,8 +157,6 @@ class FlowPrior(nn.Module):
         solver = solver or self.cfg.solver
         if steps < 1:
             raise ValueError(f"--steps: K must be at least 1, got {steps}")
-        if t_from == 0:
-            return x
         times = torch.linspace(t_from, 0.0, steps + 1).tolist()
         for i, (t, s) in enumerate(zip(times[:-1], times[1:], strict=True)):
             v = self.velocity(x, t, cond, guidance)
@@ -182,6 +180,8 @@ class FlowPrior(nn.Module):
         """Noise ``codes`` to flow time ``t`` and integrate back: 0 returns them, 1 forgets them."""
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"--vary: T must be in [0, 1], got {t}")
+        if t == 0:  # the code itself, bit for bit (standardising and back would round)
+            return codes.clone()
         x = self.standardise(codes)
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         return self.to_codes(self.integrate((1 - t) * x + t * noise, t, cond, **kwargs))
