@@ -166,8 +166,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_bench_sample(args: argparse.Namespace) -> None:
     from raydino.bench.sample import run_bench
 
-    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps, dit_batch=args.dit_batch,
-              compile=args.compile, device=args.device, out=args.out)
+    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps,
+              dit_batches=tuple(args.dit_batches) if args.dit_batches else None, compile=args.compile,
+              device=args.device, skip_dit=args.skip_dit, out=args.out)
+
+
+def cmd_bench_prior(args: argparse.Namespace) -> None:
+    from raydino.bench.prior import run_bench
+
+    run_bench(phases=args.phases.split(","), rows=args.rows, preset=args.preset, batch_size=args.batch_size,
+              repeats=args.repeats, device=args.device, out=args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -241,15 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,write,ray (default: all)")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_pyramids)
-    p = bench.add_parser("sample", help="one-pass generator vs DiT-XL/2 (250 steps, CFG); needs the bench extra")
-    p.add_argument("--preset", default="ffhq256", help="whose generator to time")
-    p.add_argument("--batches", type=_sizes, default=[1, 8, 64], help="generator batch sizes")
+    p = bench.add_parser("sample", help="prior (K steps) + one generator pass vs DiT-XL/2 (250 steps, CFG); "
+                                        "DiT needs the bench extra")
+    p.add_argument("--preset", default="ffhq256", help="whose prior and generator to time")
+    p.add_argument("--batches", type=_sizes, default=[1, 64], help="batch sizes of the whole path")
     p.add_argument("--dit-steps", type=int, default=250)
-    p.add_argument("--dit-batch", type=int, default=1)
+    p.add_argument("--dit-batches", type=_sizes, default=None, help="DiT batch sizes (default: --batches)")
+    p.add_argument("--skip-dit", action="store_true", help="time raydino's path only (no diffusers needed)")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench_sample)
+
+    p = bench.add_parser("prior", help="the prior's training memory at 1k and 10k rows, and its step time")
+    p.add_argument("--phases", default="memory,step", help="memory (Ray, synthetic codes), step (no Ray)")
+    p.add_argument("--rows", type=_sizes, default=[1000, 10000], help="memory phase: rows of synthetic codes")
+    p.add_argument("--preset", default="ffhq256", help="step phase: whose prior size to time")
+    p.add_argument("--batch-size", type=int, default=256, help="step phase: codes per step")
+    p.add_argument("--repeats", type=int, default=3, help="step phase: timed steps (after one warm-up step)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    p.set_defaults(func=cmd_bench_prior)
 
     p = bench.add_parser("train", help="training images/s: Ray Data input vs in-device batches, FLOPs, MFU")
     p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="tiny",
