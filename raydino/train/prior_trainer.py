@@ -73,6 +73,10 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     manifest = schema.read_manifest(pyramids_dir)
     bind_encoders(cfg.pyramids, manifest, str(pyramids_dir))
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(pyramids_dir))
+    workers, batch = cfg.prior.num_workers, cfg.prior.batch_size
+    if batch % workers or batch // workers > manifest["rows"] // workers:
+        raise ValueError(f"prior.batch_size {batch} must be a multiple of prior.num_workers={workers} and at most "
+                         f"{manifest['rows'] // workers} per worker ({manifest['rows']} rows)")
     shape, sample = code_shape(cfg, pyramids_dir, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
     PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run_dir / PCA_FILE)
