@@ -2,8 +2,8 @@
 
 - ``memory``: synthetic pyramids of random codes (``[16, 768]`` float16 and a
   512-wide CLIP column, ``--rows`` rows each) go through ``train_prior`` as a
-  user's would (Ray Data streaming, one Ray Train worker, enough steps to read
-  every row). Each size runs in a fresh process with a Ray of its own, so the
+  user's would (Ray Data streaming, one Ray Train worker, the same number of
+  steps for every size: enough to read every row of the largest). Each size runs in a fresh process with a Ray of its own, so the
   driver's peak RSS (``ru_maxrss``) and the worker's (``VmHWM``, polled from
   ``/proc``) belong to that size alone. Flat figures: nothing holds every code.
 - ``step``: one optimizer step (forward, backward, AdamW) of the preset's
@@ -114,10 +114,10 @@ def _memory_run(pyramid: str, run_dir: str, steps: int, result: mp.Queue) -> Non
 
 def memory_phase(rows: list[int], batch_size: int = 64) -> dict:
     out = {}
+    steps = -(-max(rows) // batch_size) + 10  # the largest set's epoch and a bit, for every size: same work
     for n in rows:
         with tempfile.TemporaryDirectory() as tmp:
             pyramid = write_codes(Path(tmp) / "codes", n)
-            steps = -(-n // batch_size) + 10  # one epoch and a bit: every row is read
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
             proc = ctx.Process(target=_memory_run, args=(str(pyramid), str(Path(tmp) / "run"), steps, queue))
