@@ -102,7 +102,7 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
         figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
     except TrainingError as exc:
         sys.exit(f"raydino train-prior: error: {exc}")
-    print(f"flow prior: {args.run}/{PRIOR_FILE} ({figures['step']} steps, loss {figures['loss']:.4f}); "
+    print(f"flow prior: {args.run}/{PRIOR_FILE} ({figures['step']} steps, loss {figures.get('loss', float('nan')):.4f}); "
           f"PCA baseline: {args.run}/{PCA_FILE}; TensorBoard: tensorboard --logdir {args.run}/tb/prior")
 
 
