@@ -6,6 +6,7 @@ steps, so a crash costs only the step it happened in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -81,6 +82,14 @@ def _train_prior(pyramids: Path, run_dir: Path) -> None:
     train_prior(cfg, pyramids, run_dir, resume=(run_dir / PRIOR_EXPERIMENT / "checkpoint_manager_snapshot.json").exists())
 
 
+def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
+    """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
+    from raydino.evaluate import evaluate
+
+    _train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind)), pyramids, run_dir, holdout)
+    evaluate(run_dir, holdout, n=cfg.eval.n, seed=cfg.sample.seed)
+
+
 def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
     from raydino.tune import tune_sweep
 
@@ -93,13 +102,20 @@ def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
     evaluate(run_dir, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
-def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path) -> None:
-    """Sample grids from held-out images (never training ones), both priors, the prompts and a mix."""
-    from raydino.pyramids import schema
-    from raydino.sample import sample
+def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Path | None) -> None:
+    """Sample grids from held-out images (never training ones), both priors, the prompts and a mix.
 
-    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 3)["path"]]
+    The noise grids (4 held-out codes, 8 draws each) are drawn for the run and
+    for its comparison run, with the same images and seeds.
+    """
+    from raydino.pyramids import schema
+    from raydino.sample import noise_grid, sample
+
+    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
+    noise_grid(run_dir, images, out / "noise.png", n=8, seed=seed)
+    if compare:
+        noise_grid(compare, images, out / "noise-compare.png", n=8, seed=seed)
     sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
     sample(run_dir, out / "vary.png", from_image=str(images[0]), vary=0.5, n=n, seed=seed)
     sample(run_dir, out / "prior.png", prior="flow", n=n, seed=seed)
@@ -139,17 +155,21 @@ def plan(cfg: Config) -> list[Step]:
                       lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
                       complete=_pyramid_complete))
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
-    steps += [
-        Step("progressive training", run_dir / "generator.safetensors",
-             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True),
-        Step("flow prior", run_dir / "prior.safetensors", lambda: _train_prior(pyramids, run_dir), needs_ray=True),
-    ]
+    steps.append(Step("progressive training", run_dir / "generator.safetensors",
+                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True))
+    kind = cfg.eval.compare_loss
+    compare = root / "runs" / f"compare-{kind}" if kind and kind != cfg.loss.kind else None
+    if compare:
+        steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare / "eval.json",
+                          lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True))
+    steps.append(Step("flow prior", run_dir / "prior.safetensors", lambda: _train_prior(pyramids, run_dir),
+                      needs_ray=True))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
                           needs_ray=True))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
-        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples)),
+        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, compare)),
         Step("report", root / "report" / "index.html",
              lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
     ]

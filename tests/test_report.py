@@ -27,7 +27,10 @@ EVAL = {
     "hair/n_per_prompt": 16, "hair/accuracy": 0.5833333, "hair/accuracy_real": 0.9791667,
     "hair/red/sample_rgb": [180.1, 70.2, 40.3], "hair/red/real_rgb": [190.0, 62.5, 30.1], "hair/red/real_n": 3,
     "hair/red/distance": 17.65432,
+    "noise_spread": 0.3456789, "noise_spread/codes": 16, "noise_spread/draws": 8, "sharpness_ratio": 0.8123456,
 }
+COMPARE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
+                 "train_encoder/dist_unweighted": 0.0791357}
 SEARCH = ["loss.level_weights.0", "loss.level_weights.1", "loss.color_weight"]
 TRIALS = [  # sorted by the metric, like tune.py writes them
     {"trial_id": "65071_00001", "loss.level_weights.0": 2.5, "loss.level_weights.1": 0.31, "loss.color_weight": 1.7,
@@ -104,8 +107,10 @@ def layout(tmp_path_factory) -> Path:
         _events(sweep / "trials" / t["trial_id"] / "tb", {"val/dist_unweighted": [0.2, t["val/dist_unweighted"]]})
     samples = root / "samples"
     samples.mkdir()
-    for name in ("image.png", "prompts.png", "prior.png"):  # no mix.png: that part must say so
+    for name in ("image.png", "prompts.png", "prior.png", "noise.png", "noise-compare.png"):  # no mix.png
         Image.fromarray(_grid(32, seed=len(name))).save(samples / name)
+    (root / "runs" / "compare-energy").mkdir()
+    (root / "runs" / "compare-energy" / "eval.json").write_text(json.dumps(COMPARE_EVAL))
     _pyramid(root / "pyramids-val")
     return root
 
@@ -151,6 +156,12 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert "65071_00001" in best_row  # a Tune trial id, not the number 6507100001 and f"{TRIALS[0]['val/dist_unweighted']:.4g}" in best_row
     assert text.count('<tr class="best">') == 1
     assert "No mix.png" in text  # a missing input is said, not a crash
+    detail = text.split('<section id="detail">', 1)[1].split("</section>", 1)[0]
+    assert "this run (loss.kind=regression)" in detail and "comparison (loss.kind=energy)" in detail
+    for key in ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "train_encoder/dist_unweighted"):
+        assert f"{EVAL[key]:.4g}" in detail and f"{COMPARE_EVAL[key]:.4g}" in detail, key
+    assert f"{COMPARE_EVAL['noise_spread'] / EVAL['noise_spread']:.2f}×" in detail  # comparison / this run
+    assert {"noise.png", "noise-compare.png"} <= {Path(s).name for s in _sources(page)}
     assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text
     prior = text.split('<section id="prior-figures">', 1)[1].split("</section>", 1)[0]
     for key in ("fd_dinov2/prior", "fd_dinov2/prior_pca", "fd_dinov2/floor", "hair/accuracy", "hair/red/distance"):
