@@ -89,26 +89,29 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 56,112,224, got {text!r}") from None
 
 
-def cmd_fit_codes(args: argparse.Namespace) -> None:
-    from raydino.models.loading import bind_encoders
+def cmd_train_prior(args: argparse.Namespace) -> None:
+    from raydino.models.flow_prior import PRIOR_FILE
+    from raydino.models.prior import PCA_FILE
     from raydino.pipeline import init_ray
-    from raydino.pyramids import schema
-    from raydino.train.checkpoint import load_generator
-    from raydino.train.mapping import fit_mapping, fit_prior
+    from raydino.train.prior_trainer import train_prior
+    from raydino.train.trainer import TrainingError, resume_config
 
-    cfg = load_generator(args.run)[1]
-    bind_encoders(cfg.pyramids, schema.read_manifest(args.pyramids), args.pyramids)
-    print(f"prior: {fit_prior(cfg, args.pyramids, args.run)}")
-    if not args.no_text:
-        init_ray(args.address)
-        print(f"text mapping: {fit_mapping(cfg, args.pyramids, args.run)}")
+    cfg = resume_config(args.run, args.overrides)  # the run's config: its encoders, its prior.* settings
+    init_ray(args.address)
+    try:
+        figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
+    except TrainingError as exc:
+        sys.exit(f"raydino train-prior: error: {exc}")
+    print(f"flow prior: {args.run}/{PRIOR_FILE} ({figures['step']} steps, loss {figures.get('loss', float('nan')):.4f}); "
+          f"PCA baseline: {args.run}/{PCA_FILE}; TensorBoard: tensorboard --logdir {args.run}/tb/prior")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from raydino.sample import sample
 
-    rows = sample(args.run, args.out, from_image=args.from_image, prompts=args.prompt, prior=args.prior,
-                  mix=args.mix, region=args.region, n=args.n, seed=args.seed, save_each_dir=args.save_each)
+    rows = sample(args.run, args.out, from_image=args.from_image, vary=args.vary, prompts=args.prompt,
+                  cfg_scale=args.cfg, prior=args.prior, mix=args.mix, region=args.region, steps=args.steps, n=args.n,
+                  seed=args.seed, save_each_dir=args.save_each)
     print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
 
 
@@ -169,8 +172,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_bench_sample(args: argparse.Namespace) -> None:
     from raydino.bench.sample import run_bench
 
-    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps, dit_batch=args.dit_batch,
-              compile=args.compile, device=args.device, out=args.out)
+    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps,
+              dit_batches=tuple(args.dit_batches) if args.dit_batches else None, compile=args.compile,
+              device=args.device, skip_dit=args.skip_dit, out=args.out)
+
+
+def cmd_bench_prior(args: argparse.Namespace) -> None:
+    from raydino.bench.prior import run_bench
+
+    run_bench(phases=args.phases.split(","), rows=args.rows, preset=args.preset, batch_size=args.batch_size,
+              repeats=args.repeats, device=args.device, out=args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -244,15 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,write,ray (default: all)")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_pyramids)
-    p = bench.add_parser("sample", help="one-pass generator vs DiT-XL/2 (250 steps, CFG); needs the bench extra")
-    p.add_argument("--preset", default="ffhq256", help="whose generator to time")
-    p.add_argument("--batches", type=_sizes, default=[1, 8, 64], help="generator batch sizes")
+    p = bench.add_parser("sample", help="prior (K steps) + one generator pass vs DiT-XL/2 (250 steps, CFG); "
+                                        "DiT needs the bench extra")
+    p.add_argument("--preset", default="ffhq256", help="whose prior and generator to time")
+    p.add_argument("--batches", type=_sizes, default=[1, 64], help="batch sizes of the whole path")
     p.add_argument("--dit-steps", type=int, default=250)
-    p.add_argument("--dit-batch", type=int, default=1)
+    p.add_argument("--dit-batches", type=_sizes, default=None, help="DiT batch sizes (default: --batches)")
+    p.add_argument("--skip-dit", action="store_true", help="time raydino's path only (no diffusers needed)")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench_sample)
+
+    p = bench.add_parser("prior", help="the prior's training memory at 1k and 10k rows, and its step time")
+    p.add_argument("--phases", default="memory,step", help="memory (Ray, synthetic codes), step (no Ray)")
+    p.add_argument("--rows", type=_sizes, default=[1000, 10000], help="memory phase: rows of synthetic codes")
+    p.add_argument("--preset", default="ffhq256", help="step phase: whose prior size to time")
+    p.add_argument("--batch-size", type=int, default=256, help="step phase: codes per step")
+    p.add_argument("--repeats", type=int, default=3, help="step phase: timed steps (after one warm-up step)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    p.set_defaults(func=cmd_bench_prior)
 
     p = bench.add_parser("train", help="training images/s: Ray Data input vs in-device batches, FLOPs, MFU")
     p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="tiny",
@@ -279,19 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_loss)
 
-    p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")
-    p.add_argument("--run", required=True, help="a finished training run directory")
+    p = sub.add_parser("train-prior", aliases=["fit-codes"],
+                       help="train a run's flow-matching prior over coarse codes (Ray Train) and its PCA baseline")
+    p.add_argument("--run", required=True, help="a finished training run directory (its config.yaml holds prior.*)")
     p.add_argument("--pyramids", required=True, help="the pyramid the run was trained on")
-    p.add_argument("--no-text", action="store_true", help="fit the prior only")
+    p.add_argument("--resume", action="store_true", help="continue the prior run in --run")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.set_defaults(func=cmd_fit_codes)
+    p.add_argument("overrides", nargs="*", help="prior.key=value overrides (e.g. prior.steps=2000)")
+    p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("sample", help="images from a real image, the prior, text prompts or a mix (no Ray)")
     p.add_argument("--run", required=True, help="a finished training run directory")
     p.add_argument("--out", required=True, help="the labelled PNG grid to write")
     p.add_argument("--from-image", default=None, metavar="PATH", help="reconstruction and variations of an image")
+    p.add_argument("--vary", type=float, default=None, metavar="T",
+                   help="with --from-image: vary the code along the prior's flow, T in [0, 1] (0: the reconstruction)")
     p.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
-    p.add_argument("--prior", action="store_true", help="unconditional samples from the coarse-code prior")
+    p.add_argument("--cfg", type=float, default=None, metavar="S",
+                   help="classifier-free guidance scale of --prompt samples (default: prior.guidance)")
+    p.add_argument("--prior", nargs="?", const="flow", default=None, choices=["flow", "pca"],
+                   help="unconditional samples from the flow prior, or from the PCA Gaussian baseline (--prior pca)")
+    p.add_argument("--steps", type=int, default=None, metavar="K",
+                   help="the prior's ODE steps (default: prior.sample_steps)")
     p.add_argument("--mix", nargs=2, default=None, metavar=("A", "B"), help="two images whose coarse codes to mix")
     p.add_argument("--region", default="top", choices=["top", "bottom", "left", "right"])
     p.add_argument("--n", type=int, default=8, help="images per row")

@@ -179,15 +179,50 @@ class TuneConfig:
 
 
 @dataclass
+class PriorConfig:
+    """The flow-matching prior over the coarse code (docs/prior.md): its size, training and sampling.
+
+    A transformer of ``depth`` adaLN blocks, ``width`` wide, over the
+    coarsest level's ``g*g`` tokens, trained for ``steps`` optimizer steps of
+    ``batch_size`` codes (global) through the generator's machinery.
+    ``clip_noise``: LAFITE's perturbation level of the CLIP image embedding;
+    ``cond_dropout``: the share of codes trained without their condition
+    (what classifier-free guidance needs). Sampling: ``sample_steps`` (K)
+    ``solver`` steps, guidance scale ``guidance``. The PCA Gaussian baseline
+    keeps ``pca_components`` and is fitted, like the code statistics, on the
+    first ``fit_rows`` rows only.
+    """
+
+    width: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_beta: float = 0.99
+    grad_clip: float = 1.0
+    clip_noise: float = 0.1
+    cond_dropout: float = 0.1
+    sample_steps: int = 8
+    solver: str = "heun"
+    guidance: float = 2.0
+    num_workers: int = 1
+    checkpoint_every: int = 200
+    log_every: int = 50
+    pca_components: int = 16
+    fit_rows: int = 4096
+    seed: int = 0
+
+
+@dataclass
 class SampleConfig:
-    """Sampling, the text mapping and the prior over coarse codes."""
+    """Sampling: grid size, seed, the run's prompts, and the encoders its figures use."""
 
     n: int = 8
     seed: int = 0
     prompts: list[str] = field(default_factory=list)
-    prior_components: int = 16
-    mapping_steps: int = 500
-    mapping_noise: float = 0.1
     fd_encoder: str = ""
     attribute_classifier: str = ""  # a synthetic-face attribute classifier (`raydino tiny-models`): attribute agreement
 
@@ -220,6 +255,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

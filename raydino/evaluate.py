@@ -8,7 +8,9 @@ resized to it before encoding, like the generated ones.
   (``sample.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
   reconstructions and prior samples, each beside ``n`` and the real-vs-real
   floor at that ``n`` (:func:`raydino.metrics.fd_with_floor`): an FD near
-  its floor says nothing more than "indistinguishable at this n";
+  its floor says nothing more than "indistinguishable at this n"; prior
+  samples come from the flow prior and from the PCA Gaussian baseline,
+  scored against the same real half;
 - the paired distance of each held-out image and its reconstruction under
   the evaluation encoder (what Tune ranks trials by);
 - ``noise_spread`` (how much 8 noise draws for one held-out code differ,
@@ -18,7 +20,9 @@ resized to it before encoding, like the generated ones.
 - per-level unweighted patch-token distance of reconstructions, under the
   *training* DINOv2 (labelled so: a generator trained on one network's
   features can score well on it without looking right);
-- CLIP score of prompt samples, matched against mismatched prompts;
+- CLIP score of prompt samples (through the flow prior), matched against
+  mismatched prompts; on synthetic faces, the hair colour of "red/blonde/black
+  hair" prompt samples against the real faces of that colour (``prompt_hair``);
 - colour error against the stored thumbnails;
 - attribute agreement of reconstructions, prompt and prior samples, by a
   classifier of the synthetic faces' attributes (``raydino.attribute_agreement``).
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from raydino.attribute_agreement import attribute_figures
+from raydino.data.face_set import labels_for_paths
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import (
     clip_score,
@@ -44,15 +49,36 @@ from raydino.metrics import (
     paired_distance,
     sharpness_ratio,
 )
-from raydino.models.loading import load_dino, require_local
+from raydino.models.flow_prior import PRIOR_FILE
+from raydino.models.loading import Dino, load_dino, require_local
+from raydino.models.prior import PCA_FILE
+from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
 from raydino.pyramids.decode import read_source_image
 from raydino.sample import Sampler
-from raydino.train.mapping import MAPPING_FILE, PRIOR_FILE
 
 EVAL_FILE = "eval.json"
 SPREAD_DRAWS = 8    # noise draws per code for noise_spread
 SPREAD_CODES = 64   # held-out codes noise_spread averages over (at most)
+HAIR_SAMPLES = 16  # prompt samples per hair colour
+
+
+def prior_samples(s: Sampler, fd_dino: Dino, real_feats: np.ndarray, half: int, seed: int,
+                  size: int) -> tuple[torch.Tensor | None, dict]:
+    """FD of ``half`` unconditional samples of the flow prior and of the PCA baseline, same real half, same floor.
+
+    Returns the flow samples (None without a prior: attribute agreement
+    scores them) and the ``fd_dinov2/prior*`` figures.
+    """
+    out, flow = {}, None
+    for kind, path, key in (("flow", PRIOR_FILE, "fd_dinov2/prior"), ("pca", PCA_FILE, "fd_dinov2/prior_pca")):
+        if (s.run_dir / path).is_file():
+            images = s.from_prior(half, seed, kind=kind)[0].images
+            out[key] = fd_with_floor(dino_cls(fd_dino, images, size), real_feats)["value"]
+            flow = images if kind == "flow" else flow
+    if flow is not None:
+        out["fd_dinov2/prior_steps"] = s.flow("--prior").cfg.sample_steps
+    return flow, out
 
 
 def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, seed: int = 0,
@@ -95,9 +121,8 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     recon_fd = fd_with_floor(dino_cls(fd_dino, recon[:half], size), real_feats)
     out |= {"fd_dinov2/reconstructions": recon_fd["value"], "fd_dinov2/floor": recon_fd["floor"],
             "fd_dinov2/n": recon_fd["n"]}
-    prior = s.from_prior(half, seed)[0].images if (run_dir / PRIOR_FILE).is_file() else None
-    if prior is not None:
-        out["fd_dinov2/prior"] = fd_with_floor(dino_cls(fd_dino, prior, size), real_feats)["value"]
+    prior, prior_fd = prior_samples(s, fd_dino, real_feats, half, seed, size)
+    out |= prior_fd
 
     out |= detail_figures(s, targets.code, recon, real, seed)
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
@@ -105,8 +130,11 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
     out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
-    if prompts and (run_dir / MAPPING_FILE).is_file():
+    if prompts and s.cfg.pyramids.clip and (run_dir / PRIOR_FILE).is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
+    labels = labels_for_paths(list(rows["path"]))
+    if labels is not None and s.cfg.pyramids.clip and (run_dir / PRIOR_FILE).is_file():
+        out |= hair_colour_figures(s, real, labels, HAIR_SAMPLES, seed)
     (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))
     _to_tensorboard(run_dir, out)
     return out

@@ -74,14 +74,12 @@ def _train(cfg: Config, pyramids: Path, run_dir: Path, holdout: Path) -> None:
     train(cfg, pyramids, run_dir, resume=resume, holdout=holdout)
 
 
-def _fit_codes(cfg: Config, pyramids: Path, run_dir: Path) -> None:
-    from raydino.train.checkpoint import load_generator
-    from raydino.train.mapping import fit_mapping, fit_prior
+def _train_prior(pyramids: Path, run_dir: Path) -> None:
+    from raydino.train.prior_trainer import PRIOR_EXPERIMENT, train_prior
+    from raydino.train.trainer import resume_config
 
-    cfg = load_generator(run_dir)[1]  # with the encoders training bound to the pyramid
-    fit_prior(cfg, pyramids, run_dir)
-    if cfg.pyramids.clip:
-        fit_mapping(cfg, pyramids, run_dir)
+    cfg = resume_config(run_dir)  # with the encoders training bound to the pyramid
+    train_prior(cfg, pyramids, run_dir, resume=(run_dir / PRIOR_EXPERIMENT / "checkpoint_manager_snapshot.json").exists())
 
 
 def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
@@ -105,7 +103,7 @@ def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
 
 
 def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Path | None) -> None:
-    """Sample grids from held-out images (never training ones), the prior, the prompts and a mix.
+    """Sample grids from held-out images (never training ones), both priors, the prompts and a mix.
 
     The noise grids (4 held-out codes, 8 draws each) are drawn for the run and
     for its comparison run, with the same images and seeds.
@@ -119,7 +117,9 @@ def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Pat
     if compare:
         noise_grid(compare, images, out / "noise-compare.png", n=8, seed=seed)
     sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
-    sample(run_dir, out / "prior.png", prior=True, n=n, seed=seed)
+    sample(run_dir, out / "vary.png", from_image=str(images[0]), vary=0.5, n=n, seed=seed)
+    sample(run_dir, out / "prior.png", prior="flow", n=n, seed=seed)
+    sample(run_dir, out / "prior_pca.png", prior="pca", n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
         sample(run_dir, out / "prompts.png", prompts=cfg.sample.prompts, n=n, seed=seed)
     sample(run_dir, out / "mix.png", mix=[str(images[1]), str(images[2])], region="top", seed=seed)
@@ -162,9 +162,8 @@ def plan(cfg: Config) -> list[Step]:
     if compare:
         steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare / "eval.json",
                           lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True))
-    steps.append(Step("prior and text mapping",
-                      run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
-                      lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True))
+    steps.append(Step("flow prior", run_dir / "prior.safetensors", lambda: _train_prior(pyramids, run_dir),
+                      needs_ray=True))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
                           needs_ray=True))
@@ -208,8 +207,8 @@ def summarise(root: Path) -> None:
              f"  sweep        {root / 'sweep'}", f"  samples      {root / 'samples'}",
              f"  report       {(root / 'report' / 'index.html').resolve()}"]
     figures = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else {}
-    for key in ("train_encoder/dist_unweighted", "fd_dinov2/reconstructions", "fd_dinov2/prior", "colour_error",
-                "clip_score/matched", "clip_score/mismatched"):
+    for key in ("train_encoder/dist_unweighted", "fd_dinov2/reconstructions", "fd_dinov2/prior", "fd_dinov2/prior_pca",
+                "colour_error", "clip_score/matched", "clip_score/mismatched"):
         if key in figures:
             lines.append(f"  {key:<30} {figures[key]:.4f}")
     if (root / "sweep" / "best.json").exists():

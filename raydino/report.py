@@ -52,9 +52,16 @@ SAMPLE_FILES = {  # file in the samples folder -> (section id, title, what it sh
     "prompts.png": ("prompts", "Text prompts",
                     "Each row: one prompt, CLIP text embedding -> coarse code -> image, with different noise.",
                     "raydino sample --run RUN --prompt TEXT ... --out SAMPLES/prompts.png"),
-    "prior.png": ("prior", "Samples from the prior",
-                  "Coarse codes drawn from the Gaussian prior (PCA space) fitted on the training pyramid.",
+    "vary.png": ("vary", "Variations along the flow",
+                 "The input, its reconstruction, then its coarse code noised to flow time T = 0.5 and carried back "
+                 "by the prior (same generator noise: only the code varies).",
+                 "raydino sample --run RUN --from-image IMAGE --vary 0.5 --out SAMPLES/vary.png"),
+    "prior.png": ("prior", "Samples from the flow prior",
+                  "Coarse codes drawn by the flow-matching prior (unconditional, K ODE steps), one generator pass each.",
                   "raydino sample --run RUN --prior --out SAMPLES/prior.png"),
+    "prior_pca.png": ("prior-pca", "Samples from the PCA Gaussian (baseline)",
+                      "Coarse codes drawn from the Gaussian in PCA space fitted on a bounded sample of training codes.",
+                      "raydino sample --run RUN --prior pca --out SAMPLES/prior_pca.png"),
     "mix.png": ("mix", "Mixing coarse codes",
                 "A and B, then A with one half of its coarse token grid taken from B, and the other way round.",
                 "raydino sample --run RUN --mix A B --out SAMPLES/mix.png"),
@@ -342,8 +349,10 @@ FIGURES = [  # eval.json key, title, what it means
     ("fd_dinov2/reconstructions", "FD-DINOv2, reconstructions",
      "Fréchet distance between reconstructions of one half of the held-out images and the other half, in the "
      "CLS space of the evaluation encoder. Lower is better; the floor is two halves of real images."),
-    ("fd_dinov2/prior", "FD-DINOv2, prior samples",
-     "The same distance for unconditional samples from the coarse-code prior."),
+    ("fd_dinov2/prior", "FD-DINOv2, flow prior samples",
+     "The same distance for unconditional samples of the flow-matching prior over the coarse code."),
+    ("fd_dinov2/prior_pca", "FD-DINOv2, PCA Gaussian prior (baseline)",
+     "The same distance for samples of the Gaussian in PCA space, against the same real half."),
     ("heldout/eval_dist", "Held-out distance, evaluation encoder",
      "1 − cosine between each held-out image and its reconstruction (patch and CLS, mean), under the evaluation "
      "encoder: what the sweep ranks trials by."),
@@ -786,6 +795,38 @@ def section_attributes(ctx: Context) -> str:
               f'{fmt(ev.get("n"))} held-out images.</p>')
 
 
+def section_prior(ctx: Context) -> str:
+    """The flow prior against the PCA baseline (FD, same floor), its training, and the hair-colour prompt test."""
+    ev = ctx.evaluation or {}
+    if "fd_dinov2/prior" not in ev:
+        return _missing("No prior figures in eval.json: the run has no prior.",
+                        "raydino train-prior --run RUN --pyramids PYRAMIDS, then raydino eval")
+    rows = [[_esc(name), f"<b>{fmt(ev.get(key))}</b>"] for name, key in
+            (("flow prior, K = " + fmt(ev.get("fd_dinov2/prior_steps")), "fd_dinov2/prior"),
+             ("PCA Gaussian (baseline)", "fd_dinov2/prior_pca"), ("reconstructions", "fd_dinov2/reconstructions"),
+             ("real vs real (floor)", "fd_dinov2/floor"))]
+    parts = [f'<p class="lead">FD-DINOv2 (evaluation encoder) of {fmt(ev.get("fd_dinov2/n"))} unconditional samples '
+             'of each prior against the same held-out half; the floor is two real halves at the same n.</p>',
+             _table(["samples", "FD-DINOv2"], rows)]
+    trained = _read_json(ctx.inputs.run / "prior.json")
+    if trained:
+        parts.append(f'<p class="small">Prior training: {fmt(trained.get("step"))} steps, '
+                     f'{fmt(trained.get("codes_seen"))} codes, final loss <b>{fmt(trained.get("loss"))}</b>, '
+                     f'{fmt(trained.get("time_s"))} s; curves in <code>tb/prior</code>.</p>')
+    if "hair/accuracy" in ev:
+        colours = [k.split("/")[1] for k in ev if k.startswith("hair/") and k.endswith("/distance")]
+        table = [[f'“a face with {_esc(c)} hair”', _esc(ev[f"hair/{c}/sample_rgb"]), _esc(ev[f"hair/{c}/real_rgb"]),
+                  fmt(ev[f"hair/{c}/real_n"]), fmt(ev[f"hair/{c}/distance"])] for c in colours]
+        parts.append('<h3>Hair colour of prompt samples</h3><p class="lead">Mean RGB of the hair region of '
+                     f'{fmt(ev["hair/n_per_prompt"])} samples per prompt, beside the held-out faces whose captions '
+                     'name that colour. A sample counts as right when its hair colour is nearer to its prompt\'s real '
+                     'mean than to the other two.</p>'
+                     + _table(["prompt", "samples (RGB)", "real faces (RGB)", "real n", "distance"], table)
+                     + f'<p class="small">Right colour: <b>{fmt(ev["hair/accuracy"])}</b> of the prompt samples '
+                       f'(real faces: {fmt(ev["hair/accuracy_real"])}; chance: 0.3333).</p>')
+    return "".join(parts)
+
+
 def section_encoders(ctx: Context) -> str:
     """The linear probes of the tiny encoders (``probes.json`` beside each), once per report."""
     cfg = ctx.cfg
@@ -846,6 +887,7 @@ def write_report(run: str | Path, *, sweep: str | Path | None = None, pyramids: 
         ("figures", "Key figures", lambda: section_figures(ctx)),
         ("detail", "Detail: noise and sharpness", lambda: section_detail(ctx)),
         ("attributes", "Attribute agreement", lambda: section_attributes(ctx)),
+        ("prior-figures", "The prior: flow against PCA, and prompts", lambda: section_prior(ctx)),
         ("stages", "Validation grids per stage", lambda: section_stages(ctx)),
         ("samples", "Samples", lambda: section_samples(ctx)),
         ("pyramid", "The feature pyramid", lambda: section_pyramid(ctx)),

@@ -1,8 +1,11 @@
 """Sampling (``raydino sample``): coarse code -> image in one generator pass.
 
-Codes come from a real image (its coarsest DINOv2 level), from the prior,
-from text (CLIP text embedding -> mapping), or from mixing two codes. Loads
-the run's EMA generator without Ray; batches on the GPU when there is one.
+Codes come from a real image (its coarsest DINOv2 level, or that code moved
+along the prior's flow to time T and back), from the flow prior
+(unconditional, or conditioned on a prompt's CLIP text embedding with
+classifier-free guidance), from the PCA Gaussian baseline, or from mixing
+two codes. Loads the run's EMA generator and prior without Ray; batches on
+the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from torchvision.utils import make_grid
 
+from raydino.models.flow_prior import PRIOR_FILE, FlowPrior, load_prior
 from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.prior import PCA_FILE, PCAGaussianPrior
 from raydino.pyramids.features import dino_levels, square_crop, to_float
 from raydino.train.checkpoint import GENERATOR, load_generator
-from raydino.train.mapping import PRIOR_FILE, load_mapping
 
 REGIONS = ("top", "bottom", "left", "right")
+PRIORS = ("flow", "pca")
+TRAIN_PRIOR_HINT = "train one with `raydino train-prior --run RUN --pyramids PYRAMIDS`"
 
 
 @dataclass
@@ -80,35 +85,84 @@ class Sampler:
         (_, tokens), = dino_levels(self.dino, image.to(self.device), self.cfg.pyramids.sizes[:1])
         return tokens.float()
 
-    @torch.no_grad()
-    def code_from_text(self, prompts: list[str]) -> torch.Tensor:
-        mapping = load_mapping(self.run_dir).to(self.device)
-        return mapping.code(self.clip.encode_text(prompts))
-
-    def prior(self) -> PCAGaussianPrior:
+    @cached_property
+    def _flow(self) -> FlowPrior | None:
         path = self.run_dir / PRIOR_FILE
+        return load_prior(path, self.device) if path.is_file() else None
+
+    def flow(self, flag: str) -> FlowPrior:
+        """The run's flow prior; ``flag`` is the option that needs it, named when there is none."""
+        if self._flow is None:
+            raise FileNotFoundError(f"{flag}: {self.run_dir} has no prior ({PRIOR_FILE} missing): {TRAIN_PRIOR_HINT}")
+        return self._flow
+
+    def pca(self) -> PCAGaussianPrior:
+        path = self.run_dir / PCA_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: this run has no prior (fit one with `raydino fit-codes`)")
+            raise FileNotFoundError(f"--prior pca: {self.run_dir} has no PCA baseline ({PCA_FILE} missing): "
+                                    f"{TRAIN_PRIOR_HINT}")
         return PCAGaussianPrior.load(path)
+
+    @torch.no_grad()
+    def text_condition(self, prompts: list[str]) -> torch.Tensor:
+        """Unit CLIP text embeddings, checked against the CLIP the prior was conditioned on."""
+        prior = self.flow("--prompt")
+        if not prior.clip_dim:
+            raise ValueError(f"--prompt: the prior of {self.run_dir} is unconditional (its pyramid has no CLIP column)")
+        emb = self.clip.encode_text(prompts)
+        if emb.shape[1] != prior.clip_dim:
+            raise ValueError(f"--prompt: {self.cfg.pyramids.clip} embeds in {emb.shape[1]} dimensions, the prior was "
+                             f"conditioned on {prior.clip_dim}")
+        return emb
+
+    def _settings(self, steps: int | None, guidance: float | None = None) -> str:
+        pc = self.flow("--prior").cfg
+        text = f"K={steps or pc.sample_steps} {pc.solver}"
+        return text if guidance is None else f"cfg {guidance}, {text}"
 
     # --- modes ----------------------------------------------------------------------------
 
-    def from_image(self, path: str | Path, n: int, seed: int) -> list[Row]:
+    def from_image(self, path: str | Path, n: int, seed: int, vary: float | None = None,
+                   steps: int | None = None) -> list[Row]:
+        """Reconstruction, then variations: new noise, or (``vary`` = T) the code moved along the flow to T and back.
+
+        Variations along the flow share the reconstruction's noise, so they
+        differ from it by their code alone: T = 0 gives the reconstruction.
+        """
         image = self.load_image(path)
-        code = self.code_from_image(image).expand(n, -1, -1)
-        out = self.generate(code, self.noise(n, seed))
+        code = self.code_from_image(image)
         source = torch.nn.functional.interpolate(image, size=self.resolution, mode="bilinear", antialias=True)
-        return [Row(f"image: {Path(path).name}", torch.cat([source, out]),
-                    ["input", "reconstruction"] + [f"variation {i}" for i in range(1, n)])]
+        if vary is None:
+            out = self.generate(code.expand(n, -1, -1), self.noise(n, seed))
+            return [Row(f"image: {Path(path).name}", torch.cat([source, out]),
+                        ["input", "reconstruction"] + [f"variation {i}" for i in range(1, n)])]
+        prior = self.flow("--vary")
+        varied = prior.vary(code.expand(n - 1, -1, -1), vary, torch.Generator().manual_seed(seed), steps=steps)
+        out = torch.cat([self.generate(c[None], self.noise(1, seed)) for c in torch.cat([code, varied])])
+        return [Row(f"image: {Path(path).name}, flow variations at T={vary} ({self._settings(steps)})",
+                    torch.cat([source, out]), ["input", "reconstruction"] + [f"T={vary} #{i}" for i in range(1, n)])]
 
-    def from_prompts(self, prompts: list[str], n: int, seed: int) -> list[Row]:
-        codes = self.code_from_text(prompts)
-        return [Row(f'"{p}"', self.generate(c[None].expand(n, -1, -1), self.noise(n, seed)))
-                for p, c in zip(prompts, codes, strict=True)]
+    def from_prompts(self, prompts: list[str], n: int, seed: int, guidance: float | None = None,
+                     steps: int | None = None) -> list[Row]:
+        """Per prompt, ``n`` codes from the prior conditioned on its text embedding (the same noise for every prompt)."""
+        prior = self.flow("--prompt")
+        guidance = prior.cfg.guidance if guidance is None else guidance
+        rows = []
+        for prompt, emb in zip(prompts, self.text_condition(prompts), strict=True):
+            codes = prior.sample(n, torch.Generator().manual_seed(seed), cond=emb[None].expand(n, -1),
+                                 guidance=guidance, steps=steps)
+            rows.append(Row(f'"{prompt}" ({self._settings(steps, guidance)})', self.generate(codes, self.noise(n, seed))))
+        return rows
 
-    def from_prior(self, n: int, seed: int) -> list[Row]:
-        codes = self.prior().sample(n, torch.Generator().manual_seed(seed))
-        return [Row("prior", self.generate(codes, self.noise(n, seed + 1)))]
+    def from_prior(self, n: int, seed: int, kind: str = "flow", steps: int | None = None) -> list[Row]:
+        """Unconditional codes from the flow prior, or from the PCA Gaussian baseline (``kind="pca"``)."""
+        g = torch.Generator().manual_seed(seed)
+        if kind == "pca":
+            codes, label = self.pca().sample(n, g), "prior: PCA Gaussian (baseline)"
+        else:
+            codes = self.flow("--prior").sample(n, g, steps=steps)
+            label = f"prior: flow matching, unconditional ({self._settings(steps)})"
+        return [Row(label, self.generate(codes, self.noise(n, seed + 1)))]
 
     def mix(self, a: str | Path, b: str | Path, region: str, seed: int) -> list[Row]:
         ca, cb = (self.code_from_image(self.load_image(p)) for p in (a, b))
@@ -183,24 +237,48 @@ def noise_grid(run_dir: str | Path, images: list[str], out: str | Path, n: int =
     return rows
 
 
-def sample(run_dir: str | Path, out: str | Path, *, from_image: str | None = None, prompts: list[str] | None = None,
-           prior: bool = False, mix: list[str] | None = None, region: str = "top", n: int = 8, seed: int = 0,
-           save_each_dir: bool = False) -> list[Row]:
-    """Run every requested mode and write one labelled grid to ``out``."""
+def check_flags(*, from_image: str | None, vary: float | None, prompts: list[str] | None, cfg_scale: float | None,
+                prior: str | None, mix: list[str] | None, steps: int | None) -> None:
+    """Refuse a request that cannot be sampled, naming the flag, before any model loads."""
     if not (from_image or prompts or prior or mix):
-        raise ValueError("choose a mode: --from-image PATH, --prompt TEXT, --prior or --mix A B")
+        raise ValueError("choose a mode: --from-image PATH, --prompt TEXT, --prior [flow|pca] or --mix A B")
+    if prompts is not None and any(not p.strip() for p in prompts):
+        raise ValueError("--prompt: empty prompt: give some text to condition on")
+    if vary is not None and not from_image:
+        raise ValueError("--vary: needs --from-image (the image whose code to vary)")
+    if vary is not None and not 0.0 <= vary <= 1.0:
+        raise ValueError(f"--vary: T must be in [0, 1] (0: the reconstruction, 1: a new code), got {vary}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps: K must be at least 1, got {steps}")
+    if cfg_scale is not None and not prompts:
+        raise ValueError("--cfg: guidance applies to --prompt samples")
+    if prior is not None and prior not in PRIORS:
+        raise ValueError(f"--prior: '{prior}' is not one of {', '.join(PRIORS)}")
+
+
+def sample(run_dir: str | Path, out: str | Path, *, from_image: str | None = None, vary: float | None = None,
+           prompts: list[str] | None = None, cfg_scale: float | None = None, prior: str | None = None,
+           mix: list[str] | None = None, region: str = "top", steps: int | None = None, n: int = 8, seed: int = 0,
+           save_each_dir: bool = False) -> list[Row]:
+    """Run every requested mode and write one labelled grid to ``out``.
+
+    ``prior``: ``"flow"`` (the flow-matching prior) or ``"pca"`` (the
+    baseline); ``steps``: the prior's K, ``cfg_scale``: the prompts'
+    guidance (default: the prior's config).
+    """
+    check_flags(from_image=from_image, vary=vary, prompts=prompts, cfg_scale=cfg_scale, prior=prior, mix=mix,
+                steps=steps)
     sampler = Sampler(run_dir)
     rows: list[Row] = []
     if from_image:
-        rows += sampler.from_image(from_image, n, seed)
+        rows += sampler.from_image(from_image, n, seed, vary=vary, steps=steps)
     if prompts:
-        rows += sampler.from_prompts(prompts, n, seed)
+        rows += sampler.from_prompts(prompts, n, seed, guidance=cfg_scale, steps=steps)
     if prior:
-        rows += sampler.from_prior(n, seed)
+        rows += sampler.from_prior(n, seed, kind=prior, steps=steps)
     if mix:
         rows += sampler.mix(mix[0], mix[1], region, seed)
     save_grid(rows, out)
     if save_each_dir:
         save_each(rows, Path(out).with_suffix(""))
     return rows
-

@@ -128,8 +128,8 @@ def test_ray_workers_read_disjoint_shards_that_stay_theirs(ray_local, train_pyra
 
     def epoch_rows(epoch: int) -> list[list[int]]:
         """The rows each worker reads in ``epoch``, through the loop's own session code, workers side by side."""
-        session = RaySession.__new__(RaySession)  # only its config: no Ray Train context outside a worker
-        session.cfg = cfg
+        session = RaySession.__new__(RaySession)  # only its data order: no Ray Train context outside a worker
+        session.seed, session.shuffle_buffer = cfg.train.seed, cfg.train.shuffle_buffer
         iterators = []
         for rank in range(WORKERS):
             monkeypatch.setattr(ray.train, "get_dataset_shard", lambda name, r=rank: splits[r][name])

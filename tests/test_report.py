@@ -23,6 +23,10 @@ EVAL = {
     "colour_error": 0.0456789, "fd_dinov2/reconstructions": 12.34567, "fd_dinov2/prior": 45.6789,
     "clip_score/a face with red hair": 0.312345, "clip_score/a smiling face with glasses": 0.287654,
     "clip_score/matched": 0.3, "clip_score/mismatched": 0.2123456,
+    "fd_dinov2/prior_pca": 67.89012, "fd_dinov2/floor": 1.234567, "fd_dinov2/n": 8, "fd_dinov2/prior_steps": 8,
+    "hair/n_per_prompt": 16, "hair/accuracy": 0.5833333, "hair/accuracy_real": 0.9791667,
+    "hair/red/sample_rgb": [180.1, 70.2, 40.3], "hair/red/real_rgb": [190.0, 62.5, 30.1], "hair/red/real_n": 3,
+    "hair/red/distance": 17.65432,
     "noise_spread": 0.3456789, "noise_spread/codes": 16, "noise_spread/draws": 8, "sharpness_ratio": 0.8123456,
 }
 COMPARE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
@@ -159,6 +163,10 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert f"{COMPARE_EVAL['noise_spread'] / EVAL['noise_spread']:.2f}×" in detail  # comparison / this run
     assert {"noise.png", "noise-compare.png"} <= {Path(s).name for s in _sources(page)}
     assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text
+    prior = text.split('<section id="prior-figures">', 1)[1].split("</section>", 1)[0]
+    for key in ("fd_dinov2/prior", "fd_dinov2/prior_pca", "fd_dinov2/floor", "hair/accuracy", "hair/red/distance"):
+        assert f"{EVAL[key]:.4g}" in prior, key  # flow and PCA side by side with their floor; the hair test
+    assert "K = 8" in prior and "[180.1, 70.2, 40.3]" in prior
 
 
 def test_report_with_only_a_config(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""Milestone 4 and `raydino eval` on a small trained run: text control measured for real.
+"""Milestone 4 and `raydino eval` on a small trained run: text control through the flow prior, measured for real.
 
 The tiny CLIP is fitted to the synthetic captions (as `raydino tiny-models`
 does; the session's trained encoders and attribute classifier are copied beside it), the generator trains in-process (the Ray path is
-covered by test_train_ray.py), the text mapping trains as its Ray Train job.
+covered by test_train_ray.py), the prior trains as its Ray Train job (`train_prior`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from raydino.models.generator import Generator
 from raydino.models.tiny import write_tiny_clip
 from raydino.sample import Sampler
 from raydino.train import checkpoint, loop
-from raydino.train.mapping import fit_mapping, fit_prior
+from raydino.train.prior_trainer import train_prior
 from raydino.train.session import LocalSession
 
 PROMPTS = ["a face with red hair", "a face with blue hair"]
@@ -45,7 +45,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     cfg = load_config("demo", overrides=[
         f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
-        "train.ema_beta=0.98", "sample.mapping_steps=400", "sample.mapping_noise=0.1"])
+        "train.ema_beta=0.98", "prior.steps=600", "prior.checkpoint_every=600"])
     run_dir = root / "run"
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")
@@ -60,8 +60,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     session = LocalSession(pyramids, columns(cfg.pyramids.sizes), checkpoints=root / "ckpt")
     loop.run(cfg, pyramids, run_dir, session)
     checkpoint.export_generator(next(session.checkpoint_dirs()), run_dir)
-    fit_prior(cfg, pyramids, run_dir)
-    fit_mapping(cfg, pyramids, run_dir)
+    train_prior(cfg, pyramids, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps({"pyramids": str(pyramids)}))  # as `raydino train` writes it
     return {"root": root, "run": run_dir, "untrained": untrained, "pyramids": pyramids, "held": held, "faces": faces}
 
@@ -94,7 +93,9 @@ def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
     assert trained["fd_dinov2/reconstructions"] < untrained["fd_dinov2/reconstructions"]
     assert trained["heldout/eval_dist"] < untrained["heldout/eval_dist"]
     assert trained["colour_error"] < untrained["colour_error"]
-    assert "fd_dinov2/prior" in trained and "clip_score/matched" in trained
+    assert {"fd_dinov2/prior", "fd_dinov2/prior_pca", "clip_score/matched"} <= trained.keys()
+    assert "fd_dinov2/prior" not in untrained  # no prior trained: no prior figures
+    assert 0 <= trained["hair/accuracy"] <= 1 and trained["hair/n_per_prompt"] == 16
     assert "dinov2-tiny-fd" in trained["eval_encoder"] and "dinov2-tiny " in trained["training_encoder"]
     assert trained["n"] == 32 and trained["fd_dinov2/n"] == 16 and trained["resolution"] == 16
     assert 0 < trained["fd_dinov2/floor"] == untrained["fd_dinov2/floor"]  # real halves: the run plays no part
@@ -104,18 +105,40 @@ def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
         evaluate(text_run["run"], text_run["pyramids"], n=32)
 
 
+def test_vary_zero_is_the_reconstruction_and_one_forgets_the_image(text_run):
+    s, faces = Sampler(text_run["run"], device="cpu"), sorted(text_run["faces"].glob("*.png"))
+    same = s.from_image(faces[0], n=3, seed=0, vary=0.0)[0].images  # input, reconstruction, 2 variations
+    assert torch.equal(same[2], same[1]) and torch.equal(same[3], same[1])
+    a, b = (s.from_image(f, n=3, seed=0, vary=1.0)[0].images[2:] for f in faces[:2])
+    assert torch.equal(a, b)  # at T = 1 nothing of the image's code is left
+    assert not torch.equal(a, same[2:])
+    half = s.from_image(faces[0], n=3, seed=0, vary=0.5)[0].images
+    assert not torch.equal(half[2], half[1]) and not torch.equal(half[2:], a)
+
+
 def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
     run, faces = str(text_run["run"]), sorted(text_run["faces"].glob("*.png"))
     out = tmp_path / "grid.png"
     assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(faces[0]), "--prior",
-                 "--prompt", PROMPTS[0], "--mix", str(faces[1]), str(faces[2]), "--region", "left",
-                 "--n", "3", "--save-each"]) == 0
+                 "--prompt", PROMPTS[0], "--cfg", "3", "--steps", "2", "--mix", str(faces[1]), str(faces[2]),
+                 "--region", "left", "--n", "3", "--save-each"]) == 0
     assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4 + 3 + 3 + 4
+    assert main(["sample", "--run", run, "--out", str(out), "--prior", "pca", "--from-image", str(faces[0]),
+                 "--vary", "0.5", "--n", "2"]) == 0
     assert main(["sample", "--run", str(tmp_path / "nope"), "--out", str(out), "--prior"]) == 2
     assert "not a finished run" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(bad)]) == 2
     assert "cannot read image" in capsys.readouterr().err
-    assert main(["sample", "--run", run, "--out", str(out), "--prompt", " "]) == 2
-    assert "empty prompt" in capsys.readouterr().err
+    for flags, message in ((["--prompt", " "], "--prompt: empty prompt"),
+                           (["--from-image", str(faces[0]), "--vary", "1.5"], "--vary: T must be in [0, 1]"),
+                           (["--prior", "--steps", "0"], "--steps: K must be at least 1"),
+                           (["--prior", "--cfg", "2"], "--cfg")):
+        assert main(["sample", "--run", run, "--out", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err
+    for flags, flag in ((["--prior"], "--prior"), (["--prompt", PROMPTS[0]], "--prompt"),
+                        (["--from-image", str(faces[0]), "--vary", "0.5"], "--vary")):
+        assert main(["sample", "--run", str(text_run["untrained"]), "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag}: " in err and "has no prior" in err and "raydino train-prior" in err, err

@@ -22,6 +22,7 @@ from raydino.models.generator import Generator
 from raydino.pyramids import schema
 from raydino.train import checkpoint, loop
 from raydino.train.checkpoint import CheckpointError, Progress
+from raydino.train.runtime import NonFiniteLossError
 from raydino.train.session import LocalSession
 from raydino.train.step import update_ema
 
@@ -63,7 +64,7 @@ def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models,
 def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]), max_bad_steps=2)
     session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2, 3}, checkpoints=tmp_path)
-    with pytest.raises(loop.NonFiniteLossError, match="2 steps in a row .* train.max_bad_steps=2"):
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row .* train.max_bad_steps=2"):
         loop.run(cfg, train_pyramids, tmp_path / "run", session)
 
 
@@ -108,7 +109,7 @@ def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
     for d, step in ((old, 4), (new, 8)):
         d.mkdir()
         checkpoint.save(d, rank=0, model=saved[0], ema=saved[1], opt=saved[2], progress=Progress(step=step),
-                        rng=saved[3], cfg=cfg)
+                        rng=saved[3], cfg=cfg, metadata=checkpoint.generator_metadata(saved[0]))
 
     fresh = _state(cfg, seed=1)  # other weights, EMA, optimizer moments and RNG position
     for part in ("model", "ema", "opt", "rng"):
@@ -131,7 +132,8 @@ def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
 def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
     model, ema, opt, rng = _state(cfg)
-    checkpoint.save(tmp_path, rank=0, model=model, ema=ema, opt=opt, progress=Progress(), rng=rng, cfg=cfg)
+    checkpoint.save(tmp_path, rank=0, model=model, ema=ema, opt=opt, progress=Progress(), rng=rng, cfg=cfg,
+                    metadata=checkpoint.generator_metadata(model))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     checkpoint.export_generator(tmp_path, run_dir)

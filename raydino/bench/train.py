@@ -221,7 +221,7 @@ def _ray_worker(config: dict) -> list[dict[str, Any]]:
 
     cfg = from_dict(config["cfg"])
     torch.set_num_threads(1)
-    session = RaySession(cfg)
+    session = RaySession(cfg.train.seed, cfg.train.shuffle_buffer, find_unused_parameters=True)
     dino = load_dino(cfg.pyramids.dino, session.device)
     model, _, opt = build_models(cfg, dino, session.device)
     net = session.prepare(model)

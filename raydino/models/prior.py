@@ -1,9 +1,9 @@
-"""An unconditional prior over coarse codes: a Gaussian in a PCA space.
+"""The baseline prior over coarse codes: a Gaussian in a PCA space (``--prior pca``).
 
-A coarse code is a handful of DINO tokens (e.g. 4x4x768), so a simple density
-over it already gives varied samples, while the image still comes in one
-generator pass. The prior can grow into a flow later without touching the
-generator.
+It matches the codes' mean and covariance, so FD in code space cannot tell
+it from the codes, yet where the codes form clusters it puts most of its
+samples between them: the figure the flow prior (``flow_prior.py``) is
+measured against. Fitted on the driver on a bounded sample of rows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+PCA_FILE = "prior_pca.safetensors"  # a run's baseline prior, beside prior.safetensors
 
 
 class PCAGaussianPrior:

@@ -135,6 +135,24 @@ def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> 
     return {c: to_numpy(table[c]).copy() for c in columns}  # writable: torch warns on read-only arrays
 
 
+def read_sample(pyramid_dir: str | Path, columns: list[str], count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` rows in file order, read batch by batch: a bounded sample of a pyramid of any size."""
+    files = shard_files(pyramid_dir)
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
+    batches, rows = [], 0
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=min(count, 1024), columns=columns):
+            batches.append(batch.slice(0, count - rows))
+            rows += len(batches[-1])
+            if rows == count:
+                break
+        if rows == count:
+            break
+    table = pa.Table.from_batches(batches)
+    return {c: to_numpy(table[c]).copy() for c in columns}
+
+
 def load_arrays(pyramid_dir: str | Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """Read a whole (small) pyramid with pyarrow alone, rows sorted by id."""
     files = shard_files(pyramid_dir)

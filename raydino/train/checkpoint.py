@@ -1,9 +1,10 @@
-"""Training checkpoints and the finished generator, on disk, without Ray.
+"""Training checkpoints and the finished models, on disk, without Ray.
 
-A checkpoint directory holds everything needed to continue bit for bit:
+The generator and the prior checkpoint the same way. A checkpoint directory
+holds everything needed to continue bit for bit:
 
 - ``model.safetensors`` and ``ema.safetensors``: weights (safetensors: no
-  pickle, and the header carries the shapes the generator is built from);
+  pickle, and the header carries what the model is built from);
 - ``optimizer.pt``: the optimizer state, read back with ``weights_only=True``;
 - ``state.json``: stage, step, data position, skipped-step counters, baselines;
 - ``rng_rank<r>.pt``: each worker's noise/shift generator (every rank writes its own);
@@ -12,7 +13,8 @@ A checkpoint directory holds everything needed to continue bit for bit:
 A file that cannot be read is a :class:`CheckpointError` naming it; the
 caller falls back to an older checkpoint when there is one. A finished run
 directory holds ``generator.safetensors`` (the EMA weights) and
-``config.yaml``, which :func:`load_generator` turns back into a model.
+``config.yaml``, which :func:`load_generator` turns back into a model;
+the prior's EMA weights are ``prior.safetensors`` beside them.
 """
 
 from __future__ import annotations
@@ -79,14 +81,16 @@ def generator_metadata(model: Generator) -> dict[str, str]:
     return {"code_tokens_dim": str(model.code_tokens_dim), "grid": str(model.grid)}
 
 
-def save(directory: str | Path, *, rank: int, model: Generator, ema: Generator, opt: torch.optim.Optimizer,
-         progress: Progress, rng: torch.Generator, cfg: Config) -> None:
-    """Write this rank's part of a checkpoint: rank 0 everything shared, every rank its RNG."""
+def save(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+         progress: Progress, rng: torch.Generator, cfg: Config, metadata: dict[str, str]) -> None:
+    """Write this rank's part of a checkpoint: rank 0 everything shared, every rank its RNG.
+
+    ``metadata`` goes into both weight files' headers: what the model is rebuilt from.
+    """
     d = Path(directory)
     if rank == 0:
-        meta = generator_metadata(model)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / MODEL, metadata=meta)
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / EMA, metadata=meta)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / MODEL, metadata=metadata)
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / EMA, metadata=metadata)
         torch.save(opt.state_dict(), d / OPTIMIZER)
         (d / STATE).write_text(json.dumps(asdict(progress), indent=1))
         save_config(cfg, d / CONFIG)
@@ -107,10 +111,10 @@ def _load_weights(path: Path, model: nn.Module) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint file {path} does not fit this generator ({exc})") from exc
+        raise CheckpointError(f"checkpoint file {path} does not fit this model ({exc})") from exc
 
 
-def load(directory: str | Path, *, rank: int, model: Generator, ema: Generator, opt: torch.optim.Optimizer,
+def load(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
          rng: torch.Generator) -> Progress:
     """Restore a checkpoint in place; raises :class:`CheckpointError` naming the first bad file."""
     d = Path(directory)
@@ -157,11 +161,17 @@ def _metadata(path: Path) -> dict[str, str]:
         return f.metadata()
 
 
+def export_ema(checkpoint_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a checkpoint's EMA weights, header included, to ``dest``: the finished model."""
+    src = Path(checkpoint_dir) / EMA
+    save_file(_read(src, lambda p: load_file(str(p))), str(dest), metadata=_read(src, _metadata))
+    return Path(dest)
+
+
 def export_generator(checkpoint_dir: str | Path, run_dir: str | Path) -> Path:
     """Copy a checkpoint's EMA weights and config into ``run_dir`` as the finished generator."""
     src, run_dir = Path(checkpoint_dir), Path(run_dir)
-    ema = _read(src / EMA, lambda p: load_file(str(p)))
-    save_file(ema, run_dir / GENERATOR, metadata=_read(src / EMA, _metadata))
+    export_ema(src, run_dir / GENERATOR)
     save_config(load_config(config_file=str(src / CONFIG)), run_dir / CONFIG)
     return run_dir / GENERATOR
 

@@ -12,11 +12,7 @@ run takes exactly the steps an uninterrupted one would.
 from __future__ import annotations
 
 import copy
-import itertools
-import logging
-import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,29 +24,9 @@ from raydino.models.loading import Dino, load_dino
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator
+from raydino.train.runtime import check_bad_steps, data_stream, inject_fault
 from raydino.train.session import Session
 from raydino.train.step import StepOutput, fade_alpha, requires_grad, stage_steps, train_step, update_ema
-
-log = logging.getLogger(__name__)
-FAULT_MARKER = ".fault_injected"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many steps in a row with a non-finite loss or gradient."""
-
-
-def data_stream(session: Session, progress: Progress, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from ``progress``'s position on, epoch after epoch; the caller advances ``epoch_batch``."""
-    while True:
-        batches = session.batches(progress.epoch, batch_size)
-        yielded = False
-        for batch in itertools.islice(batches, progress.epoch_batch, None):
-            yielded = True
-            yield batch
-        if not yielded and progress.epoch_batch == 0:
-            raise ValueError(f"worker {session.rank} has fewer than {batch_size} rows: "
-                             "lower the batch size or use fewer workers")
-        progress.epoch, progress.epoch_batch = progress.epoch + 1, 0
 
 
 def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generator, Generator, torch.optim.Optimizer]:
@@ -62,17 +38,6 @@ def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generat
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.stages[0].lr, betas=(0.9, 0.99),
                             weight_decay=cfg.train.weight_decay)
     return model, ema, opt
-
-
-def check_bad_steps(progress: Progress, max_bad_steps: int, resolution: int) -> None:
-    """A skipped step is logged; ``max_bad_steps`` of them in a row stop the run."""
-    log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", progress.step,
-                progress.bad_in_row)
-    if progress.bad_in_row >= max_bad_steps:
-        raise NonFiniteLossError(
-            f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step {progress.step}, "
-            f"stage {resolution}px, train.max_bad_steps={max_bad_steps}): check the pyramid for NaN/inf values "
-            "or lower the learning rate")
 
 
 def log_step(monitor: RunLog, progress: Progress, stage: StageConfig, steps: int, alpha: float, out: StepOutput) -> None:
@@ -95,22 +60,6 @@ def stage_line(resolution: int, progress: Progress, metrics: dict[str, float]) -
         line += (f"; held-out, evaluation encoder: heldout/eval_dist {metrics['heldout/eval_dist']:.4f} "
                  f"(step 0: {metrics['step0/heldout_eval_dist']:.4f}, n={int(metrics['heldout/n'])})")
     return line
-
-
-def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
-    """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery.
-
-    It first waits until the checkpoints already reported are committed: a
-    real crash within ~2 s of a report can also lose that checkpoint (Ray
-    commits it when its controller next polls), which would make a drill's
-    outcome depend on timing.
-    """
-    marker = run_dir / FAULT_MARKER
-    if fail_at_step and step == fail_at_step and session.rank == session.world_size - 1 and not marker.exists():
-        session.wait_for_checkpoints()
-        marker.write_text(f"worker {session.rank} killed at step {step}\n")
-        log.warning("fault injection: killing worker %d at step %d", session.rank, step)
-        os._exit(1)
 
 
 def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0,
@@ -165,7 +114,8 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
         if rank0:
             metrics |= validate(resolution, alpha) | progress.baselines | progress.heldout
         with tempfile.TemporaryDirectory() as d:
-            checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg)
+            checkpoint.save(d, rank=session.rank, model=model, ema=ema, opt=opt, progress=progress, rng=rng, cfg=cfg,
+                            metadata=checkpoint.generator_metadata(model))
             session.report(metrics, Path(d))
         return metrics
 
@@ -188,7 +138,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
             if out.ok:
                 update_ema(ema, model, tc.ema_beta)
             else:
-                check_bad_steps(progress, tc.max_bad_steps, stage.resolution)
+                check_bad_steps(progress, tc.max_bad_steps, f"stage {stage.resolution}px")
             inject_fault(run_dir, progress.step, fail_at_step, session)
             if rank0 and progress.step % tc.log_every == 0:
                 log_step(monitor, progress, stage, steps, alpha, out)

@@ -89,14 +89,18 @@ class HeldOutScore:
 
 
 class RunLog:
-    """TensorBoard scalars/images in ``RUN_DIR/tb``, grids in ``RUN_DIR/grids``, one progress line per interval."""
+    """TensorBoard scalars/images in ``RUN_DIR/<tb>``, grids in ``RUN_DIR/grids``, one progress line per interval.
 
-    def __init__(self, run_dir: str | Path, purge_step: int | None):
+    The prior logs to ``tb/prior``: a folder of its own, so resuming it
+    (``purge_step``) never drops the generator's events.
+    """
+
+    def __init__(self, run_dir: str | Path, purge_step: int | None, tb: str = "tb"):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         (self.run_dir / "grids").mkdir(parents=True, exist_ok=True)
-        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        self.tb = SummaryWriter(str(self.run_dir / tb), purge_step=purge_step)
         self.last_time, self.last_images = time.perf_counter(), 0
 
     def throughput(self, images_seen: int) -> float:

@@ -42,7 +42,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from raydino.config import Config, from_dict, load_config, save_config, to_dict
+from raydino.config import Config, TrainConfig, from_dict, load_config, save_config, to_dict
 from raydino.losses import columns
 from raydino.pyramids import schema
 from raydino.train import checkpoint
@@ -64,23 +64,23 @@ class TrainingError(RuntimeError):
 
 
 class RaySession:
-    """The loop's view of a Ray Train worker."""
+    """The loop's view of a Ray Train worker: its shard shuffled by (``seed``, epoch), DDP, Ray's checkpoints."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, seed: int, shuffle_buffer: int, find_unused_parameters: bool = False):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.cfg = cfg
+        self.seed, self.shuffle_buffer, self.find_unused_parameters = seed, shuffle_buffer, find_unused_parameters
 
     def batches(self, epoch: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         return ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=self.cfg.train.shuffle_buffer,
-            local_shuffle_seed=epoch_seed(self.cfg.train.seed, epoch), device="cpu",
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=self.shuffle_buffer,
+            local_shuffle_seed=epoch_seed(self.seed, epoch), device="cpu",
         )
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        # blocks above the current stage get no gradient yet
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": self.find_unused_parameters})
 
     def checkpoint_dirs(self) -> Iterator[Path]:
         latest = ray.train.get_checkpoint()
@@ -101,17 +101,24 @@ class RaySession:
                          checkpoint_dir_name=f"step_{int(metrics['step']):08d}")
 
 
+def worker_setup(tc: TrainConfig) -> None:
+    """Threads and log levels of a Ray Train worker process."""
+    torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    # Train V2 logs each report at INFO through a logger named by its file path (so its LoggingConfig
+    # does not reach it) into the root logger's console handler; raydino's own lines stay at INFO.
+    logging.getLogger().setLevel(tc.ray_log_level)
+    logging.getLogger("raydino").setLevel(logging.INFO)
+
+
 def _train_fn(loop_config: dict) -> dict:
     """Runs on every Ray Train worker."""
     from raydino.train import loop
 
     cfg = from_dict(loop_config["cfg"])
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    # Train V2 logs each report at INFO through a logger named by its file path (so its LoggingConfig
-    # does not reach it) into the root logger's console handler; raydino's own lines stay at INFO.
-    logging.getLogger().setLevel(cfg.train.ray_log_level)
-    logging.getLogger("raydino").setLevel(logging.INFO)
-    return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], RaySession(cfg),
+    worker_setup(cfg.train)
+    # blocks above the current stage get no gradient yet
+    session = RaySession(cfg.train.seed, cfg.train.shuffle_buffer, find_unused_parameters=True)
+    return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], session,
                     fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
 
@@ -180,39 +187,84 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     pyramid, for the ``heldout/*`` figures at each stage end.
     """
     manifest = check_pyramid(cfg, pyramids_dir)
+    run_dir = Path(run_dir).resolve()
+    loop_config = {"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
+                   "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])}
+    dataset = dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])
+    return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers, name=name or EXPERIMENT,
+                         storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
+
+
+def fail_at_step() -> int:
+    """The step at which fault injection kills a worker (env ``RAYDINO_FAIL_AT_STEP``; 0: never)."""
+    return int(os.environ.get(FAIL_ENV, "0") or 0)
+
+
+def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: int, name: str, storage_path: str,
+                  dataset: ray.data.Dataset, callbacks: list | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` the generator and the prior both train in.
+
+    DDP workers shaped by ``train.*`` (device, CPUs, GPUs per worker),
+    ``FailureConfig`` retries, kept checkpoints, and a dataset split in the
+    same order on every epoch and every run.
+    """
     # one progress line per print: Train V2 otherwise routes worker prints through a logger that echoes them twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    run_dir = Path(run_dir).resolve()
-    tc = cfg.train
     return TorchTrainer(
-        _train_fn,
-        train_loop_config={"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
-                           "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0),
-                           "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+        train_fn,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker,
                                                            **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
-        run_config=RunConfig(name=name or EXPERIMENT, storage_path=storage_path or str(run_dir),
+        run_config=RunConfig(name=name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
                              # Ray Train's INFO lines (a recovered failure's traceback among them) stay in the
                              # session's log files; the loop says in one line what a restart resumed from
                              logging_config=LoggingConfig(log_level=tc.ray_log_level),
                              callbacks=callbacks),
-        datasets={"train": dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])},
+        datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
     )
 
 
+def fit(trainer: TorchTrainer) -> ray.train.Result:
+    """Run a trainer; a failure on the workers becomes a :class:`TrainingError` naming each worker's error."""
+    try:
+        return trainer.fit()
+    except WorkerGroupError as exc:
+        failures = "; ".join(f"worker {rank}: {str(err).strip()[:300]}" for rank, err in sorted(exc.worker_failures.items()))
+        raise TrainingError(f"training failed ({failures})") from exc
+    except TrainingFailedError as exc:
+        raise TrainingError(f"training failed: {exc}") from exc
+
+
+def run_exists(run_dir: Path, experiment: str, resume: bool) -> bool:
+    """Whether ``run_dir`` holds Ray Train's record of ``experiment``; refuses a mix-up either way."""
+    snapshot = run_dir / experiment / "checkpoint_manager_snapshot.json"
+    if snapshot.exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a training run ({experiment}/): pass --resume to continue "
+                              "it, or choose another --out")
+    if resume and not snapshot.exists():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
+    return snapshot.exists()
+
+
 def training_dataset(cfg: Config, pyramids_dir: str | Path, rows: int) -> ray.data.Dataset:
-    """The pyramid's tensor columns as a Ray Data dataset, in file order (string columns cannot become torch batches)."""
-    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=columns(cfg.pyramids.sizes))
+    """The generator's columns of the pyramid (string columns cannot become torch batches)."""
+    return parquet_dataset(pyramids_dir, columns(cfg.pyramids.sizes), rows, cfg.train.materialize,
+                           cfg.train.num_workers)
+
+
+def parquet_dataset(pyramids_dir: str | Path, names: list[str], rows: int, materialize: bool,
+                    num_workers: int) -> ray.data.Dataset:
+    """Some columns of a pyramid as a Ray Data dataset, in file order, streamed unless ``materialize``."""
+    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=names)
     dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
-    if cfg.train.materialize:
+    if materialize:
         # one equal block per worker: the per-epoch split then never has to cut a block, a remote task
         # that cost ~2.8 s per epoch start here (often a fresh worker process)
-        n = cfg.train.num_workers
-        dataset = dataset.limit(rows - rows % n).repartition(n).materialize()
+        dataset = dataset.limit(rows - rows % num_workers).repartition(num_workers).materialize()
     return dataset
 
 
@@ -240,23 +292,12 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
     without it an existing run there is an error rather than silently mixed.
     """
     run_dir = Path(run_dir).resolve()
-    snapshot = run_dir / EXPERIMENT / "checkpoint_manager_snapshot.json"
-    if snapshot.exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a training run: pass --resume to continue it, "
-                              "or choose another --out")
-    if resume and not snapshot.exists():
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
+    run_exists(run_dir, EXPERIMENT, resume)
     trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / checkpoint.CONFIG)
     start = time.time()
-    try:
-        result = trainer.fit()
-    except WorkerGroupError as exc:
-        failures = "; ".join(f"worker {rank}: {str(err).strip()[:300]}" for rank, err in sorted(exc.worker_failures.items()))
-        raise TrainingError(f"training failed ({failures})") from exc
-    except TrainingFailedError as exc:
-        raise TrainingError(f"training failed: {exc}") from exc
+    result = fit(trainer)
     with result.checkpoint.as_directory() as d:
         checkpoint.export_generator(d, run_dir)
     metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1),

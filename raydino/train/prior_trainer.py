@@ -1,0 +1,98 @@
+"""``raydino train-prior``: the driver side of the prior's training, and its PCA baseline.
+
+The driver reads a bounded sample of the pyramid (``prior.fit_rows`` rows,
+in file order): the per-channel code statistics the prior standardises
+with, and the PCA Gaussian baseline, both fitted on it. Everything else is
+the generator's Ray Train wiring: the coarse level and the CLIP column go to
+the workers through Ray Data, the workers run ``prior_loop.run`` under DDP
+with checkpoints, failure retries and resume, and the EMA weights land in
+``RUN_DIR/prior.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from raydino.config import Config, from_dict, to_dict
+from raydino.models.flow_prior import PRIOR_FILE, FlowPrior
+from raydino.models.loading import bind_encoders
+from raydino.models.prior import PCA_FILE, PCAGaussianPrior
+from raydino.pyramids import schema
+from raydino.train import checkpoint
+from raydino.train.prior_loop import prior_columns
+from raydino.train.trainer import (
+    RaySession,
+    fail_at_step,
+    fit,
+    parquet_dataset,
+    run_exists,
+    torch_trainer,
+    worker_setup,
+)
+
+log = logging.getLogger(__name__)
+
+PRIOR_META = "prior.json"  # the prior's training figures
+PRIOR_EXPERIMENT = "prior_checkpoints"  # Ray Train's run folder of the prior, inside RUN_DIR
+
+
+def _prior_fn(loop_config: dict) -> dict:
+    """Runs on every Ray Train worker."""
+    from raydino.train import prior_loop
+
+    cfg = from_dict(loop_config["cfg"])
+    worker_setup(cfg.train)
+    session = RaySession(cfg.prior.seed, cfg.train.shuffle_buffer)
+    return prior_loop.run(cfg, loop_config["run_dir"], session, loop_config["shape"],
+                          fail_at_step=loop_config["fail_at_step"])
+
+
+def code_shape(cfg: Config, pyramids_dir: str | Path, manifest: dict) -> tuple[dict, torch.Tensor]:
+    """The prior's ``shape`` (tokens, dim, CLIP width, code statistics) and the bounded sample it came from."""
+    col = schema.tokens_col(cfg.pyramids.sizes[0])
+    codes = torch.from_numpy(schema.read_sample(pyramids_dir, [col], cfg.prior.fit_rows)[col]).float()
+    clip_dim = int(manifest["clip"]["dim"]) if manifest.get("clip") else 0
+    stats = FlowPrior(cfg.prior, codes.shape[1], codes.shape[2], clip_dim)
+    stats.set_code_stats(codes)
+    return {"tokens": codes.shape[1], "dim": codes.shape[2], "clip_dim": clip_dim,
+            "code_mean": stats.code_mean, "code_std": stats.code_std}, codes
+
+
+def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    """Fit the PCA baseline, train the flow prior with Ray Train, write ``prior.safetensors`` and ``prior.json``.
+
+    ``resume=True`` continues the prior run already in ``run_dir``.
+    """
+    run_dir = Path(run_dir).resolve()
+    run_exists(run_dir, PRIOR_EXPERIMENT, resume)
+    manifest = schema.read_manifest(pyramids_dir)
+    bind_encoders(cfg.pyramids, manifest, str(pyramids_dir))
+    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(pyramids_dir))
+    workers, batch = cfg.prior.num_workers, cfg.prior.batch_size
+    if batch % workers or batch // workers > manifest["rows"] // workers:
+        raise ValueError(f"prior.batch_size {batch} must be a multiple of prior.num_workers={workers} and at most "
+                         f"{manifest['rows'] // workers} per worker ({manifest['rows']} rows)")
+    shape, sample = code_shape(cfg, pyramids_dir, manifest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run_dir / PCA_FILE)
+    del sample
+    names = prior_columns(cfg, shape["clip_dim"] > 0)
+    dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.train.materialize, cfg.prior.num_workers)
+    loop_config = {"cfg": to_dict(cfg), "run_dir": str(run_dir), "shape": shape, "fail_at_step": fail_at_step()}
+    trainer = torch_trainer(_prior_fn, loop_config, cfg.train, num_workers=cfg.prior.num_workers,
+                            name=PRIOR_EXPERIMENT, storage_path=str(run_dir), dataset=dataset)
+    start = time.time()
+    result = fit(trainer)
+    with result.checkpoint.as_directory() as d:
+        checkpoint.export_ema(d, run_dir / PRIOR_FILE)
+    figures = dict(result.return_value or {}) | {
+        "time_s": round(time.time() - start, 1), "pyramids": str(Path(pyramids_dir).resolve()),
+        "columns": names, "condition": manifest.get("clip"), "fit_rows": min(cfg.prior.fit_rows, manifest["rows"])}
+    (run_dir / PRIOR_META).write_text(json.dumps(figures, indent=1))
+    log.info("trained prior: %s (PCA baseline: %s)", run_dir / PRIOR_FILE, run_dir / PCA_FILE)
+    return figures

@@ -1,0 +1,68 @@
+"""What every training loop here shares around its step: the data position, the NaN guard, fault injection.
+
+The generator's loop (``loop.py``) and the prior's (``prior_loop.py``) both
+read batches from a :class:`~raydino.train.session.Session` from a
+checkpointed position, skip and count non-finite steps, and can kill a
+worker once on purpose to prove that a restart resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from raydino.train.checkpoint import Progress
+from raydino.train.session import Session
+
+log = logging.getLogger(__name__)
+FAULT_MARKER = ".fault_injected"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row with a non-finite loss or gradient."""
+
+
+def data_stream(session: Session, progress: Progress, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from ``progress``'s position on, epoch after epoch; the caller advances ``epoch_batch``."""
+    while True:
+        batches = session.batches(progress.epoch, batch_size)
+        yielded = False
+        for batch in itertools.islice(batches, progress.epoch_batch, None):
+            yielded = True
+            yield batch
+        if not yielded and progress.epoch_batch == 0:
+            raise ValueError(f"worker {session.rank} has fewer than {batch_size} rows: "
+                             "lower the batch size or use fewer workers")
+        progress.epoch, progress.epoch_batch = progress.epoch + 1, 0
+
+
+def check_bad_steps(progress: Progress, max_bad_steps: int, where: str) -> None:
+    """A skipped step is logged; ``max_bad_steps`` of them in a row stop the run."""
+    log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", progress.step,
+                progress.bad_in_row)
+    if progress.bad_in_row >= max_bad_steps:
+        raise NonFiniteLossError(
+            f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step {progress.step}, "
+            f"{where}, train.max_bad_steps={max_bad_steps}): check the pyramid for NaN/inf values "
+            "or lower the learning rate")
+
+
+def inject_fault(run_dir: Path, step: int, fail_at_step: int, session: Session) -> None:
+    """Kill the last worker once at ``fail_at_step`` (env ``RAYDINO_FAIL_AT_STEP``), to test recovery.
+
+    It first waits until the checkpoints already reported are committed: a
+    real crash within ~2 s of a report can also lose that checkpoint (Ray
+    commits it when its controller next polls), which would make a drill's
+    outcome depend on timing.
+    """
+    marker = run_dir / FAULT_MARKER
+    if fail_at_step and step == fail_at_step and session.rank == session.world_size - 1 and not marker.exists():
+        session.wait_for_checkpoints()
+        marker.write_text(f"worker {session.rank} killed at step {step}\n")
+        log.warning("fault injection: killing worker %d at step %d", session.rank, step)
+        os._exit(1)
