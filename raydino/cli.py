@@ -7,6 +7,7 @@ import logging
 import sys
 
 from raydino.config import ConfigError, load_config
+from raydino.errors import require_pyramid, require_run
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,8 @@ def cmd_fit_codes(args: argparse.Namespace) -> None:
     from raydino.train.checkpoint import load_generator
     from raydino.train.mapping import fit_mapping, fit_prior
 
+    require_run(args.run)
+    require_pyramid(args.pyramids)
     cfg = load_generator(args.run)[1]
     bind_encoders(cfg.pyramids, schema.read_manifest(args.pyramids), args.pyramids)
     print(f"prior: {fit_prior(cfg, args.pyramids, args.run)}")
@@ -107,6 +110,7 @@ def cmd_fit_codes(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from raydino.sample import sample
 
+    require_run(args.run)
     rows = sample(args.run, args.out, from_image=args.from_image, prompts=args.prompt, prior=args.prior,
                   mix=args.mix, region=args.region, n=args.n, seed=args.seed, save_each_dir=args.save_each)
     print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
@@ -118,6 +122,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
+    require_pyramid(args.pyramids)
+    if args.holdout:
+        require_pyramid(args.holdout, "--holdout")
     init_ray(args.address)
     tune_sweep(cfg, args.pyramids, args.out, holdout=args.holdout)
 
@@ -127,6 +134,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from raydino.train.trainer import TrainingError, resume_config, train
 
     cfg = resume_config(args.out, args.overrides) if args.resume else _cfg(args)
+    require_pyramid(args.pyramids)
+    if args.holdout:
+        require_pyramid(args.holdout, "--holdout")
     init_ray(args.address)
     try:
         metrics = train(cfg, args.pyramids, args.out, resume=args.resume, holdout=args.holdout)
@@ -153,6 +163,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from raydino.evaluate import EVAL_FILE, evaluate
     from raydino.train.checkpoint import load_generator
 
+    require_run(args.run)
+    require_pyramid(args.pyramids)
     prompts = args.prompt if args.prompt is not None else load_generator(args.run)[1].sample.prompts
     figures = evaluate(args.run, args.pyramids, n=args.n, seed=args.seed, prompts=prompts)
     for key, value in figures.items():
@@ -170,6 +182,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from raydino.report import write_report
 
+    require_run(args.run, finished=False)
     page = write_report(args.run, sweep=args.sweep, pyramids=args.pyramids, samples=args.samples, out=args.out)
     print(f"wrote {page}; open file://{page.resolve()}")
 

@@ -7,12 +7,15 @@ steps, so a crash costs only the step it happened in.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from raydino.config import Config, save_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,10 +54,21 @@ def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = 
 
 
 def _models(cfg: Config, faces: Path, out: Path) -> None:
-    from raydino.models.tiny import write_tiny_models
+    """The demo's encoders learn from the synthetic ``faces``; its CLIP from the captions of the run's images.
 
+    With ``--images``, the captions are the training side's only (the
+    held-out split applies), or none (text control is off, :func:`text_plan`).
+    """
+    from raydino.data.captions import caption_pairs
+    from raydino.models.tiny import write_tiny_models
+    from raydino.pyramids.decode import Split
+
+    captions = None
+    if cfg.data.images:
+        pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
+        captions = (pairs, cfg.data.images)
     write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.data.clip_fit_steps, budget=cfg.tiny,
-                      sizes=cfg.pyramids.sizes)
+                      sizes=cfg.pyramids.sizes, captions=captions)
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
@@ -119,17 +133,18 @@ def plan(cfg: Config) -> list[Step]:
     """The steps of a run, in order, each with the file that proves it finished."""
     root = Path(cfg.out)
     steps = []
+    synth = root / "faces"  # the data without --images; the demo's encoders learn from it either way
+    if not cfg.data.images or cfg.preset == "demo":
+        steps.append(Step("synthetic faces", synth / "metadata.parquet", lambda: _faces(cfg, synth)))
     if cfg.data.images:
         faces, val_faces = Path(cfg.data.images), None
     else:
-        faces, val_faces = root / "faces", root / "faces-val"
-        steps.append(Step("synthetic faces", faces / "metadata.parquet", lambda: _faces(cfg, faces)))
+        faces, val_faces = synth, root / "faces-val"
         steps.append(Step("held-out faces", val_faces / "metadata.parquet",
                           lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
         models = root / "models"
-        steps.append(Step("tiny models", models / "tiny-models.json",
-                          lambda: _models(cfg, faces, models)))
+        steps.append(Step("tiny models", models / "tiny-models.json", lambda: _models(cfg, synth, models)))
     pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
     # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set
     train_part, val_part, val_source = ("train", "holdout", faces) if val_faces is None else (None, None, val_faces)
@@ -157,12 +172,31 @@ def plan(cfg: Config) -> list[Step]:
     return steps
 
 
+def preflight(cfg: Config) -> None:
+    """Everything the user named is usable, and whether the run conditions on text, before anything is written.
+
+    Raises :class:`~raydino.errors.UserError`. Empties ``pyramids.clip`` when
+    :func:`~raydino.data.captions.text_plan` turns text control off, and says so.
+    """
+    from raydino.data.captions import text_plan
+    from raydino.errors import require_images, require_models
+
+    if cfg.data.images:
+        require_images(cfg.data.images, min_side=cfg.pyramids.min_side, max_pixels=cfg.pyramids.max_pixels)
+    require_models(cfg)
+    text = text_plan(cfg)
+    log.info("text control: %s", text.reason)
+    if not text.on:
+        cfg.pyramids.clip = ""
+
+
 def run(cfg: Config, address: str | None = None) -> None:
     """Run every unfinished step and say where the outputs are."""
     import ray.data
 
     # one progress view: the steps' own lines, not Ray Data's per-operator bars (one per split, per epoch)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    preflight(cfg)
     root = Path(cfg.out)
     save_config(cfg, root / "config.yaml")
     start = time.time()

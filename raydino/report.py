@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from raydino.config import Config, load_config
+from raydino.data.captions import describe_text
 
 log = logging.getLogger(__name__)
 
@@ -777,8 +778,35 @@ def section_run(ctx: Context) -> str:
             ("pyramid levels", ", ".join(f"{s} px" for s in cfg.pyramids.sizes)),
             ("DINOv2", cfg.pyramids.dino), ("CLIP", cfg.pyramids.clip or "none"),
             ("FD encoder", cfg.sample.fd_encoder or cfg.pyramids.dino),
-            ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}")]
-    return '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows) + "</dl>"
+            ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}"),
+            ("images", cfg.data.images or "synthetic faces (no --images)"), ("text control", describe_text(cfg))]
+    facts = '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows) + "</dl>"
+    return facts + unused_files(ctx)
+
+
+def unused_files(ctx: Context, shown: int = 200) -> str:
+    """The files of the run's images that no pyramid holds, each with its reason, from the training pyramid's manifest.
+
+    That manifest accounts for the whole source (the held-out side's lists
+    none), so a user sees here which of their files were skipped and why.
+    """
+    root = ctx.inputs.run.parent.parent if ctx.inputs.run.parent.name == "runs" else None
+    path = root / "pyramids" / "manifest.json" if root else None
+    manifest = _read_json(path) if path else None
+    if manifest is None:
+        return _missing("No training pyramid in `raydino run`'s layout beside this run: its skipped files are "
+                        "listed in the manifest.json of the pyramid it was trained on.")
+    failures, ignored = manifest.get("failures", []), manifest.get("ignored", {})
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest.get("failure_counts", {}).items()))
+    lead = (f'<p class="lead">{len(failures)} file{"" if len(failures) == 1 else "s"} of '
+            f'<code>{_esc(manifest.get("source"))}</code> could not be used'
+            + (f" ({_esc(counts)})" if counts else "") + "; "
+            + (", ".join(f"{_esc(k)} {v}" for k, v in sorted(ignored.items())) or "no")
+            + " other files were ignored (not images by their extension, hidden, or seen twice).</p>")
+    rows = [[f"<code>{_esc(f['path'])}</code>", _esc(f["reason"])] for f in failures[:shown]]
+    more = (f'<p class="small">… and {len(failures) - shown} more in <code>{_esc(path)}</code>.</p>'
+            if len(failures) > shown else f'<p class="small">From <code>{_esc(path)}</code>.</p>')
+    return lead + (_table(["file", "why it was skipped"], rows) if rows else "") + more
 
 
 # --- the page --------------------------------------------------------------------------------

@@ -95,7 +95,10 @@ def fit_mapping(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, num_w
     """Train the mapping with Ray Train and copy its weights into ``run_dir``."""
     import ray.data
     import ray.train
+    from ray.train import DataConfig
     from ray.train.torch import TorchTrainer
+
+    from raydino.train.trainer import ordered_ingest
 
     manifest = schema.read_manifest(pyramid_dir)
     if not manifest.get("clip"):
@@ -121,6 +124,7 @@ def fit_mapping(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, num_w
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
         datasets={"train": ds},
+        dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),  # same rows, same order
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
