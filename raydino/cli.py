@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides.append(f"out={args.out}")
     if args.images:
         overrides.append(f"data.images={args.images}")
-    run(load_config(args.preset, args.config, overrides), address=args.address)
+    run(load_config(args.preset, args.config, overrides), address=args.address, ray_progress=args.ray_progress)
 
 
 def cmd_pyramids(args: argparse.Namespace) -> None:
@@ -68,7 +68,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
-    init_ray(args.address, data_progress=True)
+    init_ray(args.address, data_progress=args.ray_progress)
     build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 
@@ -80,6 +80,8 @@ def cmd_bench_pyramids(args: argparse.Namespace) -> None:
               actors=args.actors, phases=args.phases.split(",") if args.phases else None, out=args.out)
 
 
+RAY_PROGRESS_HELP = ("also show Ray Data's own per-operator progress bars (default: one done/total, rate and "
+                     "time-left line per long step)")
 OUT_HELP = "also write the results as JSON to this file, or to a new file per run in this folder (docs/benchmarks/)"
 
 
@@ -211,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="image folder/URI (default: synthetic faces in the demo)")
     p.add_argument("--out", default=None, help="output root (default: the preset's `out`)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--ray-progress", action="store_true", help=RAY_PROGRESS_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pyramids", help="DINOv2 feature pyramids of an image folder/glob/URI, through Ray Data")
@@ -232,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-fraction", type=float, default=None,
                    help="fail when more than this fraction of the image files cannot be used")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--ray-progress", action="store_true", help=RAY_PROGRESS_HELP)
     p.set_defaults(func=cmd_pyramids)
 
     p = sub.add_parser("bench", help="benchmarks")

@@ -6,6 +6,7 @@ steps, so a crash costs only the step it happened in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raydino.config import Config, save_config
+from raydino.progress import PROGRESS_FILE, Tracker, read_done, watch
+from raydino.train.mapping import MAPPING_PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class Step:
     action: Callable[[], object]
     needs_ray: bool = False
     complete: Callable[[Path], bool] = Path.exists  # is ``marker`` proof enough that the step finished?
+    progress: Callable[[], Tracker] | None = None  # its done / total while it runs (extraction shows its own)
 
 
 def _pyramid_complete(manifest: Path) -> bool:
@@ -36,7 +40,7 @@ def init_ray(address: str | None = None, data_progress: bool = False) -> None:
     """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray.
 
     One progress view: the steps' own lines, not Ray Data's per-operator bars
-    (one set per split, per epoch), unless ``data_progress`` (an extraction on its own).
+    (one set per split, per epoch), unless ``data_progress`` (``--ray-progress``).
     """
     import ray
     import ray.data
@@ -129,6 +133,19 @@ def _report(run_dir: Path, sweep: Path, pyramids: Path, samples: Path, out: Path
     write_report(run_dir, sweep=sweep, pyramids=pyramids, samples=samples, out=out)
 
 
+def _images(cfg: Config) -> int:
+    """Images one training run of ``cfg`` sees, over all its stages."""
+    return sum(stage.images for stage in cfg.train.stages)
+
+
+def _sweep_tracker(cfg: Config, sweep: Path) -> Tracker:
+    """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
+    from raydino.tune import trial_config
+
+    total = cfg.tune.trials * _images(trial_config(cfg, {}))
+    return Tracker("sweep", total, "images", lambda: read_done(sweep / "trials", f"*/{PROGRESS_FILE}"))
+
+
 def plan(cfg: Config) -> list[Step]:
     """The steps of a run, in order, each with the file that proves it finished."""
     root = Path(cfg.out)
@@ -156,13 +173,16 @@ def plan(cfg: Config) -> list[Step]:
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
     steps += [
         Step("progressive training", run_dir / "generator.safetensors",
-             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True),
+             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
+             progress=lambda: Tracker("training", _images(cfg), "images", lambda: read_done(run_dir, PROGRESS_FILE))),
         Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
-             lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True),
+             lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True,
+             progress=(lambda: Tracker("text mapping", cfg.sample.mapping_steps, "steps",
+                                       lambda: read_done(run_dir, MAPPING_PROGRESS))) if cfg.pyramids.clip else None),
     ]
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
-                          needs_ray=True))
+                          needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
         Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples)),
@@ -190,12 +210,15 @@ def preflight(cfg: Config) -> None:
         cfg.pyramids.clip = ""
 
 
-def run(cfg: Config, address: str | None = None) -> None:
-    """Run every unfinished step and say where the outputs are."""
+def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> None:
+    """Run every unfinished step and say where the outputs are.
+
+    Each long step shows its own progress line (:mod:`raydino.progress`);
+    ``ray_progress`` adds Ray Data's per-operator bars.
+    """
     import ray.data
 
-    # one progress view: the steps' own lines, not Ray Data's per-operator bars (one per split, per epoch)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = ray_progress
     preflight(cfg)
     root = Path(cfg.out)
     save_config(cfg, root / "config.yaml")
@@ -208,8 +231,9 @@ def run(cfg: Config, address: str | None = None) -> None:
         t0 = time.time()
         print(f"[{i}/{len(steps)}] {step.name} ...", flush=True)
         if step.needs_ray:
-            init_ray(address)
-        step.action()
+            init_ray(address, data_progress=ray_progress)
+        with watch(step.progress()) if step.progress else contextlib.nullcontext():
+            step.action()
         print(f"[{i}/{len(steps)}] {step.name}: {time.time() - t0:.1f}s -> {step.marker.parent}", flush=True)
     print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {root.resolve()}")
     summarise(root)

@@ -20,9 +20,11 @@ from safetensors.torch import load_file, save_file
 from raydino.config import Config
 from raydino.models.mapping import TextToCode, perturb
 from raydino.models.prior import PCAGaussianPrior
+from raydino.progress import CountFile
 from raydino.pyramids import schema
 
 PRIOR_FILE, MAPPING_FILE, MAPPING_META = "prior.safetensors", "mapping.safetensors", "mapping.json"
+MAPPING_PROGRESS = "mapping-progress.json"  # steps done, for the driver's progress line (rank 0 writes it)
 BATCH = 64
 CHUNK = 100  # steps between checkpoints
 
@@ -71,16 +73,19 @@ def _train_loop(loop: dict) -> None:
     emb, target = _shard_tensors(ray.train.get_dataset_shard("train"))
     target = model.standardise(target)
     gen = torch.Generator().manual_seed(loop["seed"] * 1000 + rank * 100_000 + step)
+    counter = CountFile(loop["progress"])
     while step < loop["steps"]:
         chunk_end = min(step + CHUNK, loop["steps"])
         total = 0.0
-        for _ in range(step, chunk_end):
+        for i in range(step, chunk_end):
             idx = torch.randint(len(emb), (BATCH,), generator=gen)
             loss = F.mse_loss(net(perturb(emb[idx], loop["noise"], gen)), target[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
+            if rank == 0:
+                counter.update(i + 1, force=i + 1 == chunk_end)
         step = chunk_end
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
@@ -112,7 +117,7 @@ def fit_mapping(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, num_w
     loop = {
         "seed": cfg.sample.seed, "clip_dim": clip_dim, "tokens": codes.shape[1], "dim": codes.shape[2],
         "code_mean": stats.code_mean, "code_std": stats.code_std, "noise": cfg.sample.mapping_noise,
-        "steps": cfg.sample.mapping_steps,
+        "steps": cfg.sample.mapping_steps, "progress": str(Path(run_dir).resolve() / MAPPING_PROGRESS),
     }
     run_dir = Path(run_dir).resolve()
     trainer = TorchTrainer(
