@@ -47,7 +47,7 @@ TINY_CLIP = {
 }
 PROBES = "probes.json"
 SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
-TRAIN_THREADS = 2  # intra-op threads of every tiny model's training (fixed_threads)
+TRAIN_THREADS = 1  # intra-op threads of every tiny model's training (fixed_threads)
 PROBE_SEED = 20_000  # held-out probe faces: not the training faces (seed) nor `raydino run`'s held-out ones (seed + 10000)
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ def fixed_threads(n: int = TRAIN_THREADS) -> Iterator[None]:
     seed trained the tiny CLIP into other weights with 1 thread than with 2
     (an exported ``OMP_NUM_THREADS=1`` was enough): a fixed count makes the
     tiny models, and the figures measured through them, the same on every run.
+    One thread: the same weights on any machine, and no collapse when other
+    processes share the cores (two threads on two busy cores ran ~25x slower).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(n)
