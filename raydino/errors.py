@@ -104,7 +104,8 @@ def require_models(cfg: Config) -> None:
                       ("sample.fd_encoder", cfg.sample.fd_encoder),
                       ("sample.attribute_classifier", cfg.sample.attribute_classifier)):
         local = spec.removeprefix("local-dir:").removeprefix("file://")
-        if not local.startswith(("/", "~")):  # a hub id or open_clip tag: the loader says what is missing
+        if not local.startswith(("/", "~")):
+            require_cached(key, spec)
             continue
         path = Path(local).expanduser()
         if written is not None and path.resolve().is_relative_to(written.resolve()):
@@ -113,3 +114,22 @@ def require_models(cfg: Config) -> None:
             raise UserError(f"{key}={spec}: no model directory there: download the weights into it "
                             "(docs/offline.md), or name a hub id or another directory with "
                             f"`raydino run ... {key}=...`")
+
+
+def require_cached(key: str, spec: str) -> None:
+    """With ``HF_HUB_OFFLINE=1``, a hub id (DINOv2 ``org/name``, CLIP ``hf-hub:org/name``) must be in the cache.
+
+    Checked through ``huggingface_hub``'s own cache lookup, so ``HF_HOME`` and
+    ``HF_HUB_CACHE`` mean what they mean to the loaders. open_clip's
+    ``NAME:TAG`` ids are resolved by open_clip itself and not checked here.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE or ":" in spec.removeprefix("hf-hub:") or spec.count("/") != 1:
+        return
+    clip = spec.startswith("hf-hub:")
+    repo, config = spec.removeprefix("hf-hub:"), "open_clip_config.json" if clip else "config.json"
+    if not isinstance(try_to_load_from_cache(repo, config), str):
+        raise UserError(f"{key}={spec} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE=1 "
+                        "forbids downloading it: download it there first on a machine with network "
+                        "(docs/offline.md), or name a local directory")

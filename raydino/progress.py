@@ -92,17 +92,23 @@ class Bar:
         self.tracker, self.stream = tracker, stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.start = time.monotonic()
-        self.first: int | None = None  # a resumed step starts from its earlier count: the rate excludes it
+        # The rate is measured from the first time the count moves: not over the step's start-up (Ray
+        # Train's workers, model loads), nor over the count a resumed step starts from.
+        self.initial: int | None = None
+        self.origin: tuple[float, int] | None = None
         self.shown, self.last_done = 0.0, -1
 
     def rate(self, done: int) -> float | None:
-        elapsed = time.monotonic() - self.start
-        return (done - self.first) / elapsed if self.first is not None and done > self.first and elapsed > 0 else None
+        if self.origin is None or done <= self.origin[1]:
+            return None
+        return (done - self.origin[1]) / max(time.monotonic() - self.origin[0], 1e-9)
 
     def update(self, done: int) -> None:
-        if self.first is None:
-            self.first = done
         now = time.monotonic()
+        if self.initial is None:
+            self.initial = done
+        elif self.origin is None and done != self.initial:
+            self.origin = (now, done)
         if now - self.shown < (REDRAW_S if self.live else LOG_EVERY_S) or (not self.live and done == self.last_done):
             return
         self.shown, self.last_done = now, done

@@ -180,11 +180,13 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
         num_gpus=cfg.num_gpus or None,
     )
     start = time.perf_counter()
-    tracker = Tracker("extraction", len(paths), "images",
-                      lambda: read_done(progress_dir, "*.json") + _count_failures(failures_dir))
+    finished: list[int] = []  # once written, every path is a row or a failure (the actors' last counts may lag)
+    tracker = Tracker("extraction", len(paths), "images", lambda: finished[0] if finished else
+                      read_done(progress_dir, "*.json") + _count_failures(failures_dir))
     with watch(tracker):
         ds.write_parquet(str(tmp), min_rows_per_file=shard_rows,
                          ray_remote_args={"num_cpus": 1 if cfg.num_gpus else 0}, **PARQUET_WRITE)
+        finished.append(len(paths))
     seconds = time.perf_counter() - start
     shutil.rmtree(progress_dir, ignore_errors=True)
     (tmp / STATS).write_text(ds.stats())
