@@ -53,3 +53,21 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     assert "has no captions" in run_section
     for label in ("extraction", "training"):  # the steps' own progress, as log lines (not a terminal here), all done
         assert any(re.match(rf"{label}  \[#+\]  (\d+)/\1 images  100%.* in ", line) for line in stdout.splitlines()), label
+
+
+def test_a_read_only_batch_from_the_object_store_encodes_without_a_warning(tmp_path):
+    """Ray hands the encoder zero-copy, read-only arrays; wrapping one in a tensor warned once per batch."""
+    import warnings
+
+    import numpy as np
+
+    from raydino.models.tiny import save_tiny_dino
+    from raydino.pyramids.features import PyramidEncoder
+
+    encoder = PyramidEncoder(str(save_tiny_dino(tmp_path / "dino")), [56], device="cpu", bf16=False)
+    images = np.zeros((2, 56, 56, 3), np.uint8)
+    images.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = encoder({"image": images, "id": ["a", "b"], "path": ["a", "b"]})
+    assert out["tokens_56"].shape == (2, 16, 48)
