@@ -161,6 +161,12 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
               compile_mode=args.compile, channels_last=args.channels_last, materialize=not args.stream)
 
 
+def cmd_bench_loss(args: argparse.Namespace) -> None:
+    from raydino.bench.loss import run_bench
+
+    run_bench(args.root, steps=args.steps, grid=args.grid, out=args.out)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from raydino.evaluate import EVAL_FILE, evaluate
     from raydino.train.checkpoint import load_generator
@@ -282,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="ray phase: stream the parquet (train.materialize=false)")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser("loss", help="distributional vs regression loss: detail figures, s/step, noise grids")
+    p.add_argument("--root", default="data/demo", help="a finished `raydino run` output with a baseline run")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per loss (after 3 warm-up steps)")
+    p.add_argument("--grid", default=None, help="write both runs' noise grids, one above the other, to this PNG")
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    p.set_defaults(func=cmd_bench_loss)
 
     p = sub.add_parser("fit-codes", help="fit a run's coarse-code prior and its CLIP text mapping (Ray Train)")
     p.add_argument("--run", required=True, help="a finished training run directory")

@@ -73,17 +73,28 @@ class PyramidConfig:
 
 @dataclass
 class ModelConfig:
-    """Progressive generator sizes; ``channels[i]`` is the width at 16 * 2**i px."""
+    """Progressive generator sizes; ``channels[i]`` is the width at 16 * 2**i px.
+
+    ``noise_strength``: initial per-channel scale of the per-pixel noise maps
+    (learned from there; not zero, so the distributional loss's spread term
+    has a gradient from the first step).
+    """
 
     code_dim: int = 64
     noise_dim: int = 64
+    noise_strength: float = 0.1
     channels: list[int] = field(default_factory=lambda: [512, 512, 256, 128, 64])
     max_resolution: int = 256
 
 
 @dataclass
 class LossConfig:
-    """Weights of the multi-scale DINOv2 loss.
+    """The multi-scale DINOv2 loss: its kind and weights.
+
+    ``kind``: ``energy`` (a distributional score over ``draws`` generated
+    images per target, with distance exponent ``beta`` in (0, 2)) or
+    ``regression`` (one image per target, mean ``1 - cos``); see
+    raydino/losses.py and docs/training.md.
 
     ``level_weights[i]`` weighs pyramid level ``i``; ``stage_level_weights``
     optionally overrides them per stage resolution (key: resolution as str).
@@ -92,6 +103,9 @@ class LossConfig:
     each level's input (the anti-adversarial guard, docs/training.md).
     """
 
+    kind: str = "energy"
+    draws: int = 2
+    beta: float = 1.0
     level_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     stage_level_weights: dict[str, list[float]] = field(default_factory=dict)
     cls_weight: float = 0.5
@@ -180,13 +194,17 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    """``raydino eval``: how many held-out images the figures use.
+    """``raydino eval``: how many held-out images the figures use, and what the run is compared with.
 
     FD is reported with its real-vs-real floor at the same ``n``, so ``n``
     sets how small a difference the figures can resolve (docs/tune-eval-sample.md).
+    ``baseline_loss``: a ``loss.kind`` that ``raydino run`` also trains the
+    same schedule with (``runs/baseline-<kind>``), so the report shows the
+    detail figures of both side by side; empty: no baseline run.
     """
 
     n: int = 256
+    baseline_loss: str = ""
 
 
 @dataclass

@@ -11,6 +11,10 @@ resized to it before encoding, like the generated ones.
   its floor says nothing more than "indistinguishable at this n";
 - the paired distance of each held-out image and its reconstruction under
   the evaluation encoder (what Tune ranks trials by);
+- ``noise_spread`` (how much 8 noise draws for one held-out code differ,
+  relative to how much the held-out images differ) and ``sharpness_ratio``
+  (Laplacian variance of reconstructions over that of the real images): a
+  generator that averages the details it cannot predict scores low on both;
 - per-level unweighted patch-token distance of reconstructions, under the
   *training* DINOv2 (labelled so: a generator trained on one network's
   features can score well on it without looking right);
@@ -26,10 +30,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from raydino.attribute_agreement import attribute_figures
 from raydino.losses import Targets, columns, level_distances
-from raydino.metrics import clip_score, colour_error, dino_cls, fd_with_floor, match_resolution, paired_distance
+from raydino.metrics import (
+    clip_score,
+    colour_error,
+    dino_cls,
+    fd_with_floor,
+    match_resolution,
+    noise_spread,
+    paired_distance,
+    sharpness_ratio,
+)
 from raydino.models.loading import load_dino, require_local
 from raydino.pyramids import schema
 from raydino.pyramids.decode import read_source_image
@@ -37,6 +51,8 @@ from raydino.sample import Sampler
 from raydino.train.mapping import MAPPING_FILE, PRIOR_FILE
 
 EVAL_FILE = "eval.json"
+SPREAD_DRAWS = 8    # noise draws per code for noise_spread
+SPREAD_CODES = 64   # held-out codes noise_spread averages over (at most)
 
 
 def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, seed: int = 0,
@@ -83,6 +99,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     if prior is not None:
         out["fd_dinov2/prior"] = fd_with_floor(dino_cls(fd_dino, prior, size), real_feats)["value"]
 
+    out |= detail_figures(s, targets.code, recon, real, seed)
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
     out |= {f"train_encoder/dist_{k}": v for k, v in dist.items()}
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
@@ -93,6 +110,15 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))
     _to_tensorboard(run_dir, out)
     return out
+
+
+def detail_figures(s: Sampler, codes: torch.Tensor, recon: torch.Tensor, real: torch.Tensor, seed: int) -> dict:
+    """Whether the noise carries detail: ``noise_spread`` over the first held-out codes, ``sharpness_ratio``."""
+    c = min(len(codes), SPREAD_CODES)
+    draws = s.generate(codes[:c].repeat_interleave(SPREAD_DRAWS, 0), s.noise(c * SPREAD_DRAWS, seed + 1))
+    return {"noise_spread": noise_spread(draws.view(c, SPREAD_DRAWS, *draws.shape[1:]), real),
+            "noise_spread/codes": c, "noise_spread/draws": SPREAD_DRAWS,
+            "sharpness_ratio": sharpness_ratio(recon, real), "sharpness_ratio/n": len(recon)}
 
 
 def _overlaps_training(run_dir: Path, pyramids: Path, manifest: dict) -> bool:

@@ -1,4 +1,4 @@
-"""The multi-scale DINOv2 loss: feature matching at every pyramid level plus a colour anchor.
+"""The multi-scale DINOv2 loss: a distributional score at every pyramid level plus a colour anchor.
 
 The generated image goes through exactly the path the pyramid targets went
 through (antialiased resize, ImageNet normalisation, frozen DINOv2, via
@@ -6,23 +6,39 @@ through (antialiased resize, ImageNet normalisation, frozen DINOv2, via
 the difference between two preprocessing paths. DINOv2 stays frozen and in
 eval mode; gradients flow through it into the image only.
 
-Distance: ``1 - cosine`` between token vectors, averaged over tokens. Cosine
-is scale-free, so levels (and models) of different token norms are
-comparable and the unweighted per-level figures mean the same thing in every
-run. The distances come back both weighted (what is optimised) and
-unweighted (what runs are judged by, since weights are what Tune searches).
+Why distributional: the coarse code does not decide the details (eyes, hair
+strands, glasses), so a one-to-one feature regression is minimised by their
+average, a blur, and by a generator that ignores its noise. ``loss.kind:
+energy`` (the default) scores ``loss.draws`` generated images per target with
+the energy score (Gneiting & Raftery 2007), a strictly proper scoring rule:
+
+    ES = mean_i d(x_i, y) - 1/2 mean_{i != j} d(x_i, x_j),   d(a, b) = ||a - b||^beta, 0 < beta < 2
+
+minimised only when the generated distribution for a code equals the real
+one. Its first term pulls every draw towards the target, the second pushes
+draws apart, so the noise has to matter. ``x`` is a level's token map with
+each token unit-normalised, flattened and divided by sqrt(tokens), so that
+``||a - b||^2 = 2 * mean_t (1 - cos)``: the same geometry as ``loss.kind:
+regression`` (mean ``1 - cos`` over tokens, one draw), which stays available
+for comparison. The CLS token and the colour anchor (the image against the
+thumbnail at ``loss.color_size`` px, RMS over pixels) take the same form.
+
+Per level the terms come back weighted (what is optimised) and unweighted
+(what is logged, since weights are what Tune searches), with the draws'
+spread (mean pairwise distance) for energy.
 
 Guard against adversarial solutions: DINO features can be matched by
 high-frequency patterns aligned with the 14 px patch grid. The loss shifts
 each level's input by a random integer offset of up to ``loss.shift_px``
 pixels (in DINO input pixels, reflect-padded), so a pattern tied to one grid
-alignment stops paying off, and anchors colour with an L1 term against the
-thumbnail at ``loss.color_size`` px. See docs/training.md for the measurement.
+alignment stops paying off. See docs/training.md for the measurements.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -74,6 +90,28 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
 
 
+def unit_features(x: torch.Tensor) -> torch.Tensor:
+    """``[N, T, D]`` tokens (or ``[N, D]``) -> ``[N, T*D]`` with ``||a - b||^2 = 2 * mean_t (1 - cos_t)``."""
+    x = F.normalize(x.float(), dim=-1)
+    tokens = x.shape[1] if x.ndim == 3 else 1
+    return x.flatten(1) / math.sqrt(tokens)
+
+
+def energy_score(draws: torch.Tensor, target: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The energy score of ``draws [B, m, F]`` for ``target [B, F]``, mean over the batch, and the draws' spread.
+
+    Returns ``(score, spread)`` with ``spread = mean_{i<j} d(x_i, x_j)``; the
+    pairs are looped over (m is small), never materialised as ``[B, m, m, F]``.
+    """
+    def d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a - b).pow(2).sum(-1) + 1e-12).pow(beta / 2)  # eps: a finite gradient where a == b
+
+    fit = d(draws, target[:, None]).mean()
+    spread = torch.stack([d(draws[:, i], draws[:, j]).mean()
+                          for i, j in itertools.combinations(range(draws.shape[1]), 2)]).mean()
+    return fit - 0.5 * spread, spread
+
+
 def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None) -> torch.Tensor:
     """Translate each image by its own integer offset in ``[-max_px, max_px]``, reflect-padded."""
     if max_px <= 0:
@@ -94,6 +132,7 @@ class LossTerms:
     unweighted: dict[int, torch.Tensor]
     cls: dict[int, torch.Tensor]
     color: torch.Tensor
+    spread: dict[int, torch.Tensor] = field(default_factory=dict)  # energy only: mean distance between draws
 
     def scalars(self) -> dict[str, float]:
         """Flat float metrics for logging (one device sync)."""
@@ -101,15 +140,18 @@ class LossTerms:
         out |= {f"loss/weighted_{s}": v for s, v in self.weighted.items()}
         out |= {f"loss/dist_{s}": v for s, v in self.unweighted.items()}
         out |= {f"loss/cls_{s}": v for s, v in self.cls.items()}
+        out |= {f"loss/spread_{s}": v for s, v in self.spread.items()}
         return {k: float(v) for k, v in zip(out, torch.stack([v.detach().float() for v in out.values()]).tolist(),
                                               strict=True)}
 
 
 class DinoPyramidLoss:
-    """``sum_l w_l * (patch_dist_l + cls_weight * cls_dist_l) + color_weight * color_l1``.
+    """``sum_l w_l * (patch_l + cls_weight * cls_l) + color_weight * color``, each term a score of ``draws`` images.
 
-    Levels whose weight is 0 at a stage are not computed at all (a DINOv2
-    forward and backward saved), so they are absent from that stage's terms.
+    ``images`` hold :attr:`draws` consecutive draws per target (the caller
+    repeats each code that often). Levels whose weight is 0 at a stage are not
+    computed at all (a DINOv2 forward and backward saved), so they are absent
+    from that stage's terms.
     """
 
     def __init__(self, dino: Dino, sizes: list[int], cfg: LossConfig):
@@ -120,31 +162,59 @@ class DinoPyramidLoss:
                 raise ValueError(f"loss.stage_level_weights.{key} has {len(weights)} weights for {len(self.sizes)} levels")
         if len(cfg.level_weights) != len(self.sizes):
             raise ValueError(f"loss.level_weights has {len(cfg.level_weights)} weights for {len(self.sizes)} levels")
+        if cfg.kind not in ("energy", "regression"):
+            raise ValueError(f"loss.kind '{cfg.kind}' is not one of energy, regression")
+        if cfg.kind == "energy" and (cfg.draws < 2 or not 0 < cfg.beta < 2):
+            raise ValueError(f"loss.kind energy needs loss.draws >= 2 (got {cfg.draws}) and 0 < loss.beta < 2 "
+                             f"(got {cfg.beta}): one draw has no spread, beta = 2 is a regression again")
 
+    @property
+    def draws(self) -> int:
+        """Generated images per target and step."""
+        return self.cfg.draws if self.cfg.kind == "energy" else 1
+
+    def score(self, generated: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(score, spread)`` of features ``generated [B*m, ...]`` against ``target [B, ...]``."""
+        if self.cfg.kind == "regression":
+            return cosine_distance(generated, target), None
+        draws = unit_features(generated).view(len(target), self.draws, -1)
+        return energy_score(draws, unit_features(target), self.cfg.beta)
     def level_weights(self, resolution: int) -> list[float]:
         return list(self.cfg.stage_level_weights.get(str(resolution), self.cfg.level_weights))
 
     def __call__(self, images: torch.Tensor, targets: Targets, resolution: int,
                  generator: torch.Generator | None = None) -> LossTerms:
-        weighted, unweighted, cls_dist = {}, {}, {}
+        if len(images) != self.draws * len(targets.code):
+            raise ValueError(f"{len(images)} images for {len(targets.code)} targets: expected {self.draws} draws each")
+        weighted, unweighted, cls_dist, spread = {}, {}, {}, {}
         total = images.new_zeros((), dtype=torch.float32)
         for i, (size, w) in enumerate(zip(self.sizes, self.level_weights(resolution), strict=True)):
             if w == 0:
                 continue
             x = random_shift(resize(images, size), self.cfg.shift_px, generator)
             ((cls, tokens),) = dino_levels(self.dino, x, [size])  # resize is a no-op now: same path as extraction
-            unweighted[size] = cosine_distance(tokens, targets.tokens[i])
-            cls_dist[size] = cosine_distance(cls, targets.cls[i])
+            unweighted[size], level_spread = self.score(tokens, targets.tokens[i])
+            cls_dist[size], _ = self.score(cls, targets.cls[i])
+            if level_spread is not None:
+                spread[size] = level_spread
             weighted[size] = w * (unweighted[size] + self.cfg.cls_weight * cls_dist[size])
             total = total + weighted[size]
-        color = color_distance(images, targets.thumb, self.cfg.color_size)
+        color = self.color_score(images, targets.thumb)
         total = total + self.cfg.color_weight * color
-        return LossTerms(total=total, weighted=weighted, unweighted=unweighted, cls=cls_dist, color=color)
+        return LossTerms(total=total, weighted=weighted, unweighted=unweighted, cls=cls_dist, color=color,
+                         spread=spread)
 
+    def color_score(self, images: torch.Tensor, thumbs: torch.Tensor) -> torch.Tensor:
+        """The images against the thumbnails at ``loss.color_size`` px: colour and layout only, no detail to overfit.
 
-def color_distance(images: torch.Tensor, thumbs: torch.Tensor, size: int) -> torch.Tensor:
-    """L1 between both images at ``size`` px: colour and layout only, no detail to overfit."""
-    return (resize(images.float(), size) - resize(thumbs.float(), size)).abs().mean()
+        Regression: L1. Energy: the energy score of the draws, RMS over pixels.
+        """
+        size = self.cfg.color_size
+        small, target = resize(images.float(), size), resize(thumbs.float(), size)
+        if self.cfg.kind == "regression":
+            return (small - target).abs().mean()
+        draws = small.flatten(1).view(len(target), self.draws, -1) / math.sqrt(small[0].numel())
+        return energy_score(draws, target.flatten(1) / math.sqrt(small[0].numel()), self.cfg.beta)[0]
 
 
 @torch.no_grad()

@@ -112,3 +112,33 @@ def colour_error(images: torch.Tensor, thumbs: torch.Tensor) -> float:
     """Mean absolute RGB error (0-1 scale) at thumbnail size: DINO is colour-blind."""
     target = thumbs.permute(0, 3, 1, 2).float() / 255.0 if thumbs.dtype == torch.uint8 else thumbs
     return float((resize(images.float(), target.shape[-1]) - target.to(images.device)).abs().mean())
+
+
+def noise_spread(draws: torch.Tensor, real: torch.Tensor) -> float:
+    """How much the noise moves the image, relative to how much real images differ.
+
+    ``draws [C, k, 3, H, W]``: k noise draws for each of C codes. The mean
+    over codes and pixels of the per-pixel standard deviation across draws,
+    divided by the mean per-pixel standard deviation across the ``real``
+    images ``[N, 3, H, W]``. 0: the noise is ignored; a perfect model scores
+    the share of the images' variation that the code leaves open.
+    """
+    if draws.ndim != 5 or draws.shape[1] < 2:
+        raise ValueError(f"need draws [codes, k >= 2, 3, H, W], got {tuple(draws.shape)}")
+    if draws.shape[-2:] != real.shape[-2:]:
+        raise ValueError(f"draws at {tuple(draws.shape[-2:])} px, real images at {tuple(real.shape[-2:])} px")
+    return float(draws.float().std(dim=1).mean() / real.float().std(dim=0).mean().clamp_min(1e-12))
+
+
+def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the variance of the 3x3 Laplacian of the luminance: high for sharp detail, low for blur."""
+    luma = (images.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return torch.nn.functional.conv2d(luma, kernel).flatten(1).var(dim=1)
+
+
+def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean Laplacian variance of generated images over that of real ones at the same resolution (1: as sharp)."""
+    if generated.shape[-2:] != real.shape[-2:]:
+        raise ValueError(f"generated at {tuple(generated.shape[-2:])} px, real at {tuple(real.shape[-2:])} px")
+    return float(laplacian_variance(generated).mean() / laplacian_variance(real).mean().clamp_min(1e-12))

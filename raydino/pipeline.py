@@ -7,6 +7,7 @@ steps, so a crash costs only the step it happened in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -101,6 +102,14 @@ def _fit_codes(cfg: Config, pyramids: Path, run_dir: Path) -> None:
         fit_mapping(cfg, pyramids, run_dir)
 
 
+def _baseline(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
+    """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
+    from raydino.evaluate import evaluate
+
+    _train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind)), pyramids, run_dir, holdout)
+    evaluate(run_dir, holdout, n=cfg.eval.n, seed=cfg.sample.seed)
+
+
 def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
     from raydino.tune import tune_sweep
 
@@ -113,13 +122,20 @@ def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
     evaluate(run_dir, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
-def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path) -> None:
-    """Sample grids from held-out images (never training ones), the prior, the prompts and a mix."""
-    from raydino.pyramids import schema
-    from raydino.sample import sample
+def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, baseline: Path | None) -> None:
+    """Sample grids from held-out images (never training ones), the prior, the prompts and a mix.
 
-    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 3)["path"]]
+    The noise grids (4 held-out codes, 8 draws each) are drawn for the run and
+    for its baseline, with the same images and seeds.
+    """
+    from raydino.pyramids import schema
+    from raydino.sample import noise_grid, sample
+
+    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
+    noise_grid(run_dir, images, out / "noise.png", n=8, seed=seed)
+    if baseline:
+        noise_grid(baseline, images, out / "noise-baseline.png", n=8, seed=seed)
     sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
     sample(run_dir, out / "prior.png", prior=True, n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
@@ -171,21 +187,29 @@ def plan(cfg: Config) -> list[Step]:
                       lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
                       complete=_pyramid_complete))
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
-    steps += [
-        Step("progressive training", run_dir / "generator.safetensors",
-             lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
-             progress=lambda: Tracker("training", _images(cfg), "images", lambda: read_done(run_dir, PROGRESS_FILE))),
-        Step("prior and text mapping", run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
-             lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True,
-             progress=(lambda: Tracker("text mapping", cfg.sample.mapping_steps, "steps",
-                                       lambda: read_done(run_dir, MAPPING_PROGRESS))) if cfg.pyramids.clip else None),
-    ]
+    steps.append(Step("progressive training", run_dir / "generator.safetensors",
+                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
+                      progress=lambda: Tracker("training", _images(cfg), "images",
+                                               lambda: read_done(run_dir, PROGRESS_FILE))))
+    kind = cfg.eval.baseline_loss
+    baseline = root / "runs" / f"baseline-{kind}" if kind and kind != cfg.loss.kind else None
+    if baseline:
+        steps.append(Step(f"baseline: the same run with loss.kind={kind}", baseline / "eval.json",
+                          lambda: _baseline(cfg, kind, pyramids, val_pyramids, baseline), needs_ray=True,
+                          progress=lambda: Tracker("baseline training", _images(cfg), "images",
+                                                   lambda: read_done(baseline, PROGRESS_FILE))))
+    steps.append(Step("prior and text mapping",
+                      run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
+                      lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True,
+                      progress=(lambda: Tracker("text mapping", cfg.sample.mapping_steps, "steps",
+                                                lambda: read_done(run_dir, MAPPING_PROGRESS)))
+                      if cfg.pyramids.clip else None))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
                           needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
-        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples)),
+        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, baseline)),
         Step("report", root / "report" / "index.html",
              lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
     ]

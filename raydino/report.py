@@ -415,6 +415,47 @@ def section_figures(ctx: Context) -> str:
     return "".join(parts)
 
 
+DETAIL_FIGURES = [  # eval.json key, title, which way is better
+    ("noise_spread", "noise spread (8 draws per code / across images)", "higher: the noise carries detail"),
+    ("sharpness_ratio", "sharpness ratio (Laplacian variance, generated / real)", "closer to 1"),
+    ("fd_dinov2/reconstructions", "FD-DINOv2, reconstructions (evaluation encoder)", "lower"),
+    ("train_encoder/dist_unweighted", "patch distance, training encoder (mean of levels)", "lower"),
+]
+
+
+def section_detail(ctx: Context) -> str:
+    """Does the noise carry detail? The run's figures beside its baseline's (``runs/baseline-<kind>``), and the grids."""
+    ev = ctx.evaluation
+    if ev is None or "noise_spread" not in ev:
+        return _missing("No noise_spread in eval.json.", "raydino eval --run RUN --pyramids HELD_OUT")
+    kind = ctx.cfg.loss.kind if ctx.cfg else "?"
+    baselines = sorted(ctx.inputs.run.parent.glob("baseline-*/eval.json"))
+    columns = [(f"this run (loss.kind={kind})", ev)]
+    columns += [(f"baseline (loss.kind={p.parent.name.removeprefix('baseline-')})", _read_json(p)) for p in baselines]
+    rows = []
+    for key, title, better in DETAIL_FIGURES:
+        cells = [fmt(col.get(key)) if key in col else "–" for _, col in columns]
+        if len(columns) > 1 and key in ev and key in columns[1][1] and columns[1][1][key]:
+            cells.append(f"{ev[key] / columns[1][1][key]:.2f}×")
+        rows.append([_esc(title), *cells, _esc(better)])
+    header = ["figure", *[name for name, _ in columns]] + (["ratio"] if len(columns) > 1 else []) + ["better"]
+    floor = (f'FD floor (real vs real) {fmt(ev["fd_dinov2/floor"])} at n = {fmt(ev.get("fd_dinov2/n"))}; '
+             if "fd_dinov2/floor" in ev else "")
+    parts = [f'<p class="lead">A generator that averages the details its coarse code leaves open ignores its noise '
+             f'(spread near 0) and blurs (sharpness well below 1). Noise spread: {fmt(ev.get("noise_spread/draws"))} '
+             f'draws for each of {fmt(ev.get("noise_spread/codes"))} held-out codes; sharpness over '
+             f'{fmt(ev.get("sharpness_ratio/n"))} reconstructions; {floor}all at {fmt(ev.get("resolution"))} px.</p>',
+             _table(header, rows)]
+    folder = ctx.inputs.samples
+    for filename, title in (("noise.png", f"this run (loss.kind={kind})"), ("noise-baseline.png", columns[-1][0])):
+        path = folder / filename if folder else None
+        if path and path.is_file() and (filename == "noise.png" or len(columns) > 1):
+            parts.append(f'<h3>Noise draws, {_esc(title)}</h3><p class="small">Each row: a held-out image, then 8 '
+                         'draws for its one coarse code.</p>'
+                         f'<div class="img">{ctx.assets.img(filename, path, title)}</div>')
+    return "".join(parts)
+
+
 def _grid_files(grids: Path) -> dict[int, list[tuple[int | None, Path]]]:
     """``grids/stage_<res>[_<step>].png`` by resolution; the plain file (latest) has step None."""
     out: dict[int, list[tuple[int | None, Path]]] = {}
@@ -833,6 +874,7 @@ def write_report(run: str | Path, *, sweep: str | Path | None = None, pyramids: 
     ctx = Context(inputs)
     sections = [
         ("figures", "Key figures", lambda: section_figures(ctx)),
+        ("detail", "Detail: noise and sharpness", lambda: section_detail(ctx)),
         ("attributes", "Attribute agreement", lambda: section_attributes(ctx)),
         ("stages", "Validation grids per stage", lambda: section_stages(ctx)),
         ("samples", "Samples", lambda: section_samples(ctx)),

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from torchvision.utils import make_grid
 
+from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
 from raydino.models.prior import PCAGaussianPrior
 from raydino.pyramids.features import dino_levels, square_crop, to_float
@@ -55,12 +56,12 @@ class Sampler:
             raise ValueError(f"{self.run_dir}: the run's config names no CLIP model (pyramids.clip)")
         return load_clip(self.cfg.pyramids.clip, self.device)
 
-    def noise(self, n: int, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(n, self.generator.noise_dim, generator=g).to(self.device)
+    def noise(self, n: int, seed: int) -> Noise:
+        """``n`` draws (style vector and per-pixel maps) at the run's resolution, a function of ``seed`` only."""
+        return self.generator.draw_noise(n, self.resolution, torch.Generator().manual_seed(seed), self.device)
 
     @torch.no_grad()
-    def generate(self, codes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def generate(self, codes: torch.Tensor, noise: Noise) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = self.generator(codes.to(self.device), noise, self.resolution)
         return out.float().clamp(0, 1).cpu()
@@ -111,7 +112,7 @@ class Sampler:
 
     def mix(self, a: str | Path, b: str | Path, region: str, seed: int) -> list[Row]:
         ca, cb = (self.code_from_image(self.load_image(p)) for p in (a, b))
-        noise = self.noise(1, seed).expand(4, -1)
+        noise = self.noise(1, seed).expand(4)
         codes = torch.cat([ca, cb, swap_region(ca, cb, region), swap_region(cb, ca, region)])
         return [Row(f"mix ({region})", self.generate(codes, noise),
                     ["A", "B", f"A + {region} of B", f"B + {region} of A"])]
@@ -166,6 +167,20 @@ def save_each(rows: list[Row], directory: str | Path) -> list[Path]:
             Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(p)
             paths.append(p)
     return paths
+
+
+def noise_grid(run_dir: str | Path, images: list[str], out: str | Path, n: int = 8, seed: int = 0) -> list[Row]:
+    """Per image a row: the input, then ``n`` draws for its one coarse code. What the noise decides, and what not."""
+    sampler = Sampler(run_dir)
+    rows = []
+    for path in images:
+        image = sampler.load_image(path)
+        draws = sampler.generate(sampler.code_from_image(image).expand(n, -1, -1), sampler.noise(n, seed))
+        source = torch.nn.functional.interpolate(image, size=sampler.resolution, mode="bilinear", antialias=True)
+        rows.append(Row(f"{Path(path).name}: input, then {n} noise draws ({sampler.cfg.loss.kind} loss)",
+                        torch.cat([source, draws])))
+    save_grid(rows, out)
+    return rows
 
 
 def sample(run_dir: str | Path, out: str | Path, *, from_image: str | None = None, prompts: list[str] | None = None,

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raydino.config import load_config
 from raydino.losses import DinoPyramidLoss, Targets, columns
-from raydino.models.generator import Generator
+from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
 from raydino.train.step import train_step
@@ -53,8 +53,10 @@ def one_step(dino_dir: str, pyramid_dir: str, init: dict[str, torch.Tensor], row
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     arrays = schema.load_arrays(pyramid_dir, columns(sizes))
     targets = Targets.from_batch({k: np.array(v[:BATCH][rows]) for k, v in arrays.items()}, sizes)
-    noise = torch.randn(BATCH, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))[rows]
-    out = train_step(wrap(model), opt, DinoPyramidLoss(dino, sizes, cfg.loss), targets, noise, 32, 0.5,
+    loss_fn = DinoPyramidLoss(dino, sizes, cfg.loss)
+    draws = torch.arange(BATCH * loss_fn.draws).view(BATCH, loss_fn.draws)[rows].flatten()  # each target's own draws
+    noise = draw_noise(BATCH * loss_fn.draws, cfg.model.noise_dim, 32, torch.Generator().manual_seed(1))[draws]
+    out = train_step(wrap(model), opt, loss_fn, targets, noise, 32, 0.5,
                      grad_clip=1e9, bf16=False)
     return {"ok": out.ok, "grad": torch.cat([p.grad.flatten() for p in model.parameters()]),
             "weights": {k: v.clone() for k, v in model.state_dict().items()}}

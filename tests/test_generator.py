@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from raydino.config import LossConfig, ModelConfig
 from raydino.losses import DinoPyramidLoss, Targets, random_shift
-from raydino.models.generator import Generator
+from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import load_dino
 
 SIZES = [56, 84, 112]
@@ -29,7 +29,7 @@ def fake_targets(batch: int = 2) -> Targets:
 
 def test_generator_shapes_at_every_stage():
     model = small_generator()
-    code, noise = torch.randn(3, 16, 48), torch.randn(3, 4)
+    code, noise = torch.randn(3, 16, 48), draw_noise(3, 4, 256)
     for res in (16, 32, 64, 128, 256):
         image = model(code, noise, res)
         assert image.shape == (3, 3, res, res)
@@ -42,7 +42,7 @@ def test_generator_shapes_at_every_stage():
 
 def test_fade_in_blends_the_upsampled_previous_stage():
     model = small_generator(max_resolution=64)
-    code, noise = torch.randn(2, 16, 48), torch.randn(2, 4)
+    code, noise = torch.randn(2, 16, 48), draw_noise(2, 4, 64)
     previous = model(code, noise, 32)
     faded_out = model(code, noise, 64, alpha=0.0)
     torch.testing.assert_close(faded_out, F.interpolate(previous, scale_factor=2, mode="nearest"))
@@ -59,7 +59,8 @@ def test_gradients_reach_the_generator_through_frozen_dino_and_never_into_it(tin
     targets, opt = fake_targets(), torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):  # the FiLM layers start at zero (adaLN-Zero), so the style MLP gets gradients from step 2
         opt.zero_grad()
-        terms = loss_fn(model(targets.code, torch.randn(2, 4), 32), targets, 32, torch.Generator().manual_seed(0))
+        images = model(targets.code.repeat_interleave(loss_fn.draws, 0), draw_noise(2 * loss_fn.draws, 4, 32), 32)
+        terms = loss_fn(images, targets, 32, torch.Generator().manual_seed(0))
         terms.total.backward()
         opt.step()
     used = [p for n, p in model.named_parameters() if not n.startswith("to_rgb.0")]  # 16 px RGB: alpha is 1
@@ -73,7 +74,7 @@ def test_level_weights_stage_overrides_and_skipped_levels(tiny_models):
     dino = load_dino(str(tiny_models["dino"]))
     cfg = LossConfig(level_weights=[1.0, 2.0, 3.0], stage_level_weights={"16": [1.0, 0.0, 0.5]}, shift_px=0)
     loss_fn = DinoPyramidLoss(dino, SIZES, cfg)
-    targets, images = fake_targets(), torch.rand(2, 3, 16, 16)
+    targets, images = fake_targets(), torch.rand(2 * loss_fn.draws, 3, 16, 16)
     terms = loss_fn(images, targets, 16)
     assert set(terms.unweighted) == {56, 112}  # weight 0: not computed at all
     expected = terms.unweighted[112] + cfg.cls_weight * terms.cls[112]

@@ -112,3 +112,30 @@ def test_swap_region():
     assert left[:, :2].eq(1).all() and left[:, 2:].eq(0).all()
     with pytest.raises(ValueError, match="unknown region"):
         swap_region(a, b, "middle")
+
+
+def test_noise_spread_is_zero_for_identical_draws_and_scales_with_the_draws():
+    from raydino.metrics import noise_spread
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(16, 3, 8, 8, generator=g)
+    same = real[:4, None].expand(-1, 8, -1, -1, -1)
+    assert noise_spread(same, real) == pytest.approx(0.0, abs=1e-7)
+    draws = real[:8].view(1, 8, 3, 8, 8)  # draws as varied as real images: about 1 (std over 8 vs over 16)
+    assert 0.7 < noise_spread(draws, real) < 1.3
+    assert noise_spread(0.5 * draws, real) == pytest.approx(0.5 * noise_spread(draws, real), rel=1e-5)
+    with pytest.raises(ValueError, match="px"):
+        noise_spread(draws, torch.rand(4, 3, 16, 16))
+
+
+def test_sharpness_ratio_is_one_for_the_images_and_below_one_blurred():
+    from torchvision.transforms.functional import gaussian_blur
+
+    from raydino.metrics import sharpness_ratio
+
+    real = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert sharpness_ratio(real, real) == pytest.approx(1.0)
+    assert sharpness_ratio(gaussian_blur(real, 5, 1.5), real) < 0.2
+    assert sharpness_ratio(torch.full_like(real, 0.5), real) == pytest.approx(0.0)
+    ramp = torch.linspace(0, 1, 32).expand(8, 3, 32, 32)  # as much contrast as the noise, no detail
+    assert sharpness_ratio(ramp, real) < 1e-3

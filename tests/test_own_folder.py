@@ -20,7 +20,8 @@ from conftest import write_messy_folder
 from raydino.cli import main
 
 SMALL = ["data.synth_count=8", "train.num_workers=1", "train.stages.0.images=32", "train.stages.1.images=32",
-         "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "sample.n=2"]
+         "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.baseline_loss=",
+         "sample.n=2"]
 
 
 def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, faces_dir, tiny_models, ray_local,

@@ -73,7 +73,7 @@ def _state(cfg, seed: int = 0, dim: int = 48):
     model = Generator(cfg.model, dim, 4)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 16, dim), torch.randn(2, cfg.model.noise_dim), 16).mean().backward()
+    model(torch.randn(2, 16, dim), model.draw_noise(2, 16), 16).mean().backward()
     opt.step()
     rng = torch.Generator().manual_seed(seed + 3)
     torch.randn(5, generator=rng)

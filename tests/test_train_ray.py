@@ -69,7 +69,7 @@ def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
 
     model, cfg = checkpoint.load_generator(run_dir)  # no Ray involved
     code = torch.randn(2, model.grid * model.grid, model.code_tokens_dim)
-    image = model(code, torch.randn(2, cfg.model.noise_dim), 32)
+    image = model(code, model.draw_noise(2, 32), 32)
     assert image.shape == (2, 3, 32, 32) and 0 <= image.min() and image.max() <= 1
 
 

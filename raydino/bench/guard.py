@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config("demo", overrides=base + overrides)
         ckpt = train_variant(cfg, args.pyramids, out / name.replace(" ", "_").replace("+", "and"))
         model, _ = load_generator(ckpt, weights="ema.safetensors")
-        val = Validator(load_dino(cfg.pyramids.dino), sizes, args.pyramids, 32, cfg.model.noise_dim, cfg.train.seed,
-                        torch.device("cpu"))
+        val = Validator(load_dino(cfg.pyramids.dino), sizes, args.pyramids, 32, cfg.model.noise_dim,
+                        args.resolution, cfg.train.seed, torch.device("cpu"))
         images = val.render(model, args.resolution)
         train_d = level_distances(val.dino, images, val.targets, sizes)
         held_d = level_distances(heldout, images, real_tokens, sizes)

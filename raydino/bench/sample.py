@@ -48,7 +48,7 @@ def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int
 
     def sample(batch: int) -> torch.Tensor:
         code = torch.randn(batch, grid * grid, dim, device=device)
-        noise = torch.randn(batch, cfg.model.noise_dim, device=device)
+        noise = g.draw_noise(batch, res, device=device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return fwd(code, noise, res)
 

@@ -38,6 +38,7 @@ from raydino.bench.pyramids import save_random_dino
 from raydino.bench.record import header, save
 from raydino.config import Config, load_config
 from raydino.losses import DinoPyramidLoss, Targets
+from raydino.models.generator import Noise, draw_noise
 from raydino.models.loading import load_dino
 from raydino.train.step import train_step
 
@@ -140,10 +141,10 @@ def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, dev
     rows = []
     for batch in batches:
         targets = synthetic_targets(cfg, dino.dim, batch, device)
-        noise = torch.randn(batch, cfg.model.noise_dim, device=device)
+        noise = model.draw_noise(batch * loss_fn.draws, cfg.model.max_resolution, device=device)
         for stage in cfg.train.stages:
             def step(net: torch.nn.Module = model, res: int = stage.resolution, targets: Targets = targets,
-                     noise: torch.Tensor = noise) -> None:
+                     noise: Noise = noise) -> None:
                 train_step(net, opt, loss_fn, targets, noise, res, 1.0, grad_clip=1.0, bf16=bf16)
 
             dino.model = eager_dino
@@ -178,7 +179,7 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
     steady steps), and the same step on one batch kept in memory. The first epoch is the warm-up."""
     per_worker = stage.batch_size // session.world_size
     device = session.device
-    noise = torch.randn(per_worker, cfg.model.noise_dim, device=device)
+    noise = draw_noise(per_worker * loss_fn.draws, cfg.model.noise_dim, stage.resolution, device=device)
 
     def step(batch: dict | Targets) -> None:
         targets = batch if isinstance(batch, Targets) else Targets.from_batch(batch, cfg.pyramids.sizes, device)

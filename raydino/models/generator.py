@@ -2,14 +2,19 @@
 
 One pass, no discriminator, no iterative sampling. The coarse code (the
 coarsest pyramid level's patch tokens, ``[B, g*g, D]``) is projected to a small
-width and laid out on its ``g x g`` grid, which fixes the layout; a global
-style vector (noise + pooled code) modulates every block, which is where the
-details the code does not pin down can vary. Blocks double the resolution
-from 16 px; each has its own to-RGB, and a new stage is faded in ProGAN-style:
-``alpha * rgb_new + (1 - alpha) * upsample(rgb_previous)``.
+width and laid out on its ``g x g`` grid, which fixes the layout. What the code
+leaves open (eyes, strands of hair, glasses) comes from the :class:`Noise`:
+a global style vector (noise + pooled code) modulates every block, and a
+per-pixel noise map per resolution, scaled per channel by learned strengths
+(StyleGAN), gives each block local randomness to turn into detail. The
+distributional loss (``raydino.losses``) is what makes the generator use it.
+Blocks double the resolution from 16 px; each has its own to-RGB, and a new
+stage is faded in ProGAN-style: ``alpha * rgb_new + (1 - alpha) * upsample(rgb_previous)``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +23,43 @@ from torch import nn
 from raydino.config import ModelConfig
 
 BASE_RESOLUTION = 16
+
+
+@dataclass
+class Noise:
+    """A generator's random input: a style vector and one per-pixel map per resolution up to the one drawn for."""
+
+    z: torch.Tensor              # [B, noise_dim]
+    maps: list[torch.Tensor]     # [B, 1, r, r] for r = 16, 32, ...
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> Noise:
+        return Noise(self.z[rows], [m[rows] for m in self.maps])
+
+    def to(self, device: torch.device | str) -> Noise:
+        return Noise(self.z.to(device), [m.to(device) for m in self.maps])
+
+    def expand(self, n: int) -> Noise:
+        """One draw shared by ``n`` images (a single-row noise, broadcast)."""
+        if len(self) != 1:
+            raise ValueError(f"only a single draw can be shared, this noise has {len(self)}")
+        return Noise(self.z.expand(n, -1), [m.expand(n, -1, -1, -1) for m in self.maps])
+
+
+def draw_noise(n: int, noise_dim: int, resolution: int, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> Noise:
+    """``n`` independent draws for a generator running at ``resolution`` (or below).
+
+    With a (CPU) ``generator`` the numbers are drawn on the CPU, so a seed
+    gives the same noise on every device and a checkpointed RNG resumes it;
+    without one they are drawn on ``device`` directly.
+    """
+    where = "cpu" if generator is not None else device
+    z = torch.randn(n, noise_dim, generator=generator, device=where)
+    maps = [torch.randn(n, 1, r, r, generator=generator, device=where) for r in resolutions(resolution)]
+    return Noise(z, maps).to(device)
 
 
 def resolutions(max_resolution: int) -> list[int]:
@@ -31,43 +73,47 @@ def resolutions(max_resolution: int) -> list[int]:
 
 
 class ModulatedConv(nn.Module):
-    """3x3 conv -> GroupNorm -> FiLM from the style vector -> SiLU.
+    """3x3 conv -> GroupNorm -> + strength * noise map -> FiLM from the style vector -> SiLU.
 
     Normalising then re-scaling per sample (AdaGN) lets the style vector
     change contrast and colour of every feature map without a discriminator
-    to push it there.
+    to push it there. The noise enters after the norm, so its learned
+    per-channel strength is in units of the normalised features.
     """
 
-    def __init__(self, cin: int, cout: int, style_dim: int):
+    def __init__(self, cin: int, cout: int, style_dim: int, noise_strength: float):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)  # GroupNorm would cancel a bias
         self.norm = nn.GroupNorm(min(8, cout), cout, affine=False)
+        self.noise_strength = nn.Parameter(torch.full((cout,), noise_strength))
         self.film = nn.Linear(style_dim, 2 * cout)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)  # starts as a plain conv block
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(style)[:, :, None, None].chunk(2, dim=1)
-        return F.silu(self.norm(self.conv(x)) * (1 + scale) + shift)
+        h = self.norm(self.conv(x)) + self.noise_strength[:, None, None] * noise_map.to(x.dtype)
+        return F.silu(h * (1 + scale) + shift)
 
 
 class Block(nn.Module):
     """Two modulated convs at one resolution, after an optional 2x upsampling."""
 
-    def __init__(self, cin: int, cout: int, style_dim: int, upsample: bool):
+    def __init__(self, cin: int, cout: int, style_dim: int, upsample: bool, noise_strength: float):
         super().__init__()
         self.upsample = upsample
-        self.conv1 = ModulatedConv(cin, cout, style_dim)
-        self.conv2 = ModulatedConv(cout, cout, style_dim)
+        self.conv1 = ModulatedConv(cin, cout, style_dim, noise_strength)
+        self.conv2 = ModulatedConv(cout, cout, style_dim, noise_strength)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
+        """Both convs read the same map at their own learned strengths."""
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv2(self.conv1(x, style), style)
+        return self.conv2(self.conv1(x, style, noise_map), style, noise_map)
 
 
 class Generator(nn.Module):
-    """Coarse code ``[B, grid*grid, code_tokens_dim]`` + noise ``[B, noise_dim]`` -> ``[B, 3, res, res]`` in [0, 1].
+    """Coarse code ``[B, grid*grid, code_tokens_dim]`` + :class:`Noise` -> ``[B, 3, res, res]`` in [0, 1].
 
     Every block up to ``cfg.max_resolution`` exists from the start (so the
     optimizer and the checkpoint never change shape); a stage only decides
@@ -87,25 +133,33 @@ class Generator(nn.Module):
         self.code_in = nn.Sequential(nn.LayerNorm(code_tokens_dim), nn.Linear(code_tokens_dim, cfg.code_dim))
         self.style = nn.Sequential(nn.Linear(style_dim, style_dim), nn.SiLU(), nn.Linear(style_dim, style_dim))
         self.blocks = nn.ModuleList(
-            [Block(cfg.code_dim, ch[0], style_dim, upsample=False)]
-            + [Block(ch[i - 1], ch[i], style_dim, upsample=True) for i in range(1, len(ch))]
+            [Block(cfg.code_dim, ch[0], style_dim, upsample=False, noise_strength=cfg.noise_strength)]
+            + [Block(ch[i - 1], ch[i], style_dim, upsample=True, noise_strength=cfg.noise_strength)
+               for i in range(1, len(ch))]
         )
         self.to_rgb = nn.ModuleList([nn.Conv2d(c, 3, 1) for c in ch])
 
-    def forward(self, code: torch.Tensor, noise: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def draw_noise(self, n: int, resolution: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Noise:
+        return draw_noise(n, self.noise_dim, resolution, generator, device)
+
+    def forward(self, code: torch.Tensor, noise: Noise, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         if resolution not in self.resolutions:
             raise ValueError(f"resolution {resolution} is not one of {self.resolutions}")
         b, t, _ = code.shape
         if t != self.grid * self.grid:
             raise ValueError(f"code has {t} tokens, the generator expects {self.grid}x{self.grid}")
+        stage = self.resolutions.index(resolution)
+        if len(noise.maps) <= stage:
+            raise ValueError(f"noise drawn for {BASE_RESOLUTION * 2 ** (len(noise.maps) - 1)} px, "
+                             f"the generator runs at {resolution} px")
         c = self.code_in(code)                                          # [B, T, code_dim]
-        style = self.style(torch.cat([c.mean(1), noise], dim=1))
+        style = self.style(torch.cat([c.mean(1), noise.z.to(c.dtype)], dim=1))
         x = c.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
         x = F.interpolate(x, size=BASE_RESOLUTION, mode="bilinear", align_corners=False)
-        stage = self.resolutions.index(resolution)
         prev = x
-        for block in self.blocks[: stage + 1]:
-            prev, x = x, block(x, style)
+        for block, noise_map in zip(self.blocks[: stage + 1], noise.maps, strict=False):
+            prev, x = x, block(x, style, noise_map)
         image = torch.sigmoid(self.to_rgb[stage](x))
         if stage > 0 and alpha < 1.0:
             skip = torch.sigmoid(self.to_rgb[stage - 1](prev))

@@ -142,11 +142,11 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     validator = monitor = heldout = None
     counter = CountFile(run_dir / PROGRESS_FILE)  # images seen, for the driver's progress line (rank 0 writes it)
     if rank0:
-        validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, tc.seed, device)
+        validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, final_res, tc.seed, device)
         monitor = RunLog(run_dir, purge_step=progress.step or None)
         if holdout:
             heldout = HeldOutScore(load_dino(holdout["encoder"], device), holdout["rows"], holdout["images"], sizes,
-                                   cfg.model.noise_dim, tc.seed, device)
+                                   cfg.model.noise_dim, final_res, tc.seed, device)
         if not progress.baselines:
             progress.baselines = validator.baselines(ema, final_res)
             if heldout:
@@ -183,7 +183,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
         for _ in range(progress.stage_step, steps):
             alpha = fade_alpha(stage, progress.stage_step, first)
             targets = Targets.from_batch(next(stream), sizes, device)
-            noise = torch.randn(len(targets.code), cfg.model.noise_dim, generator=rng).to(device)
+            noise = model.draw_noise(len(targets.code) * loss_fn.draws, stage.resolution, rng, device)
             out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
                              bf16=tc.bf16, generator=rng)
             progress.advance(stage.batch_size, out.ok)

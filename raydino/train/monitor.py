@@ -24,7 +24,7 @@ from torchvision.utils import make_grid, save_image
 
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import match_resolution, paired_distance
-from raydino.models.generator import Generator
+from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import Dino
 from raydino.pyramids import schema
 from raydino.pyramids.features import resize
@@ -41,11 +41,11 @@ class Validator:
     """Fixed validation codes and noise; renders and scores a generator on them."""
 
     def __init__(self, dino: Dino, sizes: list[int], pyramid_dir: str | Path, count: int, noise_dim: int,
-                 seed: int, device: torch.device):
+                 max_resolution: int, seed: int, device: torch.device):
         self.dino, self.sizes = dino, sizes
         self.targets = Targets.from_batch(schema.read_first_rows(pyramid_dir, columns(sizes), count), sizes, device)
-        gen = torch.Generator().manual_seed(seed + 7919)
-        self.noise = torch.randn(len(self.targets.code), noise_dim, generator=gen).to(device)
+        rng = torch.Generator().manual_seed(seed + 7919)
+        self.noise = draw_noise(len(self.targets.code), noise_dim, max_resolution, rng, device)
 
     @torch.no_grad()
     def render(self, model: Generator, resolution: int, alpha: float = 1.0) -> torch.Tensor:
@@ -73,11 +73,11 @@ class HeldOutScore:
     """Held-out images against their reconstructions under the evaluation encoder (the sweep's objective)."""
 
     def __init__(self, encoder: Dino, rows: dict[str, np.ndarray], images: np.ndarray, sizes: list[int],
-                 noise_dim: int, seed: int, device: torch.device):
+                 noise_dim: int, max_resolution: int, seed: int, device: torch.device):
         self.encoder, self.size, self.images = encoder, max(sizes), images
         self.code = Targets.from_batch(rows, sizes, device).code
-        gen = torch.Generator().manual_seed(seed + 104729)
-        self.noise = torch.randn(len(self.code), noise_dim, generator=gen).to(device)
+        rng = torch.Generator().manual_seed(seed + 104729)
+        self.noise = draw_noise(len(self.code), noise_dim, max_resolution, rng, device)
 
     @torch.no_grad()
     def __call__(self, model: Generator, resolution: int, alpha: float = 1.0) -> dict[str, float]:

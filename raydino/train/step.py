@@ -17,6 +17,7 @@ from torch import nn
 
 from raydino.config import StageConfig
 from raydino.losses import DinoPyramidLoss, LossTerms, Targets
+from raydino.models.generator import Noise
 
 
 def requires_grad(model: nn.Module, flag: bool) -> None:
@@ -59,16 +60,17 @@ class StepOutput:
 
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: DinoPyramidLoss, targets: Targets,
-               noise: torch.Tensor, resolution: int, alpha: float, *, grad_clip: float, bf16: bool,
+               noise: Noise, resolution: int, alpha: float, *, grad_clip: float, bf16: bool,
                generator: torch.Generator | None = None) -> StepOutput:
-    """Generate, score against the pyramid, backprop through the frozen DINOv2, clip, step.
+    """Generate ``loss_fn.draws`` images per target (one pass), score, backprop through the frozen DINOv2, step.
 
-    A non-finite loss or gradient skips the update (the caller counts it);
-    bf16 autocast applies on GPU only, where it pays.
+    ``noise`` holds one draw per generated image. A non-finite loss or
+    gradient skips the update (the caller counts it); bf16 autocast applies
+    on GPU only, where it pays.
     """
     device = targets.code.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-        images = net(targets.code, noise, resolution, alpha)
+        images = net(targets.code.repeat_interleave(loss_fn.draws, dim=0), noise, resolution, alpha)
         terms = loss_fn(images, targets, resolution, generator)
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
