@@ -31,7 +31,10 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     for i, face in enumerate(sorted(faces_dir.glob("*.png"))[:24]):  # faces, but no metadata.parquet: no captions
         shutil.copy(face, images / f"IMG_{i:04d}.png")
     expected = write_messy_folder(images / "messy", faces_dir)
-    bad = {f"messy/{rel}": kind for rel, kind in expected.items() if kind} | {"messy/broken link.jpg": "dangling symlink"}
+    # a web page saved as .jpg, named so that the split holds it out: its failure is in the held-out manifest
+    (images / "messy" / "saved page 0.jpg").write_text("<!doctype html><html><body>a photo page</body></html>\n")
+    bad = {f"messy/{rel}": kind for rel, kind in expected.items() if kind} | {"messy/broken link.jpg": "dangling symlink",
+                                                                             "messy/saved page 0.jpg": "not an image"}
     out = tmp_path / "out"
     for key in ("dino", "fd", "clip", "attributes"):
         shutil.copytree(tiny_models[key], out / "models" / tiny_models[key].name)
@@ -46,6 +49,7 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     manifests = [json.loads((out / p / "manifest.json").read_text()) for p in ("pyramids", "pyramids-val")]
     failed = {f["path"]: f["reason"] for m in manifests for f in m["failures"]}
     assert {p.removeprefix(f"{images}/"): r.split(":")[0] for p, r in failed.items()} == bad
+    assert [f["path"] for f in manifests[1]["failures"]] == [str(images / "messy" / "saved page 0.jpg")]
     report = (out / "report" / "index.html").read_text()
     run_section = report[report.index('<section id="run">'):]
     assert f"{len(bad)} files of <code>{images}</code> could not be used" in run_section
