@@ -114,7 +114,7 @@ def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
                  "--n", "3", "--save-each"]) == 0
     assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4 + 3 + 3 + 4
     assert main(["sample", "--run", str(tmp_path / "nope"), "--out", str(out), "--prior"]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    assert f"--run {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(bad)]) == 2
