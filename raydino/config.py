@@ -103,7 +103,7 @@ class LossConfig:
     each level's input (the anti-adversarial guard, docs/training.md).
     """
 
-    kind: str = "energy"
+    kind: str = "regression"
     draws: int = 2
     beta: float = 1.0
     level_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
@@ -198,13 +198,13 @@ class EvalConfig:
 
     FD is reported with its real-vs-real floor at the same ``n``, so ``n``
     sets how small a difference the figures can resolve (docs/tune-eval-sample.md).
-    ``baseline_loss``: a ``loss.kind`` that ``raydino run`` also trains the
-    same schedule with (``runs/baseline-<kind>``), so the report shows the
-    detail figures of both side by side; empty: no baseline run.
+    ``compare_loss``: a ``loss.kind`` that ``raydino run`` also trains the
+    same schedule with (``runs/compare-<kind>``), so the report shows the
+    detail figures of both side by side; empty: no comparison run.
     """
 
     n: int = 256
-    baseline_loss: str = ""
+    compare_loss: str = ""
 
 
 @dataclass

@@ -102,7 +102,7 @@ def _fit_codes(cfg: Config, pyramids: Path, run_dir: Path) -> None:
         fit_mapping(cfg, pyramids, run_dir)
 
 
-def _baseline(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
+def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
     """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
     from raydino.evaluate import evaluate
 
@@ -122,11 +122,11 @@ def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
     evaluate(run_dir, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
-def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, baseline: Path | None) -> None:
+def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Path | None) -> None:
     """Sample grids from held-out images (never training ones), the prior, the prompts and a mix.
 
     The noise grids (4 held-out codes, 8 draws each) are drawn for the run and
-    for its baseline, with the same images and seeds.
+    for its comparison run, with the same images and seeds.
     """
     from raydino.pyramids import schema
     from raydino.sample import noise_grid, sample
@@ -134,8 +134,8 @@ def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, baseline: Pa
     images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
     noise_grid(run_dir, images, out / "noise.png", n=8, seed=seed)
-    if baseline:
-        noise_grid(baseline, images, out / "noise-baseline.png", n=8, seed=seed)
+    if compare:
+        noise_grid(compare, images, out / "noise-compare.png", n=8, seed=seed)
     sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
     sample(run_dir, out / "prior.png", prior=True, n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
@@ -191,13 +191,13 @@ def plan(cfg: Config) -> list[Step]:
                       lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
                       progress=lambda: Tracker("training", _images(cfg), "images",
                                                lambda: read_done(run_dir, PROGRESS_FILE))))
-    kind = cfg.eval.baseline_loss
-    baseline = root / "runs" / f"baseline-{kind}" if kind and kind != cfg.loss.kind else None
-    if baseline:
-        steps.append(Step(f"baseline: the same run with loss.kind={kind}", baseline / "eval.json",
-                          lambda: _baseline(cfg, kind, pyramids, val_pyramids, baseline), needs_ray=True,
-                          progress=lambda: Tracker("baseline training", _images(cfg), "images",
-                                                   lambda: read_done(baseline, PROGRESS_FILE))))
+    kind = cfg.eval.compare_loss
+    compare = root / "runs" / f"compare-{kind}" if kind and kind != cfg.loss.kind else None
+    if compare:
+        steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare / "eval.json",
+                          lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True,
+                          progress=lambda: Tracker("comparison training", _images(cfg), "images",
+                                                   lambda: read_done(compare, PROGRESS_FILE))))
     steps.append(Step("prior and text mapping",
                       run_dir / ("mapping.safetensors" if cfg.pyramids.clip else "prior.safetensors"),
                       lambda: _fit_codes(cfg, pyramids, run_dir), needs_ray=True,
@@ -209,7 +209,7 @@ def plan(cfg: Config) -> list[Step]:
                           needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
-        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, baseline)),
+        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, compare)),
         Step("report", root / "report" / "index.html",
              lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
     ]

@@ -424,21 +424,24 @@ DETAIL_FIGURES = [  # eval.json key, title, which way is better
 
 
 def section_detail(ctx: Context) -> str:
-    """Does the noise carry detail? The run's figures beside its baseline's (``runs/baseline-<kind>``), and the grids."""
+    """Does the noise carry detail? The run's figures beside its comparison run's (``runs/compare-<kind>``), and the grids."""
     ev = ctx.evaluation
     if ev is None or "noise_spread" not in ev:
         return _missing("No noise_spread in eval.json.", "raydino eval --run RUN --pyramids HELD_OUT")
     kind = ctx.cfg.loss.kind if ctx.cfg else "?"
-    baselines = sorted(ctx.inputs.run.parent.glob("baseline-*/eval.json"))
+    compared = sorted(ctx.inputs.run.parent.glob("compare-*/eval.json"))
     columns = [(f"this run (loss.kind={kind})", ev)]
-    columns += [(f"baseline (loss.kind={p.parent.name.removeprefix('baseline-')})", _read_json(p)) for p in baselines]
+    columns += [(f"comparison (loss.kind={p.parent.name.removeprefix('compare-')})", _read_json(p)) for p in compared]
     rows = []
     for key, title, better in DETAIL_FIGURES:
         cells = [fmt(col.get(key)) if key in col else "–" for _, col in columns]
-        if len(columns) > 1 and key in ev and key in columns[1][1] and columns[1][1][key]:
-            cells.append(f"{ev[key] / columns[1][1][key]:.2f}×")
+        other = columns[1][1] if len(columns) > 1 else {}
+        if key in other and ev.get(key):
+            cells.append(f"{other[key] / ev[key]:.2f}×")
+        elif other:
+            cells.append("–")
         rows.append([_esc(title), *cells, _esc(better)])
-    header = ["figure", *[name for name, _ in columns]] + (["ratio"] if len(columns) > 1 else []) + ["better"]
+    header = ["figure", *[name for name, _ in columns]] + (["comparison / this run"] if len(columns) > 1 else []) + ["better"]
     floor = (f'FD floor (real vs real) {fmt(ev["fd_dinov2/floor"])} at n = {fmt(ev.get("fd_dinov2/n"))}; '
              if "fd_dinov2/floor" in ev else "")
     parts = [f'<p class="lead">A generator that averages the details its coarse code leaves open ignores its noise '
@@ -447,7 +450,7 @@ def section_detail(ctx: Context) -> str:
              f'{fmt(ev.get("sharpness_ratio/n"))} reconstructions; {floor}all at {fmt(ev.get("resolution"))} px.</p>',
              _table(header, rows)]
     folder = ctx.inputs.samples
-    for filename, title in (("noise.png", f"this run (loss.kind={kind})"), ("noise-baseline.png", columns[-1][0])):
+    for filename, title in (("noise.png", f"this run (loss.kind={kind})"), ("noise-compare.png", columns[-1][0])):
         path = folder / filename if folder else None
         if path and path.is_file() and (filename == "noise.png" or len(columns) > 1):
             parts.append(f'<h3>Noise draws, {_esc(title)}</h3><p class="small">Each row: a held-out image, then 8 '

@@ -35,7 +35,7 @@ BATCH, WORKERS, LR = 8, 2, 0.5
 
 def small_cfg(dino: str, *overrides: str):
     return load_config("demo", overrides=[f"pyramids.dino={dino}", "model.channels=[16,8]", "model.code_dim=8",
-                                          "model.noise_dim=4", "loss.shift_px=0", *overrides])
+                                          "model.noise_dim=4", "loss.shift_px=0", "loss.kind=energy", *overrides])
 
 
 def one_step(dino_dir: str, pyramid_dir: str, init: dict[str, torch.Tensor], rows: slice, wrap=lambda m: m) -> dict:

@@ -20,7 +20,7 @@ from conftest import write_messy_folder
 from raydino.cli import main
 
 SMALL = ["data.synth_count=8", "train.num_workers=1", "train.stages.0.images=32", "train.stages.1.images=32",
-         "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.baseline_loss=",
+         "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.compare_loss=",
          "sample.n=2"]
 
 

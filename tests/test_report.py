@@ -25,7 +25,7 @@ EVAL = {
     "clip_score/matched": 0.3, "clip_score/mismatched": 0.2123456,
     "noise_spread": 0.3456789, "noise_spread/codes": 16, "noise_spread/draws": 8, "sharpness_ratio": 0.8123456,
 }
-BASELINE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
+COMPARE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
                  "train_encoder/dist_unweighted": 0.0791357}
 SEARCH = ["loss.level_weights.0", "loss.level_weights.1", "loss.color_weight"]
 TRIALS = [  # sorted by the metric, like tune.py writes them
@@ -103,10 +103,10 @@ def layout(tmp_path_factory) -> Path:
         _events(sweep / "trials" / t["trial_id"] / "tb", {"val/dist_unweighted": [0.2, t["val/dist_unweighted"]]})
     samples = root / "samples"
     samples.mkdir()
-    for name in ("image.png", "prompts.png", "prior.png", "noise.png", "noise-baseline.png"):  # no mix.png
+    for name in ("image.png", "prompts.png", "prior.png", "noise.png", "noise-compare.png"):  # no mix.png
         Image.fromarray(_grid(32, seed=len(name))).save(samples / name)
-    (root / "runs" / "baseline-regression").mkdir()
-    (root / "runs" / "baseline-regression" / "eval.json").write_text(json.dumps(BASELINE_EVAL))
+    (root / "runs" / "compare-energy").mkdir()
+    (root / "runs" / "compare-energy" / "eval.json").write_text(json.dumps(COMPARE_EVAL))
     _pyramid(root / "pyramids-val")
     return root
 
@@ -153,11 +153,11 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert text.count('<tr class="best">') == 1
     assert "No mix.png" in text  # a missing input is said, not a crash
     detail = text.split('<section id="detail">', 1)[1].split("</section>", 1)[0]
-    assert "loss.kind=energy" in detail and "loss.kind=regression" in detail
+    assert "this run (loss.kind=regression)" in detail and "comparison (loss.kind=energy)" in detail
     for key in ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "train_encoder/dist_unweighted"):
-        assert f"{EVAL[key]:.4g}" in detail and f"{BASELINE_EVAL[key]:.4g}" in detail, key
-    assert f"{EVAL['noise_spread'] / BASELINE_EVAL['noise_spread']:.2f}×" in detail  # the ratio to the baseline
-    assert {"noise.png", "noise-baseline.png"} <= {Path(s).name for s in _sources(page)}
+        assert f"{EVAL[key]:.4g}" in detail and f"{COMPARE_EVAL[key]:.4g}" in detail, key
+    assert f"{COMPARE_EVAL['noise_spread'] / EVAL['noise_spread']:.2f}×" in detail  # comparison / this run
+    assert {"noise.png", "noise-compare.png"} <= {Path(s).name for s in _sources(page)}
     assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text
 
 

@@ -1,8 +1,8 @@
 """``raydino bench loss``: the distributional loss against the regression loss, side by side.
 
 It reads a finished ``raydino run`` output (``make run``), whose run
-(``runs/train``, the preset's ``loss.kind``) and baseline
-(``runs/baseline-<kind>``, ``eval.baseline_loss``) were trained with the same
+(``runs/train``, the preset's ``loss.kind``) and comparison run
+(``runs/compare-<kind>``, ``eval.compare_loss``) were trained with the same
 schedule, seed and data and evaluated on the same held-out images. It adds
 what the run does not measure, the seconds per training step of each loss
 (``train_step`` on in-memory batches of the run's per-worker size, same
@@ -29,15 +29,15 @@ FIGURES = ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "fd_d
 
 
 def _runs(root: Path) -> dict[str, Path]:
-    """``{loss kind: run dir}`` of the run and its baseline."""
+    """``{loss kind: run dir}`` of the run and its comparison run."""
     runs = {load_config(config_file=str(root / "runs" / "train" / "config.yaml")).loss.kind: root / "runs" / "train"}
-    for baseline in sorted((root / "runs").glob("baseline-*")):
-        runs[baseline.name.removeprefix("baseline-")] = baseline
+    for compare in sorted((root / "runs").glob("compare-*")):
+        runs[compare.name.removeprefix("compare-")] = compare
     for kind, run in runs.items():
         if not (run / "eval.json").is_file():
             raise FileNotFoundError(f"{run}/eval.json: the {kind} run has no figures; finish `raydino run` first")
     if len(runs) < 2:
-        raise FileNotFoundError(f"{root / 'runs'} has no baseline-<kind> run: run with eval.baseline_loss set")
+        raise FileNotFoundError(f"{root / 'runs'} has no compare-<kind> run: run with eval.compare_loss set")
     return runs
 
 
@@ -82,7 +82,7 @@ def run_bench(root: str | Path, steps: int = 10, grid: str | Path | None = None,
             ratio = f"{n[key] / b[key]:.2f}x" if b[key] else "-"
             print(f"{key:34}{b[key]:>14.4g}{n[key]:>14.4g}{ratio:>10}")
     if grid:
-        grids = {kind: root / "samples" / ("noise.png" if run.name == "train" else "noise-baseline.png")
+        grids = {kind: root / "samples" / ("noise.png" if run.name == "train" else "noise-compare.png")
                  for kind, run in runs.items()}
         results["grid"] = str(side_by_side(dict(sorted(grids.items(), key=lambda kv: kv[0] != "regression")),
                                            Path(grid)))
