@@ -7,6 +7,7 @@ import logging
 import sys
 
 from raydino.config import ConfigError, load_config
+from raydino.errors import require_pyramid, require_run
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides.append(f"out={args.out}")
     if args.images:
         overrides.append(f"data.images={args.images}")
-    run(load_config(args.preset, args.config, overrides), address=args.address)
+    run(load_config(args.preset, args.config, overrides), address=args.address, ray_progress=args.ray_progress)
 
 
 def cmd_pyramids(args: argparse.Namespace) -> None:
@@ -67,7 +68,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
-    init_ray(args.address, data_progress=True)
+    init_ray(args.address, data_progress=args.ray_progress)
     build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 
@@ -79,6 +80,8 @@ def cmd_bench_pyramids(args: argparse.Namespace) -> None:
               actors=args.actors, phases=args.phases.split(",") if args.phases else None, out=args.out)
 
 
+RAY_PROGRESS_HELP = ("also show Ray Data's own per-operator progress bars (default: one done/total, rate and "
+                     "time-left line per long step)")
 OUT_HELP = "also write the results as JSON to this file, or to a new file per run in this folder (docs/benchmarks/)"
 
 
@@ -96,6 +99,8 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
     from raydino.train.prior_trainer import train_prior
     from raydino.train.trainer import TrainingError, resume_config
 
+    require_run(args.run)
+    require_pyramid(args.pyramids)
     cfg = resume_config(args.run, args.overrides)  # the run's config: its encoders, its prior.* settings
     init_ray(args.address)
     try:
@@ -109,6 +114,7 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from raydino.sample import sample
 
+    require_run(args.run)
     rows = sample(args.run, args.out, from_image=args.from_image, vary=args.vary, prompts=args.prompt,
                   cfg_scale=args.cfg, prior=args.prior, mix=args.mix, region=args.region, steps=args.steps, n=args.n,
                   seed=args.seed, save_each_dir=args.save_each)
@@ -121,6 +127,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
+    require_pyramid(args.pyramids)
+    if args.holdout:
+        require_pyramid(args.holdout, "--holdout")
     init_ray(args.address)
     tune_sweep(cfg, args.pyramids, args.out, holdout=args.holdout)
 
@@ -130,6 +139,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from raydino.train.trainer import TrainingError, resume_config, train
 
     cfg = resume_config(args.out, args.overrides) if args.resume else _cfg(args)
+    require_pyramid(args.pyramids)
+    if args.holdout:
+        require_pyramid(args.holdout, "--holdout")
     init_ray(args.address)
     try:
         metrics = train(cfg, args.pyramids, args.out, resume=args.resume, holdout=args.holdout)
@@ -162,6 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from raydino.evaluate import EVAL_FILE, evaluate
     from raydino.train.checkpoint import load_generator
 
+    require_run(args.run)
+    require_pyramid(args.pyramids)
     prompts = args.prompt if args.prompt is not None else load_generator(args.run)[1].sample.prompts
     figures = evaluate(args.run, args.pyramids, n=args.n, seed=args.seed, prompts=prompts)
     for key, value in figures.items():
@@ -187,6 +201,7 @@ def cmd_bench_prior(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from raydino.report import write_report
 
+    require_run(args.run, finished=False)
     page = write_report(args.run, sweep=args.sweep, pyramids=args.pyramids, samples=args.samples, out=args.out)
     print(f"wrote {page}; open file://{page.resolve()}")
 
@@ -215,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="image folder/URI (default: synthetic faces in the demo)")
     p.add_argument("--out", default=None, help="output root (default: the preset's `out`)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--ray-progress", action="store_true", help=RAY_PROGRESS_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pyramids", help="DINOv2 feature pyramids of an image folder/glob/URI, through Ray Data")
@@ -236,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-fraction", type=float, default=None,
                    help="fail when more than this fraction of the image files cannot be used")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--ray-progress", action="store_true", help=RAY_PROGRESS_HELP)
     p.set_defaults(func=cmd_pyramids)
 
     p = sub.add_parser("bench", help="benchmarks")

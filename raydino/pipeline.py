@@ -6,14 +6,19 @@ steps, so a crash costs only the step it happened in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from raydino.config import Config, save_config
+from raydino.progress import PRIOR_PROGRESS_FILE, PROGRESS_FILE, Tracker, read_done, watch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,6 +28,7 @@ class Step:
     action: Callable[[], object]
     needs_ray: bool = False
     complete: Callable[[Path], bool] = Path.exists  # is ``marker`` proof enough that the step finished?
+    progress: Callable[[], Tracker] | None = None  # its done / total while it runs (extraction shows its own)
 
 
 def _pyramid_complete(manifest: Path) -> bool:
@@ -34,7 +40,7 @@ def init_ray(address: str | None = None, data_progress: bool = False) -> None:
     """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray.
 
     One progress view: the steps' own lines, not Ray Data's per-operator bars
-    (one set per split, per epoch), unless ``data_progress`` (an extraction on its own).
+    (one set per split, per epoch), unless ``data_progress`` (``--ray-progress``).
     """
     import ray
     import ray.data
@@ -52,10 +58,21 @@ def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = 
 
 
 def _models(cfg: Config, faces: Path, out: Path) -> None:
-    from raydino.models.tiny import write_tiny_models
+    """The demo's encoders learn from the synthetic ``faces``; its CLIP from the captions of the run's images.
 
+    With ``--images``, the captions are the training side's only (the
+    held-out split applies), or none (text control is off, :func:`text_plan`).
+    """
+    from raydino.data.captions import caption_pairs
+    from raydino.models.tiny import write_tiny_models
+    from raydino.pyramids.decode import Split
+
+    captions = None
+    if cfg.data.images:
+        pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
+        captions = (pairs, cfg.data.images)
     write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.data.clip_fit_steps, budget=cfg.tiny,
-                      sizes=cfg.pyramids.sizes)
+                      sizes=cfg.pyramids.sizes, captions=captions)
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
@@ -131,21 +148,35 @@ def _report(run_dir: Path, sweep: Path, pyramids: Path, samples: Path, out: Path
     write_report(run_dir, sweep=sweep, pyramids=pyramids, samples=samples, out=out)
 
 
+def _images(cfg: Config) -> int:
+    """Images one training run of ``cfg`` sees, over all its stages."""
+    return sum(stage.images for stage in cfg.train.stages)
+
+
+def _sweep_tracker(cfg: Config, sweep: Path) -> Tracker:
+    """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
+    from raydino.tune import trial_config
+
+    total = cfg.tune.trials * _images(trial_config(cfg, {}))
+    return Tracker("sweep", total, "images", lambda: read_done(sweep / "trials", f"*/{PROGRESS_FILE}"))
+
+
 def plan(cfg: Config) -> list[Step]:
     """The steps of a run, in order, each with the file that proves it finished."""
     root = Path(cfg.out)
     steps = []
+    synth = root / "faces"  # the data without --images; the demo's encoders learn from it either way
+    if not cfg.data.images or cfg.preset == "demo":
+        steps.append(Step("synthetic faces", synth / "metadata.parquet", lambda: _faces(cfg, synth)))
     if cfg.data.images:
         faces, val_faces = Path(cfg.data.images), None
     else:
-        faces, val_faces = root / "faces", root / "faces-val"
-        steps.append(Step("synthetic faces", faces / "metadata.parquet", lambda: _faces(cfg, faces)))
+        faces, val_faces = synth, root / "faces-val"
         steps.append(Step("held-out faces", val_faces / "metadata.parquet",
                           lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
         models = root / "models"
-        steps.append(Step("tiny models", models / "tiny-models.json",
-                          lambda: _models(cfg, faces, models)))
+        steps.append(Step("tiny models", models / "tiny-models.json", lambda: _models(cfg, synth, models)))
     pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
     # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set
     train_part, val_part, val_source = ("train", "holdout", faces) if val_faces is None else (None, None, val_faces)
@@ -156,17 +187,22 @@ def plan(cfg: Config) -> list[Step]:
                       complete=_pyramid_complete))
     run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
     steps.append(Step("progressive training", run_dir / "generator.safetensors",
-                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True))
+                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
+                      progress=lambda: Tracker("training", _images(cfg), "images",
+                                               lambda: read_done(run_dir, PROGRESS_FILE))))
     kind = cfg.eval.compare_loss
     compare = root / "runs" / f"compare-{kind}" if kind and kind != cfg.loss.kind else None
     if compare:
         steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare / "eval.json",
-                          lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True))
+                          lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True,
+                          progress=lambda: Tracker("comparison training", _images(cfg), "images",
+                                                   lambda: read_done(compare, PROGRESS_FILE))))
     steps.append(Step("flow prior", run_dir / "prior.safetensors", lambda: _train_prior(pyramids, run_dir),
-                      needs_ray=True))
+                      needs_ray=True, progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
+                                                               lambda: read_done(run_dir, PRIOR_PROGRESS_FILE))))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
-                          needs_ray=True))
+                          needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
         Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
         Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, compare)),
@@ -176,12 +212,34 @@ def plan(cfg: Config) -> list[Step]:
     return steps
 
 
-def run(cfg: Config, address: str | None = None) -> None:
-    """Run every unfinished step and say where the outputs are."""
+def preflight(cfg: Config) -> None:
+    """Everything the user named is usable, and whether the run conditions on text, before anything is written.
+
+    Raises :class:`~raydino.errors.UserError`. Empties ``pyramids.clip`` when
+    :func:`~raydino.data.captions.text_plan` turns text control off, and says so.
+    """
+    from raydino.data.captions import text_plan
+    from raydino.errors import require_images, require_models
+
+    if cfg.data.images:
+        require_images(cfg.data.images, min_side=cfg.pyramids.min_side, max_pixels=cfg.pyramids.max_pixels)
+    require_models(cfg)
+    text = text_plan(cfg)
+    log.info("text control: %s", text.reason)
+    if not text.on:
+        cfg.pyramids.clip = ""
+
+
+def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> None:
+    """Run every unfinished step and say where the outputs are.
+
+    Each long step shows its own progress line (:mod:`raydino.progress`);
+    ``ray_progress`` adds Ray Data's per-operator bars.
+    """
     import ray.data
 
-    # one progress view: the steps' own lines, not Ray Data's per-operator bars (one per split, per epoch)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = ray_progress
+    preflight(cfg)
     root = Path(cfg.out)
     save_config(cfg, root / "config.yaml")
     start = time.time()
@@ -193,8 +251,9 @@ def run(cfg: Config, address: str | None = None) -> None:
         t0 = time.time()
         print(f"[{i}/{len(steps)}] {step.name} ...", flush=True)
         if step.needs_ray:
-            init_ray(address)
-        step.action()
+            init_ray(address, data_progress=ray_progress)
+        with watch(step.progress()) if step.progress else contextlib.nullcontext():
+            step.action()
         print(f"[{i}/{len(steps)}] {step.name}: {time.time() - t0:.1f}s -> {step.marker.parent}", flush=True)
     print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {root.resolve()}")
     summarise(root)

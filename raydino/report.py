@@ -25,6 +25,7 @@ import math
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from raydino.config import Config, load_config
+from raydino.data.captions import describe_text
 
 log = logging.getLogger(__name__)
 
@@ -862,8 +864,39 @@ def section_run(ctx: Context) -> str:
             ("pyramid levels", ", ".join(f"{s} px" for s in cfg.pyramids.sizes)),
             ("DINOv2", cfg.pyramids.dino), ("CLIP", cfg.pyramids.clip or "none"),
             ("FD encoder", cfg.sample.fd_encoder or cfg.pyramids.dino),
-            ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}")]
-    return '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows) + "</dl>"
+            ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}"),
+            ("images", cfg.data.images or "synthetic faces (no --images)"), ("text control", describe_text(cfg))]
+    facts = '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows) + "</dl>"
+    return facts + unused_files(ctx)
+
+
+def unused_files(ctx: Context, shown: int = 200) -> str:
+    """The files of the run's images that no pyramid holds, each with its reason, from the pyramids' manifests.
+
+    The training pyramid's manifest holds what could not be listed and what
+    was ignored for the whole source; each side of the split holds its own
+    decode failures. A user sees here which of their files were skipped and why.
+    """
+    root = ctx.inputs.run.parent.parent if ctx.inputs.run.parent.name == "runs" else None
+    paths = [root / name / "manifest.json" for name in ("pyramids", "pyramids-val")] if root else []
+    manifests = [(path, m) for path in paths if (m := _read_json(path)) is not None]
+    if not manifests:
+        return _missing("No pyramid in `raydino run`'s layout beside this run: its skipped files are listed in the "
+                        "manifest.json of the pyramids it was trained and evaluated on.")
+    failures = sorted({f["path"]: f for _, m in manifests for f in m.get("failures", [])}.values(),
+                      key=lambda f: f["path"])
+    ignored = manifests[0][1].get("ignored", {})
+    counts = Counter(f["reason"].split(":", 1)[0] for f in failures)
+    lead = (f'<p class="lead">{len(failures)} file{"" if len(failures) == 1 else "s"} of '
+            f'<code>{_esc(manifests[0][1].get("source"))}</code> could not be used'
+            + (f" ({_esc(', '.join(f'{k} {v}' for k, v in sorted(counts.items())))})" if counts else "") + "; "
+            + (_esc(", ".join(f"{k} {v}" for k, v in sorted(ignored.items()))) or "no")
+            + " other files were ignored (not images by their extension, hidden, or seen twice).</p>")
+    rows = [[f"<code>{_esc(f['path'])}</code>", _esc(f["reason"])] for f in failures[:shown]]
+    more = f'<p class="small">… and {len(failures) - shown} more.</p>' if len(failures) > shown else ""
+    sources = ", ".join(f"<code>{_esc(path)}</code>" for path, _ in manifests)
+    return (lead + (_table(["file", "why it was skipped"], rows) if rows else "") + more
+            + f'<p class="small">From {sources}.</p>')
 
 
 # --- the page --------------------------------------------------------------------------------

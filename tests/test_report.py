@@ -198,7 +198,7 @@ def test_cli_report(layout: Path, tmp_path: Path, capsys) -> None:
     assert out.is_file() and (tmp_path / "page_files").is_dir()
     _check_images(out)
     assert main(["report", "--run", str(tmp_path / "nothing")]) == 2
-    assert "run directory not found" in capsys.readouterr().err
+    assert f"--run {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
 
 
 def test_pca_colours_and_helpers() -> None:

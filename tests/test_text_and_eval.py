@@ -17,6 +17,7 @@ from conftest import write_test_pyramid
 
 from raydino.cli import main
 from raydino.config import load_config, save_config
+from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.losses import columns
@@ -36,7 +37,8 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     faces = write_faces(root / "faces", count=96, seed=5, size=128)
     models = {key: shutil.copytree(tiny_models[key], root / "models" / tiny_models[key].name)
               for key in ("dino", "fd", "attributes")}
-    models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", faces, seed=0, steps=300)
+    models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", caption_pairs(faces), seed=0, steps=300,
+                                     source=str(faces))
     (root / "pyr").mkdir()
     pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
     held_faces = write_faces(root / "held_faces", count=32, seed=6, size=128)
@@ -126,7 +128,7 @@ def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
     assert main(["sample", "--run", run, "--out", str(out), "--prior", "pca", "--from-image", str(faces[0]),
                  "--vary", "0.5", "--n", "2"]) == 0
     assert main(["sample", "--run", str(tmp_path / "nope"), "--out", str(out), "--prior"]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    assert f"--run {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     assert main(["sample", "--run", run, "--out", str(out), "--from-image", str(bad)]) == 2

@@ -19,7 +19,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MARKER = "RAYDINO_TINY.txt"  # beside `raydino tiny-models` weights: what they are (random, or trained on what)
-TINY_HINT = "run `raydino tiny-models --faces FACES_DIR --out DIR` for offline tiny models, or download the weights and pass their directory"
+TINY_HINT = ("run `raydino tiny-models --faces FACES_DIR --out DIR` for offline tiny models, or download the weights "
+             "and pass their directory (docs/offline.md)")
 
 
 class ModelNotFoundError(FileNotFoundError):

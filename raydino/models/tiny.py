@@ -12,16 +12,19 @@ both encoders against a random one are written beside them (``probes.json``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from raydino.config import TinyModelsConfig
+from raydino.config import PyramidConfig, TinyModelsConfig
+from raydino.data.captions import caption_pairs
 from raydino.data.face_set import FaceSet, from_folder, from_seed
 from raydino.models.encoder_training import (
     FD_OBJECTIVE,
@@ -34,6 +37,7 @@ from raydino.models.encoder_training import (
 from raydino.models.face_attributes import save_classifier, train_classifier
 from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
 from raydino.models.probes import majority_baseline, probe_encoder
+from raydino.pyramids.decode import BadImage, decode_image
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
 TINY_CLIP = {
@@ -43,6 +47,7 @@ TINY_CLIP = {
 }
 PROBES = "probes.json"
 SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
+TRAIN_THREADS = 1  # intra-op threads of every tiny model's training (fixed_threads)
 PROBE_SEED = 20_000  # held-out probe faces: not the training faces (seed) nor `raydino run`'s held-out ones (seed + 10000)
 
 log = logging.getLogger(__name__)
@@ -94,37 +99,39 @@ def build_tiny_clip() -> torch.nn.Module:
     return CLIP(**TINY_CLIP, output_dict=True)
 
 
-def fit_tiny_clip(model: torch.nn.Module, faces_dir: str | Path, steps: int = 300, batch_size: int = 64,
+def fit_tiny_clip(model: torch.nn.Module, pairs: list[tuple[str, str]], steps: int = 300, batch_size: int = 64,
                   seed: int = 0) -> torch.nn.Module:
-    """Contrastively fit a tiny CLIP to synthetic faces and their captions.
+    """Contrastively fit a tiny CLIP to ``(image path, caption)`` pairs.
 
     Real CLIP weights cannot be downloaded offline; a random CLIP would make
     text control untestable. A few hundred steps of open_clip's own loss on
-    the captions make its text and image spaces agree on the attributes.
+    the captions make its text and image spaces agree on what they name.
+    Images decode as the pyramids decode them; a file that does not is
+    skipped and counted in the log.
     """
     import open_clip
-    import pyarrow.parquet as pq
-    from PIL import Image
 
-    faces_dir = Path(faces_dir)
-    meta = pq.read_table(faces_dir / "metadata.parquet").to_pylist()
     size = TINY_CLIP["vision_cfg"]["image_size"]
-    images = torch.stack([
-        torch.from_numpy(np.array(Image.open(faces_dir / m["file"]).convert("RGB").resize((size, size), Image.LANCZOS)))
-        for m in meta
-    ]).permute(0, 3, 1, 2).float() / 255.0
+    crops, captions = [], []
+    for path, caption in pairs:
+        try:
+            crops.append(decode_image(Path(path).read_bytes(), size, min_side=1, max_pixels=PyramidConfig.max_pixels))
+            captions.append(caption)
+        except (OSError, BadImage) as exc:
+            log.info("tiny CLIP fit: skipping %s (%s)", path, exc)
+    if not crops:
+        raise ValueError("none of the captioned images can be read: the tiny CLIP has nothing to fit to")
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     images = (images - mean) / std
-    tokens = open_clip.get_tokenizer("ViT-B-32", context_length=TINY_CLIP["text_cfg"]["context_length"])(
-        [m["caption"] for m in meta]
-    )
+    tokens = open_clip.get_tokenizer("ViT-B-32", context_length=TINY_CLIP["text_cfg"]["context_length"])(captions)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(meta), (min(batch_size, len(meta)),), generator=gen)
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
         out = model(images[idx], tokens[idx])
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
@@ -133,14 +140,34 @@ def fit_tiny_clip(model: torch.nn.Module, faces_dir: str | Path, steps: int = 30
     return model.eval()
 
 
-def write_tiny_clip(out: Path, faces: str | Path, seed: int, steps: int) -> Path:
-    """The tiny CLIP fitted to the faces' captions (``steps: 0`` keeps it random, and says so)."""
+def write_tiny_clip(out: Path, pairs: list[tuple[str, str]], seed: int, steps: int, source: str) -> Path:
+    """The tiny CLIP fitted to ``pairs`` (``steps: 0`` or no pairs keep it random, and say so)."""
     torch.manual_seed(seed)
     clip = build_tiny_clip()
+    steps = steps if pairs else 0
     if steps:
-        fit_tiny_clip(clip, faces, steps=steps, seed=seed)
-    note = f"fitted to the captions of {Path(faces).resolve()}, {steps} steps" if steps else "random weights"
+        fit_tiny_clip(clip, pairs, steps=steps, seed=seed)
+    note = f"fitted to {len(pairs)} captions of {source}, {steps} steps" if steps else "random weights"
     return save_tiny_clip(out, seed, model=clip, note=note)
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int = TRAIN_THREADS) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, whatever ``OMP_NUM_THREADS`` or the core count say.
+
+    How CPU kernels split a sum depends on the thread count, so the same
+    seed trained the tiny CLIP into other weights with 1 thread than with 2
+    (an exported ``OMP_NUM_THREADS=1`` was enough): a fixed count makes the
+    tiny models, and the figures measured through them, the same on every run.
+    One thread: the same weights on any machine, and no collapse when other
+    processes share the cores (two threads on two busy cores ran ~25x slower).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_tiny_encoder(out: Path, train: FaceSet, faces: str | Path, sizes: list[int], objective: Objective,
@@ -172,15 +199,24 @@ def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) 
 
 
 def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_steps: int = 300,
-                      budget: TinyModelsConfig | None = None, sizes: list[int] | None = None) -> dict[str, Path]:
+                      budget: TinyModelsConfig | None = None, sizes: list[int] | None = None,
+                      captions: tuple[list[tuple[str, str]], str] | None = None) -> dict[str, Path]:
     """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the attribute judge.
 
     ``dino`` (the training DINOv2), ``fd`` (another seed and objective mix, so
     that the evaluation space is not the training space), ``clip`` (fitted to
-    the captions), ``attributes`` (the attribute classifier). ``sizes``: the
-    pyramid levels the encoders will see (default: the demo's).
+    ``captions``: ``(image path, caption)`` pairs and where they come from;
+    default: the faces' own), ``attributes`` (the attribute classifier).
+    ``sizes``: the pyramid levels the encoders will see (default: the demo's).
+    Trained with :data:`TRAIN_THREADS` threads (:func:`fixed_threads`).
     """
-    out, budget, sizes = Path(out), budget or TinyModelsConfig(), list(sizes or [56, 84, 112])
+    with fixed_threads():
+        return _write_tiny_models(Path(out), faces, seed, clip_steps, budget or TinyModelsConfig(),
+                                  list(sizes or [56, 84, 112]), captions)
+
+
+def _write_tiny_models(out: Path, faces: str | Path, seed: int, clip_steps: int, budget: TinyModelsConfig,
+                       sizes: list[int], captions: tuple[list[tuple[str, str]], str] | None) -> dict[str, Path]:
     seconds: dict[str, float] = {}
     t0 = time.time()
     train = from_folder(faces, max(sizes))
@@ -201,10 +237,12 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_st
     write_probes([paths["dino"], paths["fd"]], sizes, budget.probe_faces, seed)
     seconds["probes"] = time.time() - t0
     t0 = time.time()
-    paths["clip"] = write_tiny_clip(out / "clip-tiny", faces, seed, clip_steps)
+    pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
+    paths["clip"] = write_tiny_clip(out / "clip-tiny", pairs, seed, clip_steps, source)
     seconds["clip"] = time.time() - t0
     summary = {"faces": str(Path(faces).resolve()), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
-               "clip_steps": clip_steps, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "clip_steps": clip_steps, "captions": {"source": source, "count": len(pairs)},
+               "threads": TRAIN_THREADS, "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "paths": {k: str(v) for k, v in paths.items()}}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return paths

@@ -17,6 +17,7 @@ finished, or a failed run's manifest: never half written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from raydino.config import PyramidConfig
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
+from raydino.progress import CountFile, Tracker, read_done, watch
 from raydino.pyramids import schema
 from raydino.pyramids.decode import BACKGROUND, BadImage, Listing, Split, decode_image, list_images, source_uri
 from raydino.pyramids.features import PyramidEncoder
@@ -44,6 +46,7 @@ from raydino.pyramids.features import PyramidEncoder
 log = logging.getLogger(__name__)
 
 FAILURES = "_failures"
+PROGRESS = "_progress"
 STATS = "ray_data_stats.txt"
 SHARD_BYTES = 128 * 2**20
 # Float16 tokens are incompressible, and pyarrow's defaults made the writes the
@@ -102,11 +105,21 @@ class ArrowPyramidEncoder(PyramidEncoder):
 
     Numpy batches would become Ray's own tensor extension type, which pyarrow
     alone cannot read; ``fixed_shape_tensor`` columns survive ``write_parquet``
-    and read back anywhere.
+    and read back anywhere. With ``progress_dir``, each actor keeps its count
+    of encoded rows there, which the driver's progress line sums.
     """
 
+    def __init__(self, *args, progress_dir: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter = CountFile(Path(progress_dir) / f"{uuid.uuid4().hex}.json") if progress_dir else None
+        self.done = 0
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return schema.make_table(super().__call__(batch))
+        table = schema.make_table(super().__call__(batch))
+        if self.counter:
+            self.done += table.num_rows
+            self.counter.update(self.done)
+        return table
 
 
 def preprocessing(cfg: PyramidConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
@@ -146,7 +159,7 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
     """
     import ray
 
-    failures_dir = tmp / FAILURES
+    failures_dir, progress_dir = tmp / FAILURES, tmp / PROGRESS
     failures_dir.mkdir(parents=True)
     paths = [{"path": listing.display(p)} for p in listing.images]
     ds = ray.data.from_items(paths, override_num_blocks=max(1, math.ceil(len(paths) / cfg.batch_size)))
@@ -160,18 +173,33 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
     ds = ds.map_batches(
         ArrowPyramidEncoder,
         fn_constructor_kwargs=dict(dino=cfg.dino, sizes=cfg.sizes, thumb_size=cfg.thumb_size, clip=cfg.clip,
-                                   device="cuda" if cfg.num_gpus > 0 else "cpu"),
+                                   device="cuda" if cfg.num_gpus > 0 else "cpu", progress_dir=str(progress_dir)),
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_gpus=cfg.num_gpus or None,
     )
     start = time.perf_counter()
-    ds.write_parquet(str(tmp), min_rows_per_file=shard_rows, ray_remote_args={"num_cpus": 1 if cfg.num_gpus else 0},
-                     **PARQUET_WRITE)
+    finished: list[int] = []  # once written, every path is a row or a failure (the actors' last counts may lag)
+    tracker = Tracker("extraction", len(paths), "images", lambda: finished[0] if finished else
+                      read_done(progress_dir, "*.json") + _count_failures(failures_dir))
+    with watch(tracker):
+        ds.write_parquet(str(tmp), min_rows_per_file=shard_rows,
+                         ray_remote_args={"num_cpus": 1 if cfg.num_gpus else 0}, **PARQUET_WRITE)
+        finished.append(len(paths))
     seconds = time.perf_counter() - start
+    shutil.rmtree(progress_dir, ignore_errors=True)
     (tmp / STATS).write_text(ds.stats())
     return seconds
+
+
+def _count_failures(failures_dir: Path) -> int:
+    """How many files the decode tasks have failed so far (their records, read while they write more)."""
+    count = 0
+    for f in failures_dir.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            count += len(json.loads(f.read_text()))
+    return count
 
 
 def _gather_failures(tmp: Path) -> list[dict[str, str]]:

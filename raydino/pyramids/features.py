@@ -26,11 +26,20 @@ def square_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def host_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``images``; a read-only array (zero-copy from Ray's object store) is copied first.
+
+    PyTorch cannot mark a tensor read-only, so wrapping such an array warns
+    (once per batch in an extraction) and would let a write corrupt the store.
+    """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()
+    return torch.as_tensor(images)
+
+
 def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 BxHxWx3 -> float BxCxHxW in [0, 1] on ``device``."""
-    if isinstance(images, np.ndarray) and not images.flags.writeable:  # zero-copy from Ray's object store
-        images = images.copy()
-    x = torch.as_tensor(images).to(device, non_blocking=True)
+    x = host_tensor(images).to(device, non_blocking=True)
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -91,7 +100,7 @@ class PyramidEncoder:
         from raydino.pyramids import schema
 
         pinned = self.device.type == "cuda"
-        images = torch.as_tensor(batch["image"])
+        images = host_tensor(batch["image"])
         x = to_float(images.pin_memory() if pinned else images, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             levels = dino_levels(self.dino, x, self.sizes)

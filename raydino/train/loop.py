@@ -21,6 +21,7 @@ from raydino.config import Config, StageConfig
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.generator import Generator
 from raydino.models.loading import Dino, load_dino
+from raydino.progress import PROGRESS_FILE, CountFile
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator
@@ -88,6 +89,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     final_res = tc.stages[-1].resolution
 
     validator = monitor = heldout = None
+    counter = CountFile(run_dir / PROGRESS_FILE)  # images seen, for the driver's progress line (rank 0 writes it)
     if rank0:
         validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, final_res, tc.seed, device)
         monitor = RunLog(run_dir, purge_step=progress.step or None)
@@ -135,6 +137,8 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
             out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
                              bf16=tc.bf16, generator=rng)
             progress.advance(stage.batch_size, out.ok)
+            if rank0:
+                counter.update(progress.images_seen, force=progress.stage_step == steps)
             if out.ok:
                 update_ema(ema, model, tc.ema_beta)
             else:

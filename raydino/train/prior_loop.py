@@ -18,6 +18,7 @@ import torch
 
 from raydino.config import Config
 from raydino.models.flow_prior import FlowPrior, flow_matching_loss, metadata
+from raydino.progress import PRIOR_PROGRESS_FILE, CountFile
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
@@ -65,6 +66,7 @@ def run(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at
         print(f"[prior] resuming from the checkpoint of step {restored.step}", flush=True)
     net = session.prepare(model)
     monitor = RunLog(run_dir, purge_step=progress.step or None, tb="tb/prior") if rank0 else None
+    counter = CountFile(run_dir / PRIOR_PROGRESS_FILE)  # steps done, for the driver's progress line (rank 0)
     code_col, with_clip = schema.tokens_col(cfg.pyramids.sizes[0]), shape["clip_dim"] > 0
     stream = data_stream(session, progress, pc.batch_size // session.world_size)
     losses: list[float] = []
@@ -81,6 +83,8 @@ def run(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at
         if ok:
             opt.step()
         progress.advance(pc.batch_size, ok)
+        if rank0:
+            counter.update(progress.step, force=progress.step == pc.steps)
         if ok:
             update_ema(ema, model, pc.ema_beta)
             losses.append(loss.item())

@@ -1,0 +1,135 @@
+"""Checks of what a user names on the command line, before any work starts.
+
+Each failure is a :class:`UserError` whose text is one sentence: which flag
+or file, what is wrong with it, what to do. The CLI prints it and exits 2,
+and since nothing has been written yet, nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raydino.config import Config
+
+
+class UserError(ValueError):
+    """Something the user named that cannot be used; the message says what to do."""
+
+
+def _local(path: str) -> Path | None:
+    """``path`` as a local Path, or None for a URI (checked when it is read)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    return Path(path.removeprefix("file://")).expanduser()
+
+
+def require_run(path: str | Path, flag: str = "--run", finished: bool = True) -> Path:
+    """A training run folder: ``config.yaml`` and, when ``finished``, ``generator.safetensors``."""
+    from raydino.train.checkpoint import CONFIG, GENERATOR
+
+    run = Path(path)
+    hint = "pass the folder `raydino train --out` wrote (OUT/runs/train after `raydino run`)"
+    if not run.is_dir():
+        raise UserError(f"{flag} {run}: no such folder: {hint}")
+    missing = [name for name in (CONFIG, GENERATOR if finished else None) if name and not (run / name).is_file()]
+    if missing:
+        raise UserError(f"{flag} {run} is not a {'finished ' if finished else ''}training run (no "
+                        f"{' or '.join(missing)} in it): {hint}" + (", and let the training finish" if finished else ""))
+    return run
+
+
+def require_pyramid(path: str | Path, flag: str = "--pyramids") -> Path:
+    """A finished feature pyramid: a ``manifest.json`` with ``status: ok`` (or none, from older versions)."""
+    import json
+
+    from raydino.pyramids.schema import MANIFEST
+
+    pyramid = Path(path)
+    hint = "pass a folder `raydino pyramids --out` wrote (OUT/pyramids or OUT/pyramids-val after `raydino run`)"
+    if not pyramid.is_dir():
+        raise UserError(f"{flag} {pyramid}: no such folder: {hint}")
+    manifest = pyramid / MANIFEST
+    if not manifest.is_file():
+        raise UserError(f"{flag} {pyramid} is not a feature pyramid (no {MANIFEST} in it): {hint}")
+    try:
+        status = json.loads(manifest.read_text()).get("status", "ok")
+    except (ValueError, AttributeError):
+        raise UserError(f"{flag} {pyramid}: its {MANIFEST} is not a pyramid manifest (not a JSON object): "
+                        f"{hint}, or recompute it with `raydino pyramids --overwrite`") from None
+    if status != "ok":
+        raise UserError(f"{flag} {pyramid} is a pyramid whose extraction failed (see the failures in {manifest}): "
+                        "fix or remove the bad images and run `raydino pyramids` again")
+    return pyramid
+
+
+def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixels: int = 89_478_485) -> None:
+    """An image source with at least one image that decodes.
+
+    Local folders are checked fully here (the first file that decodes ends
+    the check, so a good folder costs one decode); a URI is listed, and its
+    files are judged by the extraction.
+    """
+    from raydino.pyramids.decode import BadImage, decode_image, list_images
+
+    hint = "point it at a folder of JPEG, PNG, WebP, BMP, GIF or TIFF images"
+    local = _local(src)
+    if local is not None and not local.exists() and not any(c in src for c in "*?["):
+        raise UserError(f"{flag} {src}: no such folder: check the path ({hint})")
+    try:
+        listing = list_images(src)
+    except (FileNotFoundError, NotADirectoryError, OSError) as exc:
+        raise UserError(f"{flag} {src} cannot be listed ({exc}): {hint}") from None
+    if not listing.images:
+        ignored = sum(listing.ignored.values()) + len(listing.failures)
+        what = f"only {ignored} other {'entry' if ignored == 1 else 'entries'}" if ignored else "nothing"
+        raise UserError(f"{flag} {src} holds no image file ({what}): {hint}")
+    if local is None:
+        return
+    reasons: dict[str, int] = {}
+    for path in listing.images:
+        try:
+            decode_image(Path(path).read_bytes(), 16, min_side=min_side, max_pixels=max_pixels)
+            return
+        except (OSError, BadImage) as exc:
+            kind = exc.kind if isinstance(exc, BadImage) else "unreadable"
+            reasons[kind] = reasons.get(kind, 0) + 1
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    raise UserError(f"{flag} {src}: none of its {len(listing.images)} image files can be read ({counts}): {hint}")
+
+
+def require_models(cfg: Config) -> None:
+    """Every local model directory the run loads is there, or is one the demo's tiny-models step writes."""
+    written = Path(cfg.out) / "models" if cfg.preset == "demo" else None
+    for key, spec in (("pyramids.dino", cfg.pyramids.dino), ("pyramids.clip", cfg.pyramids.clip),
+                      ("sample.fd_encoder", cfg.sample.fd_encoder),
+                      ("sample.attribute_classifier", cfg.sample.attribute_classifier)):
+        local = spec.removeprefix("local-dir:").removeprefix("file://")
+        if not local.startswith(("/", "~")):
+            require_cached(key, spec)
+            continue
+        path = Path(local).expanduser()
+        if written is not None and path.resolve().is_relative_to(written.resolve()):
+            continue
+        if not path.is_dir():
+            raise UserError(f"{key}={spec}: no model directory there: download the weights into it "
+                            "(docs/offline.md), or name a hub id or another directory with "
+                            f"`raydino run ... {key}=...`")
+
+
+def require_cached(key: str, spec: str) -> None:
+    """With ``HF_HUB_OFFLINE=1``, a hub id (DINOv2 ``org/name``, CLIP ``hf-hub:org/name``) must be in the cache.
+
+    Checked through ``huggingface_hub``'s own cache lookup, so ``HF_HOME`` and
+    ``HF_HUB_CACHE`` mean what they mean to the loaders. open_clip's
+    ``NAME:TAG`` ids are resolved by open_clip itself and not checked here.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE or ":" in spec.removeprefix("hf-hub:") or spec.count("/") != 1:
+        return
+    clip = spec.startswith("hf-hub:")
+    repo, config = spec.removeprefix("hf-hub:"), "open_clip_config.json" if clip else "config.json"
+    if not isinstance(try_to_load_from_cache(repo, config), str):
+        raise UserError(f"{key}={spec} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE=1 "
+                        "forbids downloading it: download it there first on a machine with network "
+                        "(docs/offline.md), or name a local directory")
