@@ -33,7 +33,7 @@ def prior_cfg(**prior):
                 "checkpoint_every": 200, "log_every": 100, "fit_rows": 512, "sample_steps": 8,
                 "cond_dropout": 0.5} | prior
     return load_config("demo", overrides=[f"prior.{k}={v}" for k, v in settings.items()] + [
-        "train.num_to_keep=4", "pyramids.dino=toy"])  # the toy pyramid's encoder name: never a demo folder on disk
+        "train.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels"])  # the toy pyramid's encoders
 
 
 @pytest.fixture(scope="module")
