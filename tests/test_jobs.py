@@ -43,11 +43,12 @@ BIN = Path(sys.executable).parent  # this environment's `ray` and `python`
 RUNTIME_ENV = "cluster/runtime_env.yaml"
 JOB_TIMEOUT = 900  # a hung job fails the test; a loaded 2-core machine is slow
 # The demo, smaller: the session's 48 faces as a user's image folder (so no held-out pyramid), 4 steps
-# per stage, no sweep (tune.trials=0; tests/test_tune.py covers Tune), no CLIP (an unconditional prior)
-# and 20 prior steps of 16: what is under test here is the submission, not the stages.
+# per stage, no sweep (tune.trials=0; tests/test_tune.py covers Tune), no CLIP (an unconditional prior),
+# 20 prior steps of 16 and no comparison run (eval.compare_loss=): what is under test here is the
+# submission, not the stages.
 SMALL = ["train.stages.0.images=64", "train.stages.1.images=64", "train.val_count=8",
          "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20",
-         "prior.batch_size=16"]
+         "prior.batch_size=16", "eval.compare_loss="]
 
 
 def _free_port() -> int:

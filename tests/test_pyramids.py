@@ -193,3 +193,8 @@ def test_pipeline_computes_pyramids_after_the_tiny_models():
     assert names.index("feature pyramids") == names.index("tiny models") + 1
     step = steps[names.index("feature pyramids")]
     assert step.needs_ray and step.marker == Path(cfg.out) / "pyramids" / schema.MANIFEST
+    # the demo also trains the other loss, right after its own training, into runs/compare-<kind>
+    compare = steps[names.index("progressive training") + 1]
+    assert compare.name == "comparison: the same run with loss.kind=energy" and compare.needs_ray
+    assert compare.marker == Path(cfg.out) / "runs" / "compare-energy" / "eval.json"
+    assert "comparison" not in " ".join(s.name for s in plan(load_config("demo", overrides=["eval.compare_loss="])))
