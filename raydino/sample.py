@@ -199,16 +199,20 @@ def save_grid(rows: list[Row], path: str | Path, cell: int = 96) -> Path:
         for i, caption in enumerate(row.captions):
             draw.text((4 + i * (cell + 2), 16), caption[: cell // 6], fill=(90, 90, 90))
         tiles.append(np.concatenate([np.asarray(strip), arr]))
-    width = max(t.shape[1] for t in tiles)
-    canvas = np.full((sum(t.shape[0] for t in tiles), width, 3), 255, np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(stack(tiles)).save(path)
+    return path
+
+
+def stack(tiles: list[np.ndarray]) -> np.ndarray:
+    """HWC uint8 tiles one above the other, left-aligned on white."""
+    canvas = np.full((sum(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles), 3), 255, np.uint8)
     y = 0
     for t in tiles:
         canvas[y : y + t.shape[0], : t.shape[1]] = t
         y += t.shape[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    return canvas
 
 
 def save_each(rows: list[Row], directory: str | Path) -> list[Path]:

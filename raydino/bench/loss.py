@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from raydino.bench.record import header, save
 from raydino.bench.train import device_phase
 from raydino.config import load_config
+from raydino.sample import stack
 
 FIGURES = ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "fd_dinov2/floor", "fd_dinov2/n",
            "train_encoder/dist_unweighted")
@@ -50,14 +51,8 @@ def side_by_side(grids: dict[str, Path], out: Path) -> Path:
         ImageDraw.Draw(strip).text((4, 5), f"loss.kind={kind}: each row a held-out image, then 8 noise draws",
                                    fill="black")
         tiles.append(np.concatenate([np.asarray(strip), grid]))
-    width = max(t.shape[1] for t in tiles)
-    canvas = np.full((sum(t.shape[0] for t in tiles), width, 3), 255, np.uint8)
-    y = 0
-    for t in tiles:
-        canvas[y : y + t.shape[0], : t.shape[1]] = t
-        y += t.shape[0]
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(out)
+    Image.fromarray(stack(tiles)).save(out)
     return out
 
 
