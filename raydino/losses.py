@@ -179,6 +179,7 @@ class DinoPyramidLoss:
             return cosine_distance(generated, target), None
         draws = unit_features(generated).view(len(target), self.draws, -1)
         return energy_score(draws, unit_features(target), self.cfg.beta)
+
     def level_weights(self, resolution: int) -> list[float]:
         return list(self.cfg.stage_level_weights.get(str(resolution), self.cfg.level_weights))
 
