@@ -138,6 +138,8 @@ class Sampler:
                         ["input", "reconstruction"] + [f"variation {i}" for i in range(1, n)])]
         prior = self.flow("--vary")
         varied = prior.vary(code.expand(n - 1, -1, -1), vary, torch.Generator().manual_seed(seed), steps=steps)
+        # one code per pass: a batched pass differs from a single one in the last bits, and T = 0 must give
+        # the reconstruction exactly
         out = torch.cat([self.generate(c[None], self.noise(1, seed)) for c in torch.cat([code, varied])])
         return [Row(f"image: {Path(path).name}, flow variations at T={vary} ({self._settings(steps)})",
                     torch.cat([source, out]), ["input", "reconstruction"] + [f"T={vary} #{i}" for i in range(1, n)])]
@@ -230,13 +232,8 @@ def save_each(rows: list[Row], directory: str | Path) -> list[Path]:
 def noise_grid(run_dir: str | Path, images: list[str], out: str | Path, n: int = 8, seed: int = 0) -> list[Row]:
     """Per image a row: the input, then ``n`` draws for its one coarse code. What the noise decides, and what not."""
     sampler = Sampler(run_dir)
-    rows = []
-    for path in images:
-        image = sampler.load_image(path)
-        draws = sampler.generate(sampler.code_from_image(image).expand(n, -1, -1), sampler.noise(n, seed))
-        source = torch.nn.functional.interpolate(image, size=sampler.resolution, mode="bilinear", antialias=True)
-        rows.append(Row(f"{Path(path).name}: input, then {n} noise draws ({sampler.cfg.loss.kind} loss)",
-                        torch.cat([source, draws])))
+    rows = [Row(f"{Path(path).name}: input, then {n} noise draws ({sampler.cfg.loss.kind} loss)",
+                sampler.from_image(path, n, seed)[0].images) for path in images]
     save_grid(rows, out)
     return rows
 
