@@ -81,8 +81,6 @@ def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: l
     classifier's ceiling is measured where the generator is); ``prior``: the
     run's prior samples (those FD scored), or None without a prior.
     """
-    from raydino.models.flow_prior import PRIOR_FILE
-
     spec = sampler.cfg.sample.attribute_classifier
     if not spec:
         return {}
@@ -98,7 +96,7 @@ def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: l
     out |= _named("attributes/reconstructions", accuracies(classifier.predict(recon), labels))
     if prior is not None:
         out |= _named("attributes/prior_tv", tv_distances(classifier.predict(prior), labels))
-    if prompts and sampler.cfg.pyramids.clip and (sampler.run_dir / PRIOR_FILE).is_file():
+    if prompts and sampler.cfg.pyramids.clip and sampler.run.prior.is_file():
         out |= _named("attributes/prompts", prompt_accuracies(classifier, sampler, prompts, seed))
     return out
 

@@ -93,8 +93,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def cmd_train_prior(args: argparse.Namespace) -> None:
-    from raydino.models.flow_prior import PRIOR_FILE
-    from raydino.models.prior import PCA_FILE
+    from raydino.layout import Run
     from raydino.pipeline import init_ray
     from raydino.train.prior_trainer import train_prior
     from raydino.train.trainer import TrainingError, resume_config
@@ -107,8 +106,9 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
         figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
     except TrainingError as exc:
         sys.exit(f"raydino train-prior: error: {exc}")
-    print(f"flow prior: {args.run}/{PRIOR_FILE} ({figures['step']} steps, loss {figures.get('loss', float('nan')):.4f}); "
-          f"PCA baseline: {args.run}/{PCA_FILE}; TensorBoard: tensorboard --logdir {args.run}/tb/prior")
+    run = Run(args.run)
+    print(f"flow prior: {run.prior} ({figures['step']} steps, loss {figures.get('loss', float('nan')):.4f}); "
+          f"PCA baseline: {run.prior_pca}; TensorBoard: tensorboard --logdir {run.tb_prior}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -171,16 +171,16 @@ def cmd_bench_loss(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from raydino.evaluate import EVAL_FILE, evaluate
-    from raydino.train.checkpoint import load_generator
+    from raydino.evaluate import evaluate
+    from raydino.layout import Run
 
     require_run(args.run)
     require_pyramid(args.pyramids)
-    prompts = args.prompt if args.prompt is not None else load_generator(args.run)[1].sample.prompts
+    prompts = args.prompt if args.prompt is not None else Run(args.run).config_of().sample.prompts
     figures = evaluate(args.run, args.pyramids, n=args.n, seed=args.seed, prompts=prompts)
     for key, value in figures.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"wrote {args.run}/{EVAL_FILE}")
+    print(f"wrote {Run(args.run).eval}")
 
 
 def cmd_bench_sample(args: argparse.Namespace) -> None:

@@ -25,13 +25,13 @@ def _local(path: str) -> Path | None:
 
 def require_run(path: str | Path, flag: str = "--run", finished: bool = True) -> Path:
     """A training run folder: ``config.yaml`` and, when ``finished``, ``generator.safetensors``."""
-    from raydino.train.checkpoint import CONFIG, GENERATOR
+    from raydino.layout import Run
 
     run = Path(path)
     hint = "pass the folder `raydino train --out` wrote (OUT/runs/train after `raydino run`)"
     if not run.is_dir():
         raise UserError(f"{flag} {run}: no such folder: {hint}")
-    missing = [name for name in (CONFIG, GENERATOR if finished else None) if name and not (run / name).is_file()]
+    missing = [p.name for p in (Run(run).config, Run(run).generator if finished else None) if p and not p.is_file()]
     if missing:
         raise UserError(f"{flag} {run} is not a {'finished ' if finished else ''}training run (no "
                         f"{' or '.join(missing)} in it): {hint}" + (", and let the training finish" if finished else ""))

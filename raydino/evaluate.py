@@ -38,6 +38,7 @@ import torch
 
 from raydino.attribute_agreement import attribute_figures
 from raydino.data.face_set import labels_for_paths
+from raydino.layout import Run
 from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import (
     clip_score,
@@ -49,15 +50,12 @@ from raydino.metrics import (
     paired_distance,
     sharpness_ratio,
 )
-from raydino.models.flow_prior import PRIOR_FILE
 from raydino.models.loading import Dino, load_dino, require_local
-from raydino.models.prior import PCA_FILE
 from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
-from raydino.pyramids.decode import read_source_image
+from raydino.pyramids.decode import read_image
 from raydino.sample import Sampler
 
-EVAL_FILE = "eval.json"
 SPREAD_DRAWS = 8    # noise draws per code for noise_spread
 SPREAD_CODES = 64   # held-out codes noise_spread averages over (at most)
 HAIR_SAMPLES = 16  # prompt samples per hair colour
@@ -71,8 +69,8 @@ def prior_samples(s: Sampler, fd_dino: Dino, real_feats: np.ndarray, half: int, 
     scores them) and the ``fd_dinov2/prior*`` figures.
     """
     out, flow = {}, None
-    for kind, path, key in (("flow", PRIOR_FILE, "fd_dinov2/prior"), ("pca", PCA_FILE, "fd_dinov2/prior_pca")):
-        if (s.run_dir / path).is_file():
+    for kind, path, key in (("flow", s.run.prior, "fd_dinov2/prior"), ("pca", s.run.prior_pca, "fd_dinov2/prior_pca")):
+        if path.is_file():
             images = s.from_prior(half, seed, kind=kind)[0].images
             out[key] = fd_with_floor(dino_cls(fd_dino, images, size), real_feats)["value"]
             flow = images if kind == "flow" else flow
@@ -100,13 +98,13 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     n = len(rows["path"])
     if n < 4:
         raise ValueError(f"{pyramids}: eval needs at least 4 held-out rows, found {n}")
-    if _overlaps_training(run_dir, Path(pyramids), manifest):
+    if _overlaps_training(s.run, Path(pyramids), manifest):
         raise ValueError(f"{pyramids} holds images {run_dir} was trained on ({manifest.get('source')}): evaluate on "
                          "its held-out pyramid (`raydino run` writes OUT/pyramids-val)")
     targets = Targets.from_batch(rows, sizes, s.device)
     recon = s.generate(targets.code, s.noise(n, seed))
     res, size = s.resolution, max(sizes)
-    real = match_resolution(np.stack([read_source_image(str(p), size) for p in rows["path"]]), res)
+    real = match_resolution(np.stack([read_image(str(p), size) for p in rows["path"]]), res)
     out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "set": schema.describe_set(manifest),
                  "n": n, "resolution": res, "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
 
@@ -130,13 +128,13 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
     out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
-    if prompts and s.cfg.pyramids.clip and (run_dir / PRIOR_FILE).is_file():
+    if prompts and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
     labels = labels_for_paths(list(rows["path"]))
-    if labels is not None and s.cfg.pyramids.clip and (run_dir / PRIOR_FILE).is_file():
+    if labels is not None and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= hair_colour_figures(s, real, labels, HAIR_SAMPLES, seed)
-    (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=1))
-    _to_tensorboard(run_dir, out)
+    s.run.eval.write_text(json.dumps(out, indent=1))
+    _to_tensorboard(s.run, out)
     return out
 
 
@@ -149,14 +147,13 @@ def detail_figures(s: Sampler, codes: torch.Tensor, recon: torch.Tensor, real: t
             "sharpness_ratio": sharpness_ratio(recon, real), "sharpness_ratio/n": len(recon)}
 
 
-def _overlaps_training(run_dir: Path, pyramids: Path, manifest: dict) -> bool:
+def _overlaps_training(run: Run, pyramids: Path, manifest: dict) -> bool:
     """Whether a pyramid may share images with the one the run trained on (named in its ``metrics.json``).
 
     The training pyramid itself, or one of the same source that is not the
     other side of the same split.
     """
-    metrics = run_dir / "metrics.json"
-    trained = json.loads(metrics.read_text()).get("pyramids") if metrics.is_file() else None
+    trained = (run.figures("metrics") or {}).get("pyramids")
     if not trained or not Path(trained, schema.MANIFEST).is_file():
         return False
     if Path(trained).resolve() == pyramids.resolve():
@@ -186,11 +183,11 @@ def prompt_scores(s: Sampler, prompts: list[str], per_prompt: int, seed: int) ->
     return out
 
 
-def _to_tensorboard(run_dir: Path, figures: dict) -> None:
+def _to_tensorboard(run: Run, figures: dict) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    step = json.loads((run_dir / "metrics.json").read_text()).get("step", 0) if (run_dir / "metrics.json").exists() else 0
-    with SummaryWriter(str(run_dir / "tb")) as writer:
+    step = (run.figures("metrics") or {}).get("step", 0)
+    with SummaryWriter(str(run.tb)) as writer:
         for key, value in figures.items():
             if isinstance(value, float):
                 writer.add_scalar(f"eval/{key}", value, step)

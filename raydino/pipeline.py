@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raydino.config import Config, save_config
-from raydino.progress import PRIOR_PROGRESS_FILE, PROGRESS_FILE, Tracker, read_done, watch
+from raydino.data.synth_faces import METADATA as FACES_METADATA
+from raydino.layout import Output, Run, Samples, Sweep, read_json
+from raydino.progress import Tracker, read_done, watch
+from raydino.pyramids import schema
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,6 @@ class Step:
     needs_ray: bool = False
     complete: Callable[[Path], bool] = Path.exists  # is ``marker`` proof enough that the step finished?
     progress: Callable[[], Tracker] | None = None  # its done / total while it runs (extraction shows its own)
-
-
-def _pyramid_complete(manifest: Path) -> bool:
-    """A failed pyramid keeps its manifest (the failures are listed there); the rerun must try again."""
-    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "ok"
 
 
 def init_ray(address: str | None = None, data_progress: bool = False) -> None:
@@ -84,27 +81,25 @@ def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> 
     build_pyramids(cfg.pyramids, str(images), out, split=split)
 
 
-def _train(cfg: Config, pyramids: Path, run_dir: Path, holdout: Path) -> None:
-    from raydino.train.trainer import EXPERIMENT, train
+def _train(cfg: Config, pyramids: Path, run: Run, holdout: Path) -> None:
+    from raydino.train.trainer import train
 
-    resume = (run_dir / EXPERIMENT / "checkpoint_manager_snapshot.json").exists()  # a crashed earlier attempt
-    train(cfg, pyramids, run_dir, resume=resume, holdout=holdout)
-
-
-def _train_prior(pyramids: Path, run_dir: Path) -> None:
-    from raydino.train.prior_trainer import PRIOR_EXPERIMENT, train_prior
-    from raydino.train.trainer import resume_config
-
-    cfg = resume_config(run_dir)  # with the encoders training bound to the pyramid
-    train_prior(cfg, pyramids, run_dir, resume=(run_dir / PRIOR_EXPERIMENT / "checkpoint_manager_snapshot.json").exists())
+    train(cfg, pyramids, run.path, resume=run.started(), holdout=holdout)  # resume: a crashed earlier attempt
 
 
-def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run_dir: Path) -> None:
+def _train_prior(pyramids: Path, run: Run) -> None:
+    from raydino.train.prior_trainer import train_prior
+
+    cfg = run.config_of()  # with the encoders training bound to the pyramid
+    train_prior(cfg, pyramids, run.path, resume=run.started("prior"))
+
+
+def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run: Run) -> None:
     """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
     from raydino.evaluate import evaluate
 
-    _train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind)), pyramids, run_dir, holdout)
-    evaluate(run_dir, holdout, n=cfg.eval.n, seed=cfg.sample.seed)
+    _train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind)), pyramids, run, holdout)
+    evaluate(run.path, holdout, n=cfg.eval.n, seed=cfg.sample.seed)
 
 
 def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
@@ -113,13 +108,13 @@ def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
     tune_sweep(cfg, pyramids, sweep, holdout=holdout)
 
 
-def _eval(cfg: Config, run_dir: Path, pyramids: Path) -> None:
+def _eval(cfg: Config, run: Run, pyramids: Path) -> None:
     from raydino.evaluate import evaluate
 
-    evaluate(run_dir, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
+    evaluate(run.path, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
-def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Path | None) -> None:
+def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | None) -> None:
     """Sample grids from held-out images (never training ones), both priors, the prompts and a mix.
 
     The noise grids (4 held-out codes, 8 draws each) are drawn for the run and
@@ -130,22 +125,22 @@ def _samples(cfg: Config, run_dir: Path, held_out: Path, out: Path, compare: Pat
 
     images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
-    noise_grid(run_dir, images, out / "noise.png", n=8, seed=seed)
+    noise_grid(run.path, images, out / Samples.NOISE, n=8, seed=seed)
     if compare:
-        noise_grid(compare, images, out / "noise-compare.png", n=8, seed=seed)
-    sample(run_dir, out / "image.png", from_image=str(images[0]), n=n, seed=seed)
-    sample(run_dir, out / "vary.png", from_image=str(images[0]), vary=0.5, n=n, seed=seed)
-    sample(run_dir, out / "prior.png", prior="flow", n=n, seed=seed)
-    sample(run_dir, out / "prior_pca.png", prior="pca", n=n, seed=seed)
+        noise_grid(compare.path, images, out / Samples.NOISE_COMPARE, n=8, seed=seed)
+    sample(run.path, out / Samples.IMAGE, from_image=str(images[0]), n=n, seed=seed)
+    sample(run.path, out / Samples.VARY, from_image=str(images[0]), vary=0.5, n=n, seed=seed)
+    sample(run.path, out / Samples.PRIOR, prior="flow", n=n, seed=seed)
+    sample(run.path, out / Samples.PRIOR_PCA, prior="pca", n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
-        sample(run_dir, out / "prompts.png", prompts=cfg.sample.prompts, n=n, seed=seed)
-    sample(run_dir, out / "mix.png", mix=[str(images[1]), str(images[2])], region="top", seed=seed)
+        sample(run.path, out / Samples.PROMPTS, prompts=cfg.sample.prompts, n=n, seed=seed)
+    sample(run.path, out / Samples.MIX, mix=[str(images[1]), str(images[2])], region="top", seed=seed)
 
 
-def _report(run_dir: Path, sweep: Path, pyramids: Path, samples: Path, out: Path) -> None:
+def _report(out: Output) -> None:
     from raydino.report import write_report
 
-    write_report(run_dir, sweep=sweep, pyramids=pyramids, samples=samples, out=out)
+    write_report(out.run.path, sweep=out.sweep.path, pyramids=out.pyramids, samples=out.samples, out=out.report)
 
 
 def _images(cfg: Config) -> int:
@@ -153,61 +148,62 @@ def _images(cfg: Config) -> int:
     return sum(stage.images for stage in cfg.train.stages)
 
 
-def _sweep_tracker(cfg: Config, sweep: Path) -> Tracker:
+def _sweep_tracker(cfg: Config, sweep: Sweep) -> Tracker:
     """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
     from raydino.tune import trial_config
 
     total = cfg.tune.trials * _images(trial_config(cfg, {}))
-    return Tracker("sweep", total, "images", lambda: read_done(sweep / "trials", f"*/{PROGRESS_FILE}"))
+    return Tracker("sweep", total, "images",
+                   lambda: read_done(sweep.trials, f"*/{Run.PROGRESS}"))
 
 
 def plan(cfg: Config) -> list[Step]:
     """The steps of a run, in order, each with the file that proves it finished."""
-    root = Path(cfg.out)
+    from raydino.models.tiny import SUMMARY as TINY_SUMMARY
+
+    out = Output(cfg.out)
     steps = []
-    synth = root / "faces"  # the data without --images; the demo's encoders learn from it either way
+    synth = out.faces  # the data without --images; the demo's encoders learn from it either way
     if not cfg.data.images or cfg.preset == "demo":
-        steps.append(Step("synthetic faces", synth / "metadata.parquet", lambda: _faces(cfg, synth)))
+        steps.append(Step("synthetic faces", synth / FACES_METADATA, lambda: _faces(cfg, synth)))
     if cfg.data.images:
         faces, val_faces = Path(cfg.data.images), None
     else:
-        faces, val_faces = synth, root / "faces-val"
-        steps.append(Step("held-out faces", val_faces / "metadata.parquet",
+        faces, val_faces = synth, out.faces_val
+        steps.append(Step("held-out faces", val_faces / FACES_METADATA,
                           lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
     if cfg.preset == "demo":
-        models = root / "models"
-        steps.append(Step("tiny models", models / "tiny-models.json", lambda: _models(cfg, synth, models)))
-    pyramids, val_pyramids = root / "pyramids", root / "pyramids-val"
+        steps.append(Step("tiny models", out.models / TINY_SUMMARY, lambda: _models(cfg, synth, out.models)))
+    pyramids, val_pyramids = out.pyramids, out.pyramids_val
     # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set
     train_part, val_part, val_source = ("train", "holdout", faces) if val_faces is None else (None, None, val_faces)
-    steps.append(Step("feature pyramids", pyramids / "manifest.json",
-                      lambda: _pyramids(cfg, faces, pyramids, train_part), needs_ray=True, complete=_pyramid_complete))
-    steps.append(Step("held-out pyramids", val_pyramids / "manifest.json",
+    steps.append(Step("feature pyramids", schema.manifest_path(pyramids),
+                      lambda: _pyramids(cfg, faces, pyramids, train_part), needs_ray=True,
+                      complete=lambda m: schema.finished_manifest(m.parent) is not None))
+    steps.append(Step("held-out pyramids", schema.manifest_path(val_pyramids),
                       lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
-                      complete=_pyramid_complete))
-    run_dir, sweep, samples = root / "runs" / "train", root / "sweep", root / "samples"
-    steps.append(Step("progressive training", run_dir / "generator.safetensors",
-                      lambda: _train(cfg, pyramids, run_dir, val_pyramids), needs_ray=True,
-                      progress=lambda: Tracker("training", _images(cfg), "images",
-                                               lambda: read_done(run_dir, PROGRESS_FILE))))
+                      complete=lambda m: schema.finished_manifest(m.parent) is not None))
+    run, sweep = out.run, out.sweep
+    steps.append(Step("progressive training", run.generator, lambda: _train(cfg, pyramids, run, val_pyramids),
+                      needs_ray=True, progress=lambda: Tracker("training", _images(cfg), "images",
+                                                               lambda: read_done(run.path, Run.PROGRESS))))
     kind = cfg.eval.compare_loss
-    compare = root / "runs" / f"compare-{kind}" if kind and kind != cfg.loss.kind else None
+    compare = out.compare(kind) if kind and kind != cfg.loss.kind else None
     if compare:
-        steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare / "eval.json",
+        steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare.eval,
                           lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True,
                           progress=lambda: Tracker("comparison training", _images(cfg), "images",
-                                                   lambda: read_done(compare, PROGRESS_FILE))))
-    steps.append(Step("flow prior", run_dir / "prior.safetensors", lambda: _train_prior(pyramids, run_dir),
-                      needs_ray=True, progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
-                                                               lambda: read_done(run_dir, PRIOR_PROGRESS_FILE))))
+                                                   lambda: read_done(compare.path, Run.PROGRESS))))
+    steps.append(Step("flow prior", run.prior, lambda: _train_prior(pyramids, run), needs_ray=True,
+                      progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
+                                               lambda: read_done(run.path, Run.PRIOR_PROGRESS))))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
-        steps.append(Step("loss-weight sweep", sweep / "best.json", lambda: _tune(cfg, pyramids, val_pyramids, sweep),
+        steps.append(Step("loss-weight sweep", sweep.best, lambda: _tune(cfg, pyramids, val_pyramids, sweep.path),
                           needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
-        Step("evaluation", run_dir / "eval.json", lambda: _eval(cfg, run_dir, val_pyramids)),
-        Step("samples", samples / "mix.png", lambda: _samples(cfg, run_dir, val_pyramids, samples, compare)),
-        Step("report", root / "report" / "index.html",
-             lambda: _report(run_dir, sweep, pyramids, samples, root / "report" / "index.html")),
+        Step("evaluation", run.eval, lambda: _eval(cfg, run, val_pyramids)),
+        Step("samples", out.samples / Samples.MIX, lambda: _samples(cfg, run, val_pyramids, out.samples, compare)),
+        Step("report", out.report, lambda: _report(out)),
     ]
     return steps
 
@@ -240,8 +236,8 @@ def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> 
 
     ray.data.DataContext.get_current().enable_progress_bars = ray_progress
     preflight(cfg)
-    root = Path(cfg.out)
-    save_config(cfg, root / "config.yaml")
+    out = Output(cfg.out)
+    save_config(cfg, out.config)
     start = time.time()
     steps = plan(cfg)
     for i, step in enumerate(steps, 1):
@@ -255,23 +251,20 @@ def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> 
         with watch(step.progress()) if step.progress else contextlib.nullcontext():
             step.action()
         print(f"[{i}/{len(steps)}] {step.name}: {time.time() - t0:.1f}s -> {step.marker.parent}", flush=True)
-    print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {root.resolve()}")
-    summarise(root)
+    print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {out.root.resolve()}")
+    print_summary(out)
 
 
-def summarise(root: Path) -> None:
+def print_summary(out: Output) -> None:
     """Where everything is, the key figures, and how to look at them."""
-    run_dir = root / "runs" / "train"
-    lines = [f"  pyramids     {root / 'pyramids'}", f"  run          {run_dir}",
-             f"  sweep        {root / 'sweep'}", f"  samples      {root / 'samples'}",
-             f"  report       {(root / 'report' / 'index.html').resolve()}"]
-    figures = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else {}
+    lines = [f"  pyramids     {out.pyramids}", f"  run          {out.run.path}", f"  sweep        {out.sweep.path}",
+             f"  samples      {out.samples}", f"  report       {out.report.resolve()}"]
+    figures = out.run.figures() or {}
     for key in ("train_encoder/dist_unweighted", "fd_dinov2/reconstructions", "fd_dinov2/prior", "fd_dinov2/prior_pca",
                 "colour_error", "clip_score/matched", "clip_score/mismatched"):
         if key in figures:
             lines.append(f"  {key:<30} {figures[key]:.4f}")
-    if (root / "sweep" / "best.json").exists():
-        best = json.loads((root / "sweep" / "best.json").read_text())
+    if best := read_json(out.sweep.best):
         lines.append(f"  best weights {best['best']} (default {best['default']})")
-    lines.append(f"  TensorBoard: tensorboard --logdir {root.resolve()}")
+    lines.append(f"  TensorBoard: tensorboard --logdir {out.root.resolve()}")
     print("\n".join(lines), flush=True)

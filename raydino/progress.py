@@ -28,8 +28,6 @@ LOG_EVERY_S = 5.0   # a log line this often when the output is not a terminal
 REDRAW_S = 0.2      # a terminal's bar at most this often
 POLL_S = 0.5        # the driver reads the counters this often
 WRITE_EVERY_S = 1.0  # a worker writes its counter at most this often
-PROGRESS_FILE = "progress.json"  # a training run's counter (rank 0), in its run folder
-PRIOR_PROGRESS_FILE = "prior-progress.json"  # the flow prior's step counter, beside it
 
 
 class CountFile:

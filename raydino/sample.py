@@ -16,15 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from raydino.models.flow_prior import PRIOR_FILE, FlowPrior, load_prior
+from raydino.layout import Run
+from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
-from raydino.models.prior import PCA_FILE, PCAGaussianPrior
-from raydino.pyramids.features import dino_levels, square_crop, to_float
-from raydino.train.checkpoint import GENERATOR, load_generator
+from raydino.models.prior import PCAGaussianPrior
+from raydino.pyramids.decode import read_image
+from raydino.pyramids.features import dino_levels, to_float
 
 REGIONS = ("top", "bottom", "left", "right")
 PRIORS = ("flow", "pca")
@@ -44,11 +45,13 @@ class Sampler:
     """A trained run, ready to turn codes into images."""
 
     def __init__(self, run_dir: str | Path, device: str | None = None):
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / GENERATOR).is_file():
-            raise FileNotFoundError(f"{self.run_dir}: not a finished run ({GENERATOR} missing; train it first)")
+        self.run = Run(run_dir)
+        self.run_dir = self.run.path
+        if not self.run.generator.is_file():
+            raise FileNotFoundError(f"{self.run_dir}: not a finished run ({self.run.generator.name} missing; "
+                                    "train it first)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.generator, self.cfg = load_generator(self.run_dir, self.device)
+        self.generator, self.cfg = self.run.load_generator(self.device)
         self.resolution = self.cfg.train.stages[-1].resolution
 
     @cached_property
@@ -73,12 +76,7 @@ class Sampler:
 
     def load_image(self, path: str | Path) -> torch.Tensor:
         """[1, 3, S, S] float image at the pyramid's largest size, preprocessed like the pyramid."""
-        try:
-            with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from None
-        return to_float(square_crop(img, max(self.cfg.pyramids.sizes))[None])
+        return to_float(read_image(path, max(self.cfg.pyramids.sizes))[None])
 
     @torch.no_grad()
     def code_from_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -87,21 +85,20 @@ class Sampler:
 
     @cached_property
     def _flow(self) -> FlowPrior | None:
-        path = self.run_dir / PRIOR_FILE
-        return load_prior(path, self.device) if path.is_file() else None
+        return self.run.load_prior(self.device)
 
     def flow(self, flag: str) -> FlowPrior:
         """The run's flow prior; ``flag`` is the option that needs it, named when there is none."""
         if self._flow is None:
-            raise FileNotFoundError(f"{flag}: {self.run_dir} has no prior ({PRIOR_FILE} missing): {TRAIN_PRIOR_HINT}")
+            raise FileNotFoundError(f"{flag}: {self.run_dir} has no prior ({self.run.prior.name} missing): {TRAIN_PRIOR_HINT}")
         return self._flow
 
     def pca(self) -> PCAGaussianPrior:
-        path = self.run_dir / PCA_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"--prior pca: {self.run_dir} has no PCA baseline ({PCA_FILE} missing): "
-                                    f"{TRAIN_PRIOR_HINT}")
-        return PCAGaussianPrior.load(path)
+        pca = self.run.load_pca()
+        if pca is None:
+            raise FileNotFoundError(f"--prior pca: {self.run_dir} has no PCA baseline ({self.run.prior_pca.name} "
+                                    f"missing): {TRAIN_PRIOR_HINT}")
+        return pca
 
     @torch.no_grad()
     def text_condition(self, prompts: list[str]) -> torch.Tensor:

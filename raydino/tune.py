@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 
 from raydino.config import Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
+from raydino.layout import Sweep
 
 log = logging.getLogger(__name__)
-EXPERIMENT = "tune"
 
 
 def _lookup(data: dict, key: str):
@@ -91,10 +91,10 @@ def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_d
     from raydino.train.trainer import build_trainer
 
     cfg = trial_config(from_dict(base), params)
-    run_dir = Path(sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    build_trainer(cfg, pyramids, run_dir, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout).fit()
+    run = Sweep(sweep_dir).trial(ray.tune.get_context().get_trial_id())
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config)
+    build_trainer(cfg, pyramids, run.path, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout).fit()
 
 
 def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout: str | Path | None = None) -> dict:
@@ -116,8 +116,9 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
                           "HELD_OUT_PYRAMIDS (a pyramid of images the trials do not train on)")
     rows = check_pyramid(cfg, pyramids)["rows"]
     sweep_dir = Path(sweep_dir).resolve()
+    sweep = Sweep(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, sweep_dir / "config.yaml")
+    save_config(cfg, sweep.config)
     # One dataset for all trials, built here: with train.materialize its blocks sit once in the object
     # store, and no trial runs read tasks of its own, which would wait for a whole free CPU while
     # the other trials' workers hold the rest.
@@ -128,7 +129,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     # the trial function only waits on its TorchTrainer, whose workers hold the real resources
     # (Tune refuses an empty request, hence a token fraction of a CPU)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})
-    path = sweep_dir / EXPERIMENT
+    path = sweep.state
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the sweep in %s (finished trials are not rerun)", path)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -146,13 +147,13 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
                                         reduction_factor=cfg.tune.reduction_factor,
                                         max_t=len(cfg.train.stages)),
             ),
-            run_config=ray.tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir)),
+            run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir)),
         )
     grid = tuner.fit()
-    return _write_results(cfg, grid, sweep_dir)
+    return _write_results(cfg, grid, sweep)
 
 
-def _write_results(cfg: Config, grid, sweep_dir: Path) -> dict:
+def _write_results(cfg: Config, grid, sweep: Sweep) -> dict:
     """``results.csv`` (every trial), ``best.yaml`` (a config `raydino train --config` takes), ``best.json``."""
     metric, keys = cfg.tune.metric, list(cfg.tune.search)
     rows = []
@@ -170,20 +171,20 @@ def _write_results(cfg: Config, grid, sweep_dir: Path) -> dict:
     rows.sort(key=lambda r: (r["stages_done"] < longest or r[metric] is None, r[metric] or 0.0))
     best = rows[0]
     configs = [r.pop("_config") for r in rows]
-    with open(sweep_dir / "results.csv", "w", newline="") as f:
+    with open(sweep.results, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     best_cfg = trial_config(cfg, configs[0])
     best_cfg.train = cfg.train  # the preset's own resources, not the trial's
-    save_config(best_cfg, sweep_dir / "best.yaml")
+    save_config(best_cfg, sweep.best_config)
     summary = {"metric": metric, "best_trial": best["trial_id"], "best_value": best[metric],
                "best_stages_done": best["stages_done"], "set": "held-out" if metric.startswith("heldout/") else "",
                "best": {k: configs[0][k] for k in keys}, "default": {k: _lookup(to_dict(cfg), k) for k in keys},
                "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)}
-    (sweep_dir / "best.json").write_text(json.dumps(summary, indent=1))
+    sweep.best.write_text(json.dumps(summary, indent=1))
     for r in rows:
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if v != ""))
     print(f"best {metric} {summary['best_value']:.4f} with {summary['best']} (default {summary['default']}); "
-          f"{summary['stopped_early']} of {len(rows)} trials stopped early; config: {sweep_dir / 'best.yaml'}")
+          f"{summary['stopped_early']} of {len(rows)} trials stopped early; config: {sweep.best_config}")
     return summary

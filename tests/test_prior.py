@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
-from raydino.models.flow_prior import PRIOR_FILE, FlowPrior, load_prior
+from raydino.layout import Run
+from raydino.models.flow_prior import FlowPrior
 from raydino.models.prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint, prior_loop
-from raydino.train.prior_trainer import PRIOR_EXPERIMENT, code_shape, train_prior
+from raydino.train.prior_trainer import code_shape, train_prior
 from raydino.train.runtime import FAULT_MARKER
 from raydino.train.session import LocalSession
 from raydino.train.trainer import FAIL_ENV
@@ -80,8 +81,8 @@ def toy_prior(toy_pyramid, tmp_path_factory) -> tuple[FlowPrior, torch.Tensor]:
                            checkpoints=out / "ckpt")
     metrics = prior_loop.run(cfg, out, session, shape)
     assert metrics["step"] == cfg.prior.steps and metrics["bad_steps"] == 0
-    checkpoint.export_ema(next(session.checkpoint_dirs()), out / PRIOR_FILE)
-    return load_prior(out / PRIOR_FILE), codes
+    checkpoint.export_ema(next(session.checkpoint_dirs()), Run(out).prior)
+    return Run(out).load_prior(), codes
 
 
 def test_flow_prior_samples_land_in_the_clusters_a_gaussian_misses(toy_prior):
@@ -121,11 +122,11 @@ def test_killed_prior_training_resumes_bitwise(ray_local, toy_pyramid, tmp_path,
     assert (tmp_path / "killed" / FAULT_MARKER).is_file()  # the worker really died
     assert reference["resumed_from_step"] is None and killed["resumed_from_step"] == 40
     assert killed["step"] == reference["step"] == 60
-    a, b = (load_file(str(tmp_path / run / PRIOR_FILE)) for run in ("reference", "killed"))
+    a, b = (load_file(str(Run(tmp_path / run).prior)) for run in ("reference", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "killed" / "prior_pca.safetensors").is_file()
     assert (tmp_path / "killed" / "tb" / "prior").is_dir()
-    with pytest.raises(FileExistsError, match=PRIOR_EXPERIMENT):
+    with pytest.raises(FileExistsError, match=Run.EXPERIMENTS["prior"]):
         train_prior(cfg, toy_pyramid, tmp_path / "killed")
 
 

@@ -20,6 +20,7 @@ from raydino.config import load_config, save_config
 from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
+from raydino.layout import Run
 from raydino.losses import columns
 from raydino.models.generator import Generator
 from raydino.models.tiny import write_tiny_clip
@@ -57,7 +58,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     torch.manual_seed(cfg.train.seed)
     g = Generator(cfg.model, 48, 4)
     from safetensors.torch import save_file
-    save_file(g.state_dict(), str(untrained / checkpoint.GENERATOR), metadata=checkpoint.generator_metadata(g))
+    save_file(g.state_dict(), str(untrained / Run.GENERATOR), metadata=checkpoint.generator_metadata(g))
 
     session = LocalSession(pyramids, columns(cfg.pyramids.sizes), checkpoints=root / "ckpt")
     loop.run(cfg, pyramids, run_dir, session)

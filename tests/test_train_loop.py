@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
+from raydino.layout import Checkpoint, CheckpointError, load_generator
 from raydino.losses import columns
 from raydino.models.generator import Generator
 from raydino.pyramids import schema
 from raydino.train import checkpoint, loop
-from raydino.train.checkpoint import CheckpointError, Progress
+from raydino.train.checkpoint import Progress
 from raydino.train.runtime import NonFiniteLossError
 from raydino.train.session import LocalSession
 from raydino.train.step import update_ema
@@ -119,11 +120,11 @@ def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
     assert checkpoint.restore_latest([new, old], **kwargs).step == 8
     assert_same(state_of(*saved), state_of(*fresh))
 
-    (new / checkpoint.OPTIMIZER).write_bytes((new / checkpoint.OPTIMIZER).read_bytes()[:100])
+    (new / Checkpoint.OPTIMIZER).write_bytes((new / Checkpoint.OPTIMIZER).read_bytes()[:100])
     assert checkpoint.restore_latest([new, old], **kwargs).step == 4  # falls back
     with pytest.raises(CheckpointError, match=r"optimizer.pt is corrupt or truncated.*no earlier readable"):
         checkpoint.restore_latest([new], **kwargs)
-    (old / checkpoint.MODEL).write_bytes(b"\0" * 10)
+    (old / Checkpoint.MODEL).write_bytes(b"\0" * 10)
     with pytest.raises(CheckpointError, match=r"step_00000004/model.safetensors is corrupt"):
         checkpoint.load(old, **kwargs)
     assert checkpoint.restore_latest([], **kwargs) is None
@@ -137,7 +138,7 @@ def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     checkpoint.export_generator(tmp_path, run_dir)
-    loaded, loaded_cfg = checkpoint.load_generator(run_dir)
+    loaded, loaded_cfg = load_generator(run_dir)
     assert loaded_cfg == cfg and loaded.grid == 4 and loaded.code_tokens_dim == 48
     assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), loaded.state_dict().values(), strict=True))
 
@@ -238,8 +239,8 @@ def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
         assert torch.equal(step.code, ref.code), f"step {i} trained on another batch"
 
     final, ref = ckpt / f"step_{SWITCH_STEPS:08d}", reference_ckpt / f"step_{SWITCH_STEPS:08d}"
-    for name in (checkpoint.MODEL, checkpoint.EMA):
+    for name in (Checkpoint.MODEL, Checkpoint.EMA):
         assert_same(load_file(str(final / name)), load_file(str(ref / name)), name)
-    for name in (checkpoint.OPTIMIZER, checkpoint.rng_file(0)):
+    for name in (Checkpoint.OPTIMIZER, Checkpoint.rng(0)):
         assert_same(torch.load(final / name, weights_only=True), torch.load(ref / name, weights_only=True), name)
-    assert json.loads((final / checkpoint.STATE).read_text()) == json.loads((ref / checkpoint.STATE).read_text())
+    assert json.loads((final / Checkpoint.STATE).read_text()) == json.loads((ref / Checkpoint.STATE).read_text())

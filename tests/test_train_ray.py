@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
+from raydino.layout import Checkpoint, Run, load_generator
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids.schema import ManifestMismatch
-from raydino.train import checkpoint
-from raydino.train.trainer import EXPERIMENT, FAIL_ENV, TrainingError, train
+from raydino.train.trainer import FAIL_ENV, TrainingError, train
 
 STEPS = 16  # 8 per stage; checkpoints every 5 steps and at each stage end: 5, 8, 10, 15, 16
 
@@ -33,7 +33,7 @@ def tiny_cfg(dino: str, **train_overrides):
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / checkpoint.GENERATOR))
+    return load_file(str(run_dir / Run.GENERATOR))
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -67,7 +67,7 @@ def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
 
-    model, cfg = checkpoint.load_generator(run_dir)  # no Ray involved
+    model, cfg = load_generator(run_dir)  # no Ray involved
     code = torch.randn(2, model.grid * model.grid, model.code_tokens_dim)
     image = model(code, model.draw_noise(2, 32), 32)
     assert image.shape == (2, 3, 32, 32) and 0 <= image.min() and image.max() <= 1
@@ -84,9 +84,9 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, train_pyramids, run_dir)
 
-    newest = sorted((run_dir / EXPERIMENT).glob("step_*"))[-1]
+    newest = sorted((run_dir / Run.EXPERIMENTS["generator"]).glob("step_*"))[-1]
     assert newest.name == "step_00000010"
-    ema = newest / checkpoint.EMA
+    ema = newest / Checkpoint.EMA
     ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 8
 
     metrics = train(cfg, train_pyramids, run_dir, resume=True)
@@ -115,4 +115,4 @@ def test_manifest_mismatch_stops_before_any_worker(train_pyramids, tiny_models, 
     other = tiny_cfg(str(tiny_models["fd"]))  # same architecture, other weights
     with pytest.raises(EncoderMismatch, match="hash"):
         train(other, train_pyramids, tmp_path / "run")
-    assert not (tmp_path / "run" / EXPERIMENT).exists()
+    assert not (tmp_path / "run" / Run.EXPERIMENTS["generator"]).exists()

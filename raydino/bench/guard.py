@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 
 from raydino.config import Config, load_config
+from raydino.layout import Checkpoint, load_generator
 from raydino.losses import Targets, columns, level_distances
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
 from raydino.pyramids.features import dino_levels, resize, square_crop
 from raydino.train import loop
-from raydino.train.checkpoint import load_generator
 from raydino.train.monitor import Validator
 from raydino.train.session import LocalSession
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, overrides in VARIANTS.items():
         cfg = load_config("demo", overrides=base + overrides)
         ckpt = train_variant(cfg, args.pyramids, out / name.replace(" ", "_").replace("+", "and"))
-        model, _ = load_generator(ckpt, weights="ema.safetensors")
+        model, _ = load_generator(ckpt, weights=Checkpoint.EMA)
         val = Validator(load_dino(cfg.pyramids.dino), sizes, args.pyramids, 32, cfg.model.noise_dim,
                         args.resolution, cfg.train.seed, torch.device("cpu"))
         images = val.render(model, args.resolution)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raydino.config import Config
+from raydino.data.synth_faces import METADATA
 from raydino.pyramids.decode import Split
 
-CAPTION_FILES = ("metadata.parquet", "captions.parquet", "captions.csv")  # first found wins
+CAPTION_FILES = (METADATA, "captions.parquet", "captions.csv")  # first found wins
 COLUMNS = ("file", "caption")
 
 log = logging.getLogger(__name__)

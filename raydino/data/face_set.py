@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from raydino.data.synth_faces import (
+    METADATA,
     BACKGROUNDS,
     HAIR_COLOURS,
     HAIR_STYLES,
@@ -38,7 +39,6 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": tuple(BACKGROUNDS),
 }
 UNKNOWN = -1  # a label nothing in the image shows (a bald head's hair colour) or a prompt does not name
-METADATA = "metadata.parquet"
 
 
 def attribute_labels(attrs: FaceAttributes) -> list[int]:

@@ -46,6 +46,8 @@ BACKGROUNDS = {
 SUPERSAMPLE = 2
 PARTS = ("background", "skin", "hair", "eyes", "mouth", "glasses", "clothing")
 
+METADATA = "metadata.parquet"  # a face folder's attributes and captions, one row per file
+
 
 @dataclass(frozen=True)
 class FaceAttributes:
@@ -205,5 +207,5 @@ def write_faces(out: str | Path, count: int, seed: int = 0, size: int = 256) -> 
         name = f"face_{i:06d}.png"
         img.save(out / name, compress_level=1)
         rows.append({"file": name, **asdict(attrs), "caption": attrs.caption()})
-    pq.write_table(pa.Table.from_pylist(rows), out / "metadata.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), out / METADATA)
     return out

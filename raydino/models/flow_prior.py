@@ -24,18 +24,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raydino.config import PriorConfig
 
 SOLVERS = ("euler", "heun")
-PRIOR_FILE = "prior.safetensors"  # a run's trained prior (EMA weights), beside generator.safetensors
 
 
 def perturb(emb: torch.Tensor, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -210,17 +206,7 @@ def metadata(model: FlowPrior) -> dict[str, str]:
             "clip_dim": str(model.clip_dim)}
 
 
-def save_prior(model: FlowPrior, path: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
-    state = weights if weights is not None else model.state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata(model))
-    return Path(path)
-
-
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> FlowPrior:
-    """A saved prior, rebuilt from the config and shape in its safetensors header."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    model = FlowPrior(PriorConfig(**json.loads(meta["prior"])), int(meta["tokens"]), int(meta["dim"]),
-                      int(meta["clip_dim"]))
-    model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False).to(device)
+def prior_from_header(meta: dict[str, str]) -> FlowPrior:
+    """An untrained prior of the config and shape a saved one's safetensors header names."""
+    return FlowPrior(PriorConfig(**json.loads(meta["prior"])), int(meta["tokens"]), int(meta["dim"]),
+                     int(meta["clip_dim"]))

@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-PCA_FILE = "prior_pca.safetensors"  # a run's baseline prior, beside prior.safetensors
-
 
 class PCAGaussianPrior:
     """mean + components @ (sqrt(var) * z), over flattened coarse codes."""

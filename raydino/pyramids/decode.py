@@ -281,17 +281,18 @@ def decode_image(data: bytes, size: int, *, min_side: int, max_pixels: int) -> n
     return square_crop(img, size)
 
 
-def read_source_image(path: str, size: int) -> np.ndarray:
-    """A pyramid row's source image (``path`` as the pyramid stores it) -> the same ``uint8`` crop extraction made.
+def read_image(path: str | Path, size: int) -> np.ndarray:
+    """One image file or URI -> the ``uint8 [size, size, 3]`` crop extraction makes of it.
 
-    Evaluation compares generated pixels with these, so they go through
-    :func:`decode_image` exactly as the extraction did, whatever the format.
+    The one reader outside extraction: sampling, evaluation and the held-out
+    figures compare generated pixels with these, so they go through
+    :func:`decode_image` exactly as the pyramid's did, whatever the format.
+    Raises ``ValueError`` naming the file.
     """
-    fs, fs_path, _ = _open_source(path)
+    fs, fs_path, _ = _open_source(str(path))
     try:
         with fs.open_input_stream(fs_path) as stream:
             data = stream.read()
         return decode_image(data, size, min_side=1, max_pixels=2**62)
     except (OSError, BadImage) as exc:
-        raise FileNotFoundError(f"{path}: the held-out pyramid's source image cannot be read ({exc}); evaluation "
-                                "needs the pixels of the images the pyramid was made from") from None
+        raise ValueError(f"cannot read image {path}: {exc}") from None

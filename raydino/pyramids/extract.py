@@ -212,15 +212,6 @@ def _gather_failures(tmp: Path) -> list[dict[str, str]]:
     return [records[p] for p in sorted(records)]
 
 
-def _finished(out: Path) -> dict | None:
-    """The manifest of a finished pyramid at ``out``, or None (absent, or a failed run's)."""
-    try:
-        manifest = schema.read_manifest(out)
-    except (FileNotFoundError, ValueError):
-        return None
-    return manifest if manifest.get("status") == "ok" else None
-
-
 def _check_same_request(manifest: dict, cfg: PyramidConfig, images: str, out: Path, split: dict | None) -> None:
     made = manifest.get("config", {})
     wanted = dataclasses.asdict(cfg)
@@ -317,7 +308,7 @@ def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: 
     split_info = split.apply(listing) if split else None
     if split and split.part == "holdout":  # the training side's manifest accounts for these
         listing.failures, listing.ignored = [], type(listing.ignored)()
-    done = _finished(out)
+    done = schema.finished_manifest(out)
     if done and not overwrite:
         _check_same_request(done, cfg, images, out, split_info)
         print(f"pyramids: {out} is finished already ({done['rows']} rows); nothing to do (--overwrite recomputes)")

@@ -71,19 +71,33 @@ def make_table(batch: dict[str, Any]) -> pa.Table:
 
 
 def write_manifest(out: str | Path, manifest: dict) -> Path:
-    path = Path(out) / MANIFEST
+    path = manifest_path(out)
     path.write_text(json.dumps({**manifest, "raydino_version": __version__}, indent=2))
     return path
 
 
 def read_manifest(pyramid_dir: str | Path) -> dict:
-    path = Path(pyramid_dir) / MANIFEST
+    path = manifest_path(pyramid_dir)
     if not path.is_file():
         raise FileNotFoundError(f"no pyramid at {pyramid_dir}: {MANIFEST} is missing (run `raydino pyramids` first)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def manifest_path(pyramid_dir: str | Path) -> Path:
+    return Path(pyramid_dir) / MANIFEST
+
+
+def finished_manifest(pyramid_dir: str | Path) -> dict | None:
+    """The manifest of a finished pyramid, or None: absent, unreadable, or a failed extraction's (it keeps its
+    manifest to list the failures, so a rerun must try again)."""
+    try:
+        manifest = read_manifest(pyramid_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    return manifest if manifest.get("status") == "ok" else None
 
 
 def describe_set(manifest: dict) -> str:

@@ -10,39 +10,30 @@ holds everything needed to continue bit for bit:
 - ``rng_rank<r>.pt``: each worker's noise/shift generator (every rank writes its own);
 - ``config.yaml``: the resolved config.
 
-A file that cannot be read is a :class:`CheckpointError` naming it; the
-caller falls back to an older checkpoint when there is one. A finished run
-directory holds ``generator.safetensors`` (the EMA weights) and
-``config.yaml``, which :func:`load_generator` turns back into a model;
-the prior's EMA weights are ``prior.safetensors`` beside them.
+The file names are :class:`raydino.layout.Checkpoint`'s. A file that cannot
+be read is a :class:`~raydino.layout.CheckpointError` naming it; the caller
+falls back to an older checkpoint when there is one. The finished models
+are the EMA weights exported into the run folder (:class:`raydino.layout.Run`),
+which :mod:`raydino.layout` loads back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raydino.config import Config, load_config, save_config
+from raydino.layout import CONFIG, Checkpoint, CheckpointError, Run, header, load_weights, read_file
 from raydino.models.generator import Generator
 
 log = logging.getLogger(__name__)
-
-MODEL, EMA, OPTIMIZER, STATE, CONFIG = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json", "config.yaml"
-GENERATOR = "generator.safetensors"  # a finished run's EMA weights
-T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, truncated or corrupt."""
 
 
 @dataclass
@@ -73,10 +64,6 @@ class Progress:
         self.epoch, self.epoch_batch = self.epoch + 1, 0
 
 
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
-
-
 def generator_metadata(model: Generator) -> dict[str, str]:
     return {"code_tokens_dim": str(model.code_tokens_dim), "grid": str(model.grid)}
 
@@ -89,48 +76,31 @@ def save(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, 
     """
     d = Path(directory)
     if rank == 0:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / MODEL, metadata=metadata)
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / EMA, metadata=metadata)
-        torch.save(opt.state_dict(), d / OPTIMIZER)
-        (d / STATE).write_text(json.dumps(asdict(progress), indent=1))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / Checkpoint.MODEL, metadata=metadata)
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / Checkpoint.EMA, metadata=metadata)
+        torch.save(opt.state_dict(), d / Checkpoint.OPTIMIZER)
+        (d / Checkpoint.STATE).write_text(json.dumps(asdict(progress), indent=1))
         save_config(cfg, d / CONFIG)
-    torch.save({"noise": rng.get_state()}, d / rng_file(rank))
-
-
-def _read(path: Path, reader: Callable[[Path], T]) -> T:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return reader(path)
-    except Exception as exc:  # safetensors, zip and json each raise their own types
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
-
-
-def _load_weights(path: Path, model: nn.Module) -> None:
-    state = _read(path, lambda p: load_file(str(p)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint file {path} does not fit this model ({exc})") from exc
+    torch.save({"noise": rng.get_state()}, d / Checkpoint.rng(rank))
 
 
 def load(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
          rng: torch.Generator) -> Progress:
     """Restore a checkpoint in place; raises :class:`CheckpointError` naming the first bad file."""
     d = Path(directory)
-    progress = Progress(**_read(d / STATE, lambda p: json.loads(p.read_text())))
-    _load_weights(d / MODEL, model)
-    _load_weights(d / EMA, ema)
-    opt_state = _read(d / OPTIMIZER, lambda p: torch.load(p, weights_only=True))
-    if (d / rng_file(rank)).is_file():
-        rng.set_state(_read(d / rng_file(rank), lambda p: torch.load(p, weights_only=True))["noise"])
+    progress = Progress(**read_file(d / Checkpoint.STATE, lambda p: json.loads(p.read_text())))
+    load_weights(d / Checkpoint.MODEL, model)
+    load_weights(d / Checkpoint.EMA, ema)
+    opt_state = read_file(d / Checkpoint.OPTIMIZER, lambda p: torch.load(p, weights_only=True))
+    if (d / Checkpoint.rng(rank)).is_file():
+        rng.set_state(read_file(d / Checkpoint.rng(rank), lambda p: torch.load(p, weights_only=True))["noise"])
     else:  # resumed on more workers than wrote the checkpoint
         log.warning("%s has no RNG state for rank %d: new noise stream, the run is no longer bitwise reproducible",
                     d, rank)
     try:
         opt.load_state_dict(opt_state)
     except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint file {d / OPTIMIZER} does not fit this optimizer ({exc})") from exc
+        raise CheckpointError(f"checkpoint file {d / Checkpoint.OPTIMIZER} does not fit this optimizer ({exc})") from exc
     return progress
 
 
@@ -156,37 +126,16 @@ def restore_latest(directories: Iterable[Path], **kwargs) -> Progress | None:
     return None
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
-
-
 def export_ema(checkpoint_dir: str | Path, dest: str | Path) -> Path:
     """Copy a checkpoint's EMA weights, header included, to ``dest``: the finished model."""
-    src = Path(checkpoint_dir) / EMA
-    save_file(_read(src, lambda p: load_file(str(p))), str(dest), metadata=_read(src, _metadata))
+    src = Path(checkpoint_dir) / Checkpoint.EMA
+    save_file(read_file(src, lambda p: load_file(str(p))), str(dest), metadata=read_file(src, header))
     return Path(dest)
 
 
 def export_generator(checkpoint_dir: str | Path, run_dir: str | Path) -> Path:
     """Copy a checkpoint's EMA weights and config into ``run_dir`` as the finished generator."""
     src, run_dir = Path(checkpoint_dir), Path(run_dir)
-    export_ema(src, run_dir / GENERATOR)
+    export_ema(src, Run(run_dir).generator)
     save_config(load_config(config_file=str(src / CONFIG)), run_dir / CONFIG)
-    return run_dir / GENERATOR
-
-
-def load_generator(run_dir: str | Path, device: str | torch.device = "cpu",
-                   weights: str = GENERATOR) -> tuple[Generator, Config]:
-    """The trained (EMA) generator of a finished run, or of any checkpoint directory, without Ray.
-
-    ``run_dir`` holds ``generator.safetensors`` (EMA weights) and
-    ``config.yaml``; in a checkpoint directory pass ``weights="ema.safetensors"``.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / weights
-    cfg = load_config(config_file=str(run_dir / CONFIG))
-    meta = _read(path, _metadata)
-    model = Generator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
-    _load_weights(path, model)
-    return model.eval().requires_grad_(False).to(device), cfg
+    return Run(run_dir).generator

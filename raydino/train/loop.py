@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from raydino.config import Config, StageConfig
+from raydino.layout import Run
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.generator import Generator
 from raydino.models.loading import Dino, load_dino
-from raydino.progress import PROGRESS_FILE, CountFile
+from raydino.progress import CountFile
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator
@@ -73,6 +74,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     """
     tc, sizes, device, rank0 = cfg.train, cfg.pyramids.sizes, session.device, session.rank == 0
     run_dir = Path(run_dir)
+    run = Run(run_dir)
     dino = load_dino(cfg.pyramids.dino, device)
     model, ema, opt = build_models(cfg, dino, device)
     rng = torch.Generator().manual_seed(tc.seed * 1000 + session.rank)  # noise and shifts: per rank, checkpointed
@@ -89,10 +91,10 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     final_res = tc.stages[-1].resolution
 
     validator = monitor = heldout = None
-    counter = CountFile(run_dir / PROGRESS_FILE)  # images seen, for the driver's progress line (rank 0 writes it)
+    counter = CountFile(run.progress)  # images seen, for the driver's progress line (rank 0 writes it)
     if rank0:
         validator = Validator(dino, sizes, pyramid_dir, tc.val_count, cfg.model.noise_dim, final_res, tc.seed, device)
-        monitor = RunLog(run_dir, purge_step=progress.step or None)
+        monitor = RunLog(run.tb, purge_step=progress.step or None)
         if holdout:
             heldout = HeldOutScore(load_dino(holdout["encoder"], device), holdout["rows"], holdout["images"], sizes,
                                    cfg.model.noise_dim, final_res, tc.seed, device)
@@ -106,7 +108,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
     def validate(resolution: int, alpha: float) -> dict[str, float]:
         val, images = validator.evaluate(ema, resolution, alpha)
         monitor.scalars(val, progress.step)
-        monitor.grid(validator.grid(images), resolution, progress.step)
+        monitor.grid(validator.grid(images), resolution, progress.step, run.grid(resolution))
         return val
 
     def report(resolution: int, alpha: float) -> dict[str, float]:

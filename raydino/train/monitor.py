@@ -89,18 +89,16 @@ class HeldOutScore:
 
 
 class RunLog:
-    """TensorBoard scalars/images in ``RUN_DIR/<tb>``, grids in ``RUN_DIR/grids``, one progress line per interval.
+    """TensorBoard scalars and images in ``tb``, grids as PNGs, one progress line per interval.
 
-    The prior logs to ``tb/prior``: a folder of its own, so resuming it
-    (``purge_step``) never drops the generator's events.
+    The prior logs to a TensorBoard folder of its own (``Run.tb_prior``), so
+    resuming it (``purge_step``) never drops the generator's events.
     """
 
-    def __init__(self, run_dir: str | Path, purge_step: int | None, tb: str = "tb"):
+    def __init__(self, tb: Path, purge_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = Path(run_dir)
-        (self.run_dir / "grids").mkdir(parents=True, exist_ok=True)
-        self.tb = SummaryWriter(str(self.run_dir / tb), purge_step=purge_step)
+        self.tb = SummaryWriter(str(tb), purge_step=purge_step)
         self.last_time, self.last_images = time.perf_counter(), 0
 
     def throughput(self, images_seen: int) -> float:
@@ -114,9 +112,9 @@ class RunLog:
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
 
-    def grid(self, grid: torch.Tensor, resolution: int, step: int) -> Path:
+    def grid(self, grid: torch.Tensor, resolution: int, step: int, path: Path) -> Path:
         self.tb.add_image(f"grid/{resolution}px", grid, step)
-        path = self.run_dir / "grids" / f"stage_{resolution}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         return path
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from raydino.config import Config
+from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior, flow_matching_loss, metadata
-from raydino.progress import PRIOR_PROGRESS_FILE, CountFile
+from raydino.progress import CountFile
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
@@ -54,6 +55,7 @@ def run(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at
     """Train ``prior.steps`` steps; returns rank 0's final figures (others return ``{}``)."""
     pc, device, rank0 = cfg.prior, session.device, session.rank == 0
     run_dir = Path(run_dir)
+    run = Run(run_dir)
     if pc.batch_size % session.world_size:
         raise ValueError(f"prior.batch_size {pc.batch_size} is not a multiple of {session.world_size} workers")
     model, ema, opt = build_prior(cfg, shape, device)
@@ -65,8 +67,8 @@ def run(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at
     if restored and rank0:
         print(f"[prior] resuming from the checkpoint of step {restored.step}", flush=True)
     net = session.prepare(model)
-    monitor = RunLog(run_dir, purge_step=progress.step or None, tb="tb/prior") if rank0 else None
-    counter = CountFile(run_dir / PRIOR_PROGRESS_FILE)  # steps done, for the driver's progress line (rank 0)
+    monitor = RunLog(run.tb_prior, purge_step=progress.step or None) if rank0 else None
+    counter = CountFile(run.prior_progress)  # steps done, for the driver's progress line (rank 0)
     code_col, with_clip = schema.tokens_col(cfg.pyramids.sizes[0]), shape["clip_dim"] > 0
     stream = data_stream(session, progress, pc.batch_size // session.world_size)
     losses: list[float] = []

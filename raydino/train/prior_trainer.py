@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from raydino.config import Config, from_dict, to_dict
-from raydino.models.flow_prior import PRIOR_FILE, FlowPrior
+from raydino.layout import Run
+from raydino.models.flow_prior import FlowPrior
 from raydino.models.loading import bind_encoders
-from raydino.models.prior import PCA_FILE, PCAGaussianPrior
+from raydino.models.prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.prior_loop import prior_columns
@@ -37,8 +38,6 @@ from raydino.train.trainer import (
 
 log = logging.getLogger(__name__)
 
-PRIOR_META = "prior.json"  # the prior's training figures
-PRIOR_EXPERIMENT = "prior_checkpoints"  # Ray Train's run folder of the prior, inside RUN_DIR
 
 
 def _prior_fn(loop_config: dict) -> dict:
@@ -69,7 +68,8 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     ``resume=True`` continues the prior run already in ``run_dir``.
     """
     run_dir = Path(run_dir).resolve()
-    run_exists(run_dir, PRIOR_EXPERIMENT, resume)
+    run = Run(run_dir)
+    run_exists(run, "prior", resume)
     manifest = schema.read_manifest(pyramids_dir)
     bind_encoders(cfg.pyramids, manifest, str(pyramids_dir))
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(pyramids_dir))
@@ -79,20 +79,20 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
                          f"{manifest['rows'] // workers} per worker ({manifest['rows']} rows)")
     shape, sample = code_shape(cfg, pyramids_dir, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
-    PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run_dir / PCA_FILE)
+    PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run.prior_pca)
     del sample
     names = prior_columns(cfg, shape["clip_dim"] > 0)
     dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.train.materialize, cfg.prior.num_workers)
     loop_config = {"cfg": to_dict(cfg), "run_dir": str(run_dir), "shape": shape, "fail_at_step": fail_at_step()}
     trainer = torch_trainer(_prior_fn, loop_config, cfg.train, num_workers=cfg.prior.num_workers,
-                            name=PRIOR_EXPERIMENT, storage_path=str(run_dir), dataset=dataset)
+                            name=run.experiment("prior"), storage_path=str(run_dir), dataset=dataset)
     start = time.time()
     result = fit(trainer)
     with result.checkpoint.as_directory() as d:
-        checkpoint.export_ema(d, run_dir / PRIOR_FILE)
+        checkpoint.export_ema(d, run.prior)
     figures = dict(result.return_value or {}) | {
         "time_s": round(time.time() - start, 1), "pyramids": str(Path(pyramids_dir).resolve()),
         "columns": names, "condition": manifest.get("clip"), "fit_rows": min(cfg.prior.fit_rows, manifest["rows"])}
-    (run_dir / PRIOR_META).write_text(json.dumps(figures, indent=1))
-    log.info("trained prior: %s (PCA baseline: %s)", run_dir / PRIOR_FILE, run_dir / PCA_FILE)
+    run.prior_figures.write_text(json.dumps(figures, indent=1))
+    log.info("trained prior: %s (PCA baseline: %s)", run.prior, run.prior_pca)
     return figures

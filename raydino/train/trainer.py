@@ -43,6 +43,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from raydino.config import Config, TrainConfig, from_dict, load_config, save_config, to_dict
+from raydino.layout import Run
 from raydino.losses import columns
 from raydino.pyramids import schema
 from raydino.train import checkpoint
@@ -55,7 +56,6 @@ with contextlib.suppress(ImportError):
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "checkpoints"  # Ray Train's run folder inside RUN_DIR
 FAIL_ENV = "RAYDINO_FAIL_AT_STEP"
 
 
@@ -161,7 +161,7 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
     if holdout_dir is None:
         return None
     from raydino.models.loading import require_local
-    from raydino.pyramids.decode import read_source_image
+    from raydino.pyramids.decode import read_image
 
     require_local(cfg.sample.fd_encoder, "sample.fd_encoder")
     manifest = schema.read_manifest(holdout_dir)
@@ -170,7 +170,7 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
         raise schema.ManifestMismatch(f"{holdout_dir}: held-out pyramid made with DINOv2 {manifest['dino']['source']} "
                                       f"(hash {manifest['dino']['hash']}), the training pyramid with hash {dino_hash}")
     rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
-    images = np.stack([read_source_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
+    images = np.stack([read_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
     return {"rows": rows, "images": images, "encoder": cfg.sample.fd_encoder or cfg.pyramids.dino,
             "set": schema.describe_set(manifest) + f"; first {len(images)} by id"}
 
@@ -191,8 +191,8 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     loop_config = {"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
                    "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])}
     dataset = dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])
-    return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers, name=name or EXPERIMENT,
-                         storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
+    return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers,
+                         name=name or Run(run_dir).experiment(), storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
 
 
 def fail_at_step() -> int:
@@ -239,15 +239,15 @@ def fit(trainer: TorchTrainer) -> ray.train.Result:
         raise TrainingError(f"training failed: {exc}") from exc
 
 
-def run_exists(run_dir: Path, experiment: str, resume: bool) -> bool:
-    """Whether ``run_dir`` holds Ray Train's record of ``experiment``; refuses a mix-up either way."""
-    snapshot = run_dir / experiment / "checkpoint_manager_snapshot.json"
-    if snapshot.exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a training run ({experiment}/): pass --resume to continue "
+def run_exists(run: Run, model: str, resume: bool) -> bool:
+    """Whether ``run`` holds Ray Train's record of training ``model``; refuses a mix-up either way."""
+    started, experiment = run.started(model), run.experiment(model)
+    if started and not resume:
+        raise FileExistsError(f"{run.path} already holds a training run ({experiment}/): pass --resume to continue "
                               "it, or choose another --out")
-    if resume and not snapshot.exists():
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {snapshot.relative_to(run_dir)}")
-    return snapshot.exists()
+    if resume and not started:
+        raise FileNotFoundError(f"nothing to resume in {run.path}: no Ray Train record in {experiment}/")
+    return started
 
 
 def training_dataset(cfg: Config, pyramids_dir: str | Path, rows: int) -> ray.data.Dataset:
@@ -277,9 +277,9 @@ def ordered_ingest():
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
     """The config a run was started with (``RUN_DIR/config.yaml``), plus ``key=value`` overrides."""
-    path = Path(run_dir) / checkpoint.CONFIG
+    path = Run(run_dir).config
     if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {checkpoint.CONFIG}")
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no {path.name}")
     return load_config(config_file=str(path), overrides=overrides)
 
 
@@ -292,10 +292,11 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
     without it an existing run there is an error rather than silently mixed.
     """
     run_dir = Path(run_dir).resolve()
-    run_exists(run_dir, EXPERIMENT, resume)
+    run = Run(run_dir)
+    run_exists(run, "generator", resume)
     trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / checkpoint.CONFIG)
+    save_config(cfg, run.config)
     start = time.time()
     result = fit(trainer)
     with result.checkpoint.as_directory() as d:
@@ -303,6 +304,6 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
     metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1),
                                                  "pyramids": str(Path(pyramids_dir).resolve()),
                                                  "holdout": str(Path(holdout).resolve()) if holdout else None}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log.info("trained generator: %s", run_dir / checkpoint.GENERATOR)
+    run.metrics.write_text(json.dumps(metrics, indent=1))
+    log.info("trained generator: %s", run.generator)
     return metrics

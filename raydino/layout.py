@@ -1,0 +1,225 @@
+"""Where things are: the folders of a run, a sweep and ``raydino run``'s output, and the loaders of what they hold.
+
+Every file and folder name of these layouts is written here and nowhere
+else, so the code that writes a file and the code that reads it cannot
+drift apart. Sampling, evaluation and the report load a finished run
+through this module, without importing any training code.
+
+```
+OUT/                      Output
+  config.yaml
+  faces/ faces-val/       synthetic faces (no --images)
+  models/                 the offline demo's tiny encoders
+  pyramids/ pyramids-val/ training and held-out pyramids
+  runs/train/             Run (runs/compare-<kind>/: the comparison run)
+  sweep/                  Sweep
+  samples/                Samples
+  report/index.html
+```
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from raydino.config import Config, load_config
+from raydino.models.flow_prior import FlowPrior, prior_from_header
+from raydino.models.generator import Generator
+from raydino.models.prior import PCAGaussianPrior
+
+CONFIG = "config.yaml"  # the resolved config, in every run, trial, sweep, checkpoint and output folder
+T = TypeVar("T")
+
+
+class Checkpoint:
+    """The files of one training checkpoint (the generator's and the prior's alike)."""
+
+    MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
+
+    @staticmethod
+    def rng(rank: int) -> str:
+        """Each worker's noise/shift generator state."""
+        return f"rng_rank{rank}.pt"
+
+
+class Run:
+    """A training run folder: the generator, its prior, figures, TensorBoard, grids and Ray Train's checkpoints."""
+
+    GENERATOR = "generator.safetensors"  # the finished generator's EMA weights
+    PROGRESS, PRIOR_PROGRESS = "progress.json", "prior-progress.json"  # work done (rank 0), for progress bars
+    EXPERIMENTS = {"generator": "checkpoints", "prior": "prior_checkpoints"}  # Ray Train's run folders, by model
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    config = property(lambda self: self.path / CONFIG)
+    generator = property(lambda self: self.path / Run.GENERATOR)
+    prior = property(lambda self: self.path / "prior.safetensors")        # the flow prior's EMA weights
+    prior_pca = property(lambda self: self.path / "prior_pca.safetensors")  # the PCA Gaussian baseline
+    prior_figures = property(lambda self: self.path / "prior.json")     # the prior's training figures
+    metrics = property(lambda self: self.path / "metrics.json")         # the generator's training figures
+    eval = property(lambda self: self.path / "eval.json")               # `raydino eval`
+    tb = property(lambda self: self.path / "tb")
+    tb_prior = property(lambda self: self.path / "tb" / "prior")  # its own folder: resuming the prior keeps these
+    grids = property(lambda self: self.path / "grids")
+    progress = property(lambda self: self.path / Run.PROGRESS)  # images done
+    prior_progress = property(lambda self: self.path / Run.PRIOR_PROGRESS)  # prior steps done
+
+    def grid(self, resolution: int) -> Path:
+        """The last validation grid of a stage."""
+        return self.grids / f"stage_{resolution}.png"
+
+    def experiment(self, model: str = "generator") -> str:
+        """Ray Train's run folder name for ``model`` ("generator" or "prior"), inside the run."""
+        return Run.EXPERIMENTS[model]
+
+    def started(self, model: str = "generator") -> bool:
+        """Whether Ray Train has recorded a run of ``model`` here (a crashed attempt to resume)."""
+        return (self.path / self.experiment(model) / "checkpoint_manager_snapshot.json").exists()
+
+    def config_of(self) -> Config:
+        """The config the run was made with."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.path}: no {CONFIG} (not a run folder)")
+        return load_config(config_file=str(self.config))
+
+    def figures(self, name: str = "eval") -> dict | None:
+        """A JSON file of the run (``eval``, ``metrics`` or ``prior_figures``), None when absent."""
+        return read_json(getattr(self, name))
+
+    def load_generator(self, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
+        """The finished (EMA) generator and its config, without Ray."""
+        return load_generator(self.path, device)
+
+    def load_prior(self, device: str | torch.device = "cpu") -> FlowPrior | None:
+        """The trained flow prior, None when the run has none."""
+        if not self.prior.is_file():
+            return None
+        model = prior_from_header(read_file(self.prior, header))
+        load_weights(self.prior, model)
+        return model.eval().requires_grad_(False).to(device)
+
+    def load_pca(self) -> PCAGaussianPrior | None:
+        """The PCA Gaussian baseline, None when the run has none."""
+        return PCAGaussianPrior.load(self.prior_pca) if self.prior_pca.is_file() else None
+
+
+class Sweep:
+    """A Tune sweep folder: its config, the trials' runs, Tune's own state and the result files."""
+
+    EXPERIMENT = "tune"  # Tune's state folder inside the sweep (what `Tuner.restore` reads)
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / CONFIG)
+    results = property(lambda self: self.path / "results.csv")  # one row per trial
+    best = property(lambda self: self.path / "best.json")       # the best trial; written last: the sweep finished
+    best_config = property(lambda self: self.path / "best.yaml")  # its config, which `--config` accepts
+    trials = property(lambda self: self.path / "trials")
+    state = property(lambda self: self.path / Sweep.EXPERIMENT)
+
+    def trial(self, trial_id: str) -> Run:
+        return Run(self.trials / trial_id)
+
+
+class Samples:
+    """The sample grids ``raydino run`` draws, by file name in its samples folder."""
+
+    IMAGE, VARY, PROMPTS, PRIOR, PRIOR_PCA, MIX = "image.png", "vary.png", "prompts.png", "prior.png", "prior_pca.png", "mix.png"
+    NOISE, NOISE_COMPARE = "noise.png", "noise-compare.png"  # the run's draws per code; its comparison run's
+
+
+class Output:
+    """``raydino run``'s output folder (``cfg.out``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / CONFIG)
+    faces = property(lambda self: self.root / "faces")
+    faces_val = property(lambda self: self.root / "faces-val")
+    models = property(lambda self: self.root / "models")
+    pyramids = property(lambda self: self.root / "pyramids")
+    pyramids_val = property(lambda self: self.root / "pyramids-val")
+    run = property(lambda self: Run(self.root / "runs" / "train"))
+    sweep = property(lambda self: Sweep(self.root / "sweep"))
+    samples = property(lambda self: self.root / "samples")
+    report = property(lambda self: self.root / "report" / "index.html")
+
+    def compare(self, kind: str) -> Run:
+        """The comparison run trained with ``loss.kind = kind``."""
+        return Run(self.root / "runs" / f"compare-{kind}")
+
+    def runs(self) -> list[Run]:
+        """The main run, then the comparison runs."""
+        return [self.run, *(Run(p) for p in sorted((self.root / "runs").glob("compare-*")))]
+
+    @staticmethod
+    def of(run: str | Path) -> Output | None:
+        """The output folder ``run`` sits in, None for a run made outside ``raydino run``."""
+        run = Path(run)
+        return Output(run.parent.parent) if run.parent.name == "runs" else None
+
+
+# --- reading what the layouts hold ---------------------------------------------------------
+
+
+class CheckpointError(RuntimeError):
+    """A weights, state or config file that is missing, truncated or corrupt."""
+
+
+def read_file(path: Path, reader: Callable[[Path], T]) -> T:
+    """``reader(path)``; a missing or unreadable file is a :class:`CheckpointError` naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return reader(path)
+    except Exception as exc:  # safetensors, zip and json each raise their own types
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+
+
+def header(path: Path) -> dict[str, str]:
+    """A safetensors file's header: what the model is rebuilt from."""
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    state = read_file(path, lambda p: load_file(str(p)))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint file {path} does not fit this model ({exc})") from exc
+
+
+def load_generator(directory: str | Path, device: str | torch.device = "cpu",
+                   weights: str = Run.GENERATOR) -> tuple[Generator, Config]:
+    """A generator and its config from a finished run, or from a checkpoint with ``weights=Checkpoint.EMA``."""
+    directory = Path(directory)
+    path = directory / weights
+    cfg = load_config(config_file=str(directory / CONFIG))
+    meta = read_file(path, header)
+    model = Generator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
+    load_weights(path, model)
+    return model.eval().requires_grad_(False).to(device), cfg
+
+
+def read_json(path: Path) -> dict | None:
+    """The file's JSON, ``None`` when it is absent; an unreadable file is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
