@@ -124,6 +124,11 @@ class StageConfig:
     lr: float = 2e-3
     fade_images: int = 0
 
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in the stage: its image budget in global batches, rounded up."""
+        return -(-self.images // self.batch_size)
+
 
 @dataclass
 class TrainConfig:

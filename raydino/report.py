@@ -670,13 +670,11 @@ CHARTS = [  # title, tag pattern, note
 
 def _stage_marks(cfg: Config | None) -> list[tuple[float, str]]:
     """The step at which each stage after the first begins."""
-    from raydino.train.step import stage_steps
-
     if cfg is None:
         return []
     marks, step = [], 0
     for prev, stage in zip(cfg.train.stages, cfg.train.stages[1:], strict=False):
-        step += stage_steps(prev)
+        step += prev.steps
         marks.append((float(step), f"{stage.resolution} px"))
     return marks
 

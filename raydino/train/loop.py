@@ -28,7 +28,7 @@ from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator
 from raydino.train.runtime import check_bad_steps, data_stream, inject_fault
 from raydino.train.session import Session
-from raydino.train.step import StepOutput, fade_alpha, requires_grad, stage_steps, train_step, update_ema
+from raydino.train.step import StepOutput, fade_alpha, requires_grad, train_step, update_ema
 
 
 def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generator, Generator, torch.optim.Optimizer]:
@@ -125,7 +125,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
 
     while progress.stage < len(tc.stages):
         stage = tc.stages[progress.stage]
-        steps, first = stage_steps(stage), progress.stage == 0
+        steps, first = stage.steps, progress.stage == 0
         if stage.batch_size % session.world_size:
             raise ValueError(f"stage {stage.resolution}px: batch_size {stage.batch_size} is not a multiple "
                              f"of {session.world_size} workers")

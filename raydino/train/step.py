@@ -8,7 +8,6 @@ takes the same skip/step decision.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,11 +29,6 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """``ema <- beta * ema + (1 - beta) * model``: the weights evaluation and sampling use."""
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.detach(), 1 - beta)
-
-
-def stage_steps(stage: StageConfig) -> int:
-    """Optimizer steps in a stage: its image budget in global batches, rounded up."""
-    return math.ceil(stage.images / stage.batch_size)
 
 
 def fade_alpha(stage: StageConfig, stage_step: int, first: bool) -> float:
