@@ -39,12 +39,13 @@ import torch
 from raydino.attribute_agreement import attribute_figures
 from raydino.data.face_set import labels_for_paths
 from raydino.layout import Run
-from raydino.losses import Targets, columns, level_distances
 from raydino.metrics import (
     clip_score,
     colour_error,
     dino_cls,
     fd_with_floor,
+    level_distances,
+    level_figures,
     match_resolution,
     noise_spread,
     paired_distance,
@@ -53,6 +54,7 @@ from raydino.metrics import (
 from raydino.models.loading import Dino, load_dino, require_local
 from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
+from raydino.pyramids.batch import Targets, columns
 from raydino.pyramids.decode import read_image
 from raydino.sample import Sampler
 
@@ -124,8 +126,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
 
     out |= detail_figures(s, targets.code, recon, real, seed)
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
-    out |= {f"train_encoder/dist_{k}": v for k, v in dist.items()}
-    out["train_encoder/dist_unweighted"] = float(np.mean(list(dist.values())))
+    out |= level_figures("train_encoder", dist)
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
     out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
     if prompts and s.cfg.pyramids.clip and s.run.prior.is_file():

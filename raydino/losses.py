@@ -9,7 +9,7 @@ eval mode; gradients flow through it into the image only.
 Why distributional: the coarse code does not decide the details (eyes, hair
 strands, glasses), so a one-to-one feature regression is minimised by their
 average, a blur, and by a generator that ignores its noise. ``loss.kind:
-energy`` (the default) scores ``loss.draws`` generated images per target with
+energy`` scores ``loss.draws`` generated images per target with
 the energy score (Gneiting & Raftery 2007), a strictly proper scoring rule:
 
     ES = mean_i d(x_i, y) - 1/2 mean_{i != j} d(x_i, x_j),   d(a, b) = ||a - b||^beta, 0 < beta < 2
@@ -19,8 +19,8 @@ one. Its first term pulls every draw towards the target, the second pushes
 draws apart, so the noise has to matter. ``x`` is a level's token map with
 each token unit-normalised, flattened and divided by sqrt(tokens), so that
 ``||a - b||^2 = 2 * mean_t (1 - cos)``: the same geometry as ``loss.kind:
-regression`` (mean ``1 - cos`` over tokens, one draw), which stays available
-for comparison. The CLS token and the colour anchor (the image against the
+regression`` (mean ``1 - cos`` over tokens, one draw), which stays the
+default until the distributional loss measures better (docs/training.md). The CLS token and the colour anchor (the image against the
 thumbnail at ``loss.color_size`` px, RMS over pixels) take the same form.
 
 Per level the terms come back weighted (what is optimised) and unweighted
@@ -40,49 +40,13 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from raydino.config import LossConfig
 from raydino.models.loading import Dino
-from raydino.pyramids import schema
+from raydino.pyramids.batch import Targets
 from raydino.pyramids.features import dino_levels, resize
-
-
-@dataclass
-class Targets:
-    """What the pyramid stores about a batch of images, as float tensors on one device."""
-
-    tokens: list[torch.Tensor]  # per level [B, g*g, D]
-    cls: list[torch.Tensor]     # per level [B, D]
-    thumb: torch.Tensor         # [B, 3, t, t] in [0, 1]
-
-    @property
-    def code(self) -> torch.Tensor:
-        """The coarse code: the coarsest level's patch tokens."""
-        return self.tokens[0]
-
-    @classmethod
-    def from_batch(cls, batch: dict[str, torch.Tensor], sizes: list[int], device: torch.device | str = "cpu") -> Targets:
-        """From pyramid columns (as read from parquet: float16 tokens, uint8 HWC thumbnails)."""
-        def get(name: str) -> torch.Tensor:
-            value = batch[name]
-            if isinstance(value, np.ndarray) and not value.flags.writeable:  # e.g. zero-copy from Ray's object store
-                value = value.copy()
-            return torch.as_tensor(value).to(device)
-
-        thumb = get(schema.THUMB).permute(0, 3, 1, 2).float() / 255.0
-        return cls(
-            tokens=[get(schema.tokens_col(s)).float() for s in sizes],
-            cls=[get(schema.cls_col(s)).float() for s in sizes],
-            thumb=thumb,
-        )
-
-
-def columns(sizes: list[int]) -> list[str]:
-    """The pyramid columns training reads (tensor columns only: strings cannot become torch batches)."""
-    return [c for s in sizes for c in (schema.tokens_col(s), schema.cls_col(s))] + [schema.THUMB]
 
 
 def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,10 +180,3 @@ class DinoPyramidLoss:
             return (small - target).abs().mean()
         draws = small.flatten(1).view(len(target), self.draws, -1) / math.sqrt(small[0].numel())
         return energy_score(draws, target.flatten(1) / math.sqrt(small[0].numel()), self.cfg.beta)[0]
-
-
-@torch.no_grad()
-def level_distances(dino: Dino, images: torch.Tensor, targets: Targets, sizes: list[int]) -> dict[int, float]:
-    """Unweighted patch-token distance at every level, no shift: the weight-independent validation figure."""
-    levels = dino_levels(dino, images.float(), sizes)
-    return {size: float(cosine_distance(tok, tgt)) for size, (_, tok), tgt in zip(sizes, levels, targets.tokens, strict=True)}

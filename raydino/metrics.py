@@ -14,6 +14,7 @@ import torch
 
 from raydino.losses import cosine_distance
 from raydino.models.loading import Clip, Dino
+from raydino.pyramids.batch import Targets
 from raydino.pyramids.features import clip_image_embedding, dino_levels, resize, to_float
 
 
@@ -142,3 +143,17 @@ def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
     if generated.shape[-2:] != real.shape[-2:]:
         raise ValueError(f"generated at {tuple(generated.shape[-2:])} px, real at {tuple(real.shape[-2:])} px")
     return float(laplacian_variance(generated).mean() / laplacian_variance(real).mean().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def level_distances(dino: Dino, images: torch.Tensor, targets: Targets, sizes: list[int]) -> dict[int, float]:
+    """Unweighted patch-token distance at every level, no shift: the weight-independent validation figure."""
+    levels = dino_levels(dino, images.float(), sizes)
+    return {size: float(cosine_distance(tok, tgt)) for size, (_, tok), tgt in zip(sizes, levels, targets.tokens, strict=True)}
+
+
+def level_figures(prefix: str, distances: dict[int, float]) -> dict[str, float]:
+    """``{prefix}/dist_<size>`` per level and ``{prefix}/dist_unweighted``, their mean."""
+    out = {f"{prefix}/dist_{s}": d for s, d in distances.items()}
+    out[f"{prefix}/dist_unweighted"] = sum(distances.values()) / len(distances)
+    return out

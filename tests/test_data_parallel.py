@@ -24,10 +24,11 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from raydino.config import load_config
-from raydino.losses import DinoPyramidLoss, Targets, columns
+from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
+from raydino.pyramids.batch import Targets, columns
 from raydino.train.step import train_step
 
 BATCH, WORKERS, LR = 8, 2, 0.5

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from raydino.config import LossConfig, ModelConfig
-from raydino.losses import DinoPyramidLoss, Targets, energy_score, unit_features
+from raydino.losses import DinoPyramidLoss, energy_score, unit_features
 from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import load_dino
+from raydino.pyramids.batch import Targets
 from raydino.pyramids.features import dino_levels, resize
 
 SIZES = [56, 84, 112]

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from raydino.config import LossConfig, ModelConfig
-from raydino.losses import DinoPyramidLoss, Targets, random_shift
+from raydino.losses import DinoPyramidLoss, random_shift
 from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import load_dino
+from raydino.pyramids.batch import Targets
 
 SIZES = [56, 84, 112]
 

@@ -21,9 +21,9 @@ from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.layout import Run
-from raydino.losses import columns
 from raydino.models.generator import Generator
 from raydino.models.tiny import write_tiny_clip
+from raydino.pyramids.batch import columns
 from raydino.sample import Sampler
 from raydino.train import checkpoint, loop
 from raydino.train.prior_trainer import train_prior

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.layout import Checkpoint, CheckpointError, load_generator
-from raydino.losses import columns
 from raydino.models.generator import Generator
 from raydino.pyramids import schema
+from raydino.pyramids.batch import columns
 from raydino.train import checkpoint, loop
 from raydino.train.checkpoint import Progress
 from raydino.train.runtime import NonFiniteLossError

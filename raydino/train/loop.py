@@ -19,10 +19,11 @@ import torch
 
 from raydino.config import Config, StageConfig
 from raydino.layout import Run
-from raydino.losses import DinoPyramidLoss, Targets
+from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import Generator
 from raydino.models.loading import Dino, load_dino
 from raydino.progress import CountFile
+from raydino.pyramids.batch import Targets
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator

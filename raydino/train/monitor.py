@@ -22,19 +22,12 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from raydino.losses import Targets, columns, level_distances
-from raydino.metrics import match_resolution, paired_distance
+from raydino.metrics import level_distances, level_figures, match_resolution, paired_distance
 from raydino.models.generator import Generator, draw_noise
 from raydino.models.loading import Dino
 from raydino.pyramids import schema
+from raydino.pyramids.batch import Targets, columns
 from raydino.pyramids.features import resize
-
-
-def summarise(prefix: str, distances: dict[int, float]) -> dict[str, float]:
-    """``{prefix}/dist_<size>`` per level and ``{prefix}/dist_unweighted``, their mean."""
-    out = {f"{prefix}/dist_{s}": d for s, d in distances.items()}
-    out[f"{prefix}/dist_unweighted"] = sum(distances.values()) / len(distances)
-    return out
 
 
 class Validator:
@@ -53,14 +46,14 @@ class Validator:
 
     def evaluate(self, model: Generator, resolution: int, alpha: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
         images = self.render(model, resolution, alpha)
-        return summarise("val", level_distances(self.dino, images, self.targets, self.sizes)), images
+        return level_figures("val", level_distances(self.dino, images, self.targets, self.sizes)), images
 
     def baselines(self, model: Generator, resolution: int) -> dict[str, float]:
         """The untrained generator, and the mean image of the validation thumbnails, at ``resolution``."""
         _, step0 = self.evaluate(model, resolution)
         mean = resize(self.targets.thumb.mean(0, keepdim=True), resolution).expand(len(self.targets.thumb), -1, -1, -1)
-        return {**summarise("step0", level_distances(self.dino, step0, self.targets, self.sizes)),
-                **summarise("mean_image", level_distances(self.dino, mean, self.targets, self.sizes))}
+        return {**level_figures("step0", level_distances(self.dino, step0, self.targets, self.sizes)),
+                **level_figures("mean_image", level_distances(self.dino, mean, self.targets, self.sizes))}
 
     def grid(self, images: torch.Tensor) -> torch.Tensor:
         """Generated next to target thumbnails, pairs side by side, four pairs a row."""

@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from raydino.config import StageConfig
-from raydino.losses import DinoPyramidLoss, LossTerms, Targets
+from raydino.losses import DinoPyramidLoss, LossTerms
 from raydino.models.generator import Noise
+from raydino.pyramids.batch import Targets
 
 
 def requires_grad(model: nn.Module, flag: bool) -> None:

@@ -44,8 +44,8 @@ from torch import nn
 
 from raydino.config import Config, TrainConfig, from_dict, load_config, save_config, to_dict
 from raydino.layout import Run
-from raydino.losses import columns
 from raydino.pyramids import schema
+from raydino.pyramids.batch import columns
 from raydino.train import checkpoint
 from raydino.train.session import epoch_seed
 
