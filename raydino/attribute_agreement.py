@@ -81,7 +81,7 @@ def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: l
     classifier's ceiling is measured where the generator is); ``prior``: the
     run's prior samples (those FD scored), or None without a prior.
     """
-    spec = sampler.cfg.sample.attribute_classifier
+    spec = sampler.cfg.eval.attribute_classifier
     if not spec:
         return {}
     classifier, description = load_classifier(spec)

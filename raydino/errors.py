@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raydino.config import Config
+from raydino.config import Config, is_local
 
 
 class UserError(ValueError):
@@ -99,12 +99,14 @@ def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixe
 
 def require_models(cfg: Config) -> None:
     """Every local model directory the run loads is there, or is one the demo's tiny-models step writes."""
-    written = Path(cfg.out) / "models" if cfg.preset == "demo" else None
+    from raydino.layout import Output
+
+    written = Output(cfg.out).models if cfg.tiny.build else None
     for key, spec in (("pyramids.dino", cfg.pyramids.dino), ("pyramids.clip", cfg.pyramids.clip),
-                      ("sample.fd_encoder", cfg.sample.fd_encoder),
-                      ("sample.attribute_classifier", cfg.sample.attribute_classifier)):
+                      ("eval.fd_encoder", cfg.eval.fd_encoder),
+                      ("eval.attribute_classifier", cfg.eval.attribute_classifier)):
         local = spec.removeprefix("local-dir:").removeprefix("file://")
-        if not local.startswith(("/", "~")):
+        if not is_local(local):
             require_cached(key, spec)
             continue
         path = Path(local).expanduser()

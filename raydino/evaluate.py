@@ -5,7 +5,7 @@ next to the figures) at the final stage's resolution: real images are
 resized to it before encoding, like the generated ones.
 
 - FD-DINOv2 between generated and real images, under a *separate* encoder
-  (``sample.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
+  (``eval.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
   reconstructions and prior samples, each beside ``n`` and the real-vs-real
   floor at that ``n`` (:func:`raydino.metrics.fd_with_floor`): an FD near
   its floor says nothing more than "indistinguishable at this n"; prior
@@ -110,10 +110,10 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "set": schema.describe_set(manifest),
                  "n": n, "resolution": res, "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
 
-    require_local(cfg.sample.fd_encoder, "sample.fd_encoder")
-    fd_dino = load_dino(cfg.sample.fd_encoder or cfg.pyramids.dino, s.device)
-    out["eval_encoder"] = f"{fd_dino.source} (hash {fd_dino.hash})" + ("" if cfg.sample.fd_encoder else
-                                                                        " = the training encoder (no sample.fd_encoder)")
+    require_local(cfg.eval.fd_encoder, "eval.fd_encoder")
+    fd_dino = load_dino(cfg.eval.fd_encoder or cfg.pyramids.dino, s.device)
+    out["eval_encoder"] = f"{fd_dino.source} (hash {fd_dino.hash})" + ("" if cfg.eval.fd_encoder else
+                                                                        " = the training encoder (no eval.fd_encoder)")
     paired = paired_distance(fd_dino, recon, real, size)
     out |= {"heldout/eval_dist": paired["mean"], "heldout/eval_patch": paired["patch"], "heldout/eval_cls": paired["cls"]}
     real_feats = dino_cls(fd_dino, real, size)

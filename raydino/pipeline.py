@@ -68,7 +68,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     if cfg.data.images:
         pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
         captions = (pairs, cfg.data.images)
-    write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.data.clip_fit_steps, budget=cfg.tiny,
+    write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.tiny.clip_fit_steps, budget=cfg.tiny,
                       sizes=cfg.pyramids.sizes, captions=captions)
 
 
@@ -164,7 +164,7 @@ def plan(cfg: Config) -> list[Step]:
     out = Output(cfg.out)
     steps = []
     synth = out.faces  # the data without --images; the demo's encoders learn from it either way
-    if not cfg.data.images or cfg.preset == "demo":
+    if not cfg.data.images or cfg.tiny.build:
         steps.append(Step("synthetic faces", synth / FACES_METADATA, lambda: _faces(cfg, synth)))
     if cfg.data.images:
         faces, val_faces = Path(cfg.data.images), None
@@ -172,7 +172,7 @@ def plan(cfg: Config) -> list[Step]:
         faces, val_faces = synth, out.faces_val
         steps.append(Step("held-out faces", val_faces / FACES_METADATA,
                           lambda: _faces(cfg, val_faces, count=cfg.eval.n, seed=cfg.data.seed + 10_000)))
-    if cfg.preset == "demo":
+    if cfg.tiny.build:
         steps.append(Step("tiny models", out.models / TINY_SUMMARY, lambda: _models(cfg, synth, out.models)))
     pyramids, val_pyramids = out.pyramids, out.pyramids_val
     # a user's folder is split in two by path hash; the demo's held-out faces are a separate generated set

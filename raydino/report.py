@@ -833,7 +833,7 @@ def section_encoders(ctx: Context) -> str:
     if cfg is None:
         return _missing(f"No config.yaml in {ctx.inputs.run}.")
     found = [(role, Path(spec) / "probes.json") for role, spec in
-             (("training encoder", cfg.pyramids.dino), ("FD encoder", cfg.sample.fd_encoder)) if spec]
+             (("training encoder", cfg.pyramids.dino), ("FD encoder", cfg.eval.fd_encoder)) if spec]
     found = [(role, path) for role, path in found if path.is_file()]
     if not found:
         return _missing("No probes.json beside the encoders: they are not `raydino tiny-models` encoders "
@@ -861,7 +861,7 @@ def section_run(ctx: Context) -> str:
             ("workers", f"{cfg.train.num_workers} × {'GPU' if cfg.train.use_gpu else 'CPU'}"),
             ("pyramid levels", ", ".join(f"{s} px" for s in cfg.pyramids.sizes)),
             ("DINOv2", cfg.pyramids.dino), ("CLIP", cfg.pyramids.clip or "none"),
-            ("FD encoder", cfg.sample.fd_encoder or cfg.pyramids.dino),
+            ("FD encoder", cfg.eval.fd_encoder or cfg.pyramids.dino),
             ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}"),
             ("images", cfg.data.images or "synthetic faces (no --images)"), ("text control", describe_text(cfg))]
     facts = '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows) + "</dl>"

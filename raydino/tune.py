@@ -19,25 +19,10 @@ import json
 import logging
 from pathlib import Path
 
-from raydino.config import Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
+from raydino.config import Config, ConfigError, from_dict, lookup, override, save_config, to_dict
 from raydino.layout import Sweep
 
 log = logging.getLogger(__name__)
-
-
-def _lookup(data: dict, key: str):
-    node = data
-    for part in key.split("."):
-        if isinstance(node, list):
-            try:
-                node = node[int(part)]
-            except (ValueError, IndexError):
-                raise ConfigError(f"tune.search: '{key}' names no config value ('{part}' is not an index)") from None
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            raise ConfigError(f"tune.search: '{key}' names no config value")
-    return node
 
 
 def check_used(cfg: Config) -> None:
@@ -60,10 +45,12 @@ def search_space(cfg: Config) -> dict:
     if not cfg.tune.search:
         raise ConfigError("tune.search is empty: name at least one key to search")
     check_used(trial_config(cfg, {}))
-    data = to_dict(cfg)
     space = {}
     for key, bounds in cfg.tune.search.items():
-        value = _lookup(data, key)
+        try:
+            value = lookup(cfg, key)
+        except ConfigError as exc:
+            raise ConfigError(f"tune.search: {exc}") from None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"tune.search: '{key}' is {value!r}, not a number")
         if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
@@ -75,12 +62,11 @@ def search_space(cfg: Config) -> dict:
 
 def trial_config(cfg: Config, params: dict) -> Config:
     """The base config with one trial's sampled values and the per-trial resources."""
-    data = apply_overrides(to_dict(cfg), [*cfg.tune.overrides, *(f"{k}={v}" for k, v in params.items())])
     tc = cfg.tune
-    data["train"] |= {"num_workers": tc.workers_per_trial, "use_gpu": tc.gpus_per_trial > 0,
-                      "cpus_per_worker": tc.cpus_per_trial / tc.workers_per_trial,
-                      "gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial}
-    return from_dict(data)
+    return override(cfg, tc.overrides, {**params, "train.num_workers": tc.workers_per_trial,
+                                        "train.use_gpu": tc.gpus_per_trial > 0,
+                                        "train.cpus_per_worker": tc.cpus_per_trial / tc.workers_per_trial,
+                                        "train.gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial})
 
 
 def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_dir: str, dataset) -> None:
@@ -180,7 +166,7 @@ def _write_results(cfg: Config, grid, sweep: Sweep) -> dict:
     save_config(best_cfg, sweep.best_config)
     summary = {"metric": metric, "best_trial": best["trial_id"], "best_value": best[metric],
                "best_stages_done": best["stages_done"], "set": "held-out" if metric.startswith("heldout/") else "",
-               "best": {k: configs[0][k] for k in keys}, "default": {k: _lookup(to_dict(cfg), k) for k in keys},
+               "best": {k: configs[0][k] for k in keys}, "default": {k: lookup(cfg, k) for k in keys},
                "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)}
     sweep.best.write_text(json.dumps(summary, indent=1))
     for r in rows:

@@ -56,3 +56,36 @@ def test_bad_file_and_preset(tmp_path):
     with pytest.raises(ConfigError, match="not of the form"):
         load_config("demo", overrides=["train.num_workers"])
     assert load_yaml(tmp_path / "bad.yaml")["model"] == {"chanels": [1]}
+
+
+def test_moved_keys_still_load_into_their_new_sections(tmp_path):
+    """A run folder or best.yaml written before the keys moved keeps loading, and old overrides keep working."""
+    old = tmp_path / "old.yaml"
+    old.write_text("preset: demo\nsample:\n  fd_encoder: /m/fd\ndata:\n  clip_fit_steps: 7\n")
+    cfg = load_config(config_file=str(old))
+    assert (cfg.eval.fd_encoder, cfg.tiny.clip_fit_steps) == ("/m/fd", 7)
+    assert load_config("demo", overrides=["sample.attribute_classifier=/m/attr"]).eval.attribute_classifier == "/m/attr"
+
+
+def test_tiny_models_are_an_explicit_setting(tmp_path):
+    """Only a config that says so builds the offline models: a --config file without `preset:` does not."""
+    from raydino.pipeline import plan
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"out: {tmp_path / 'out'}\npyramids:\n  dino: facebook/dinov2-small\n")
+    steps = {cfg_name: [s.name for s in plan(cfg)] for cfg_name, cfg in
+             (("demo", load_config("demo")), ("plain", load_config(config_file=str(plain))))}
+    assert "tiny models" in steps["demo"] and "tiny models" not in steps["plain"]
+
+
+def test_lookup_and_override_by_key_path():
+    from raydino.config import lookup, override
+
+    cfg = load_config("demo")
+    assert lookup(cfg, "loss.level_weights.1") == cfg.loss.level_weights[1]
+    with pytest.raises(ConfigError, match="loss.level_weights.9"):
+        lookup(cfg, "loss.level_weights.9")
+    changed = override(cfg, ["train.num_workers=1"], {"loss.level_weights.0": 3.0})
+    assert (changed.train.num_workers, changed.loss.level_weights[0]) == (1, 3.0)
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        override(cfg, values={"train.num_workers": "two"})

@@ -45,7 +45,7 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 @pytest.fixture(scope="module")
 def reference(ray_local, train_pyramids, holdout_pyramids, tiny_models, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train") / "reference"
-    cfg = tiny_cfg(str(tiny_models["dino"]), **{"sample.fd_encoder": str(tiny_models["fd"])})
+    cfg = tiny_cfg(str(tiny_models["dino"]), **{"eval.fd_encoder": str(tiny_models["fd"])})
     return run_dir, train(cfg, train_pyramids, run_dir, holdout=holdout_pyramids)
 
 

@@ -37,7 +37,7 @@ def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
 
 def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
         ray_local, train_pyramids, holdout_pyramids, tiny_models, tmp_path):
-    cfg = sweep_cfg(str(tiny_models["dino"]), **{"sample.fd_encoder": str(tiny_models["fd"])})
+    cfg = sweep_cfg(str(tiny_models["dino"]), **{"eval.fd_encoder": str(tiny_models["fd"])})
     sweep = tmp_path / "sweep"
     with pytest.raises(ConfigError, match="--holdout"):
         tune_sweep(cfg, train_pyramids, sweep)

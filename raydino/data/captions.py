@@ -100,7 +100,7 @@ def text_plan(cfg: Config) -> TextPlan:
     """
     if not cfg.pyramids.clip:
         return TextPlan(False, None, "off: no CLIP is configured (pyramids.clip is empty)")
-    if cfg.preset != "demo":
+    if not cfg.tiny.build:
         return TextPlan(True, None, f"on: CLIP {cfg.pyramids.clip} is pretrained and needs no captions")
     if not cfg.data.images:
         return TextPlan(True, None, "on: the tiny CLIP is fitted to the synthetic faces' captions")
@@ -120,6 +120,6 @@ def describe_text(cfg: Config) -> str:
     """The text-control line of a run's report, from the config the run was trained with."""
     if cfg.pyramids.clip:
         return f"on: CLIP {cfg.pyramids.clip}"
-    if cfg.preset == "demo" and cfg.data.images and find_captions(cfg.data.images) is None:
+    if cfg.tiny.build and cfg.data.images and find_captions(cfg.data.images) is None:
         return no_captions(cfg.data.images)
     return "off: no CLIP is configured (pyramids.clip is empty)"

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raydino.config import is_local
+
 log = logging.getLogger(__name__)
 
 MARKER = "RAYDINO_TINY.txt"  # beside `raydino tiny-models` weights: what they are (random, or trained on what)
@@ -34,10 +36,6 @@ def weights_hash(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:12]
-
-
-def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~", "file://")) or Path(spec).exists() or spec.startswith("data/")
 
 
 def _marker(directory: str) -> str:
@@ -68,7 +66,7 @@ def load_dino(spec: str, device: str | torch.device = "cpu") -> Dino:
 
     if not spec:
         raise ModelNotFoundError(f"no DINOv2 model given: {TINY_HINT}")
-    local = _looks_local(spec)
+    local = is_local(spec)
     path = spec.removeprefix("file://")
     if local and not Path(path).expanduser().is_dir():
         raise ModelNotFoundError(f"DINOv2 model directory not found: {path}: {TINY_HINT}")
@@ -133,7 +131,7 @@ def clip_model_name(spec: str) -> tuple[str, str | None]:
     """
     if spec.startswith(("hf-hub:", "local-dir:")):
         return spec, None
-    if _looks_local(spec):
+    if is_local(spec):
         path = Path(spec.removeprefix("file://")).expanduser()
         if not (path / "open_clip_config.json").is_file():
             raise ModelNotFoundError(f"CLIP model directory not found or incomplete: {path}: {TINY_HINT}")
@@ -176,7 +174,7 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> Clip:
 
 def require_local(spec: str, key: str) -> None:
     """Fail on the driver, naming the config key, when a local model directory a worker will load is not there."""
-    if spec and _looks_local(spec) and not Path(spec.removeprefix("file://")).expanduser().is_dir():
+    if spec and is_local(spec) and not Path(spec.removeprefix("file://")).expanduser().is_dir():
         raise ModelNotFoundError(f"{key}={spec}: no model directory there: {TINY_HINT}")
 
 
@@ -220,6 +218,6 @@ def bind_encoders(pyramids, manifest: dict, where: str) -> None:
         pyramids.clip = ""
         return
     named = pyramids.clip
-    if named and _looks_local(named) and Path(named).expanduser().is_dir():
+    if named and is_local(named) and Path(named).expanduser().is_dir():
         named = clip_model_name(named)[0]  # the spelling the manifest uses: local-dir:/absolute/path
     pyramids.clip = _bind("CLIP", "pyramids.clip", named, clip, load_clip, where)

@@ -8,7 +8,7 @@ Two sets, labelled apart:
   back into images, watched every few steps; it is not a held-out figure.
 - ``heldout/*``: the same number of *held-out* images (a separate pyramid)
   against their reconstructions at the stage's resolution, under the
-  *evaluation* encoder (``sample.fd_encoder``), at step 0 and each stage end.
+  *evaluation* encoder (``eval.fd_encoder``), at step 0 and each stage end.
   No swept key enters it, and the generator was never fitted to that
   encoder or those images: it is what Tune ranks trials by.
 """

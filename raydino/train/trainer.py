@@ -155,7 +155,7 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
 
     The first ``train.val_count`` rows (by id) of the held-out pyramid and
     the pixels of their source images, so workers need no access to the
-    image folder; the evaluation encoder is ``sample.fd_encoder`` (the
+    image folder; the evaluation encoder is ``eval.fd_encoder`` (the
     training encoder when that is empty, said in the figures' label).
     """
     if holdout_dir is None:
@@ -163,7 +163,7 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
     from raydino.models.loading import require_local
     from raydino.pyramids.decode import read_image
 
-    require_local(cfg.sample.fd_encoder, "sample.fd_encoder")
+    require_local(cfg.eval.fd_encoder, "eval.fd_encoder")
     manifest = schema.read_manifest(holdout_dir)
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(holdout_dir))
     if manifest["dino"]["hash"] != dino_hash:  # its codes must be in the training encoder's space
@@ -171,7 +171,7 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
                                       f"(hash {manifest['dino']['hash']}), the training pyramid with hash {dino_hash}")
     rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
     images = np.stack([read_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
-    return {"rows": rows, "images": images, "encoder": cfg.sample.fd_encoder or cfg.pyramids.dino,
+    return {"rows": rows, "images": images, "encoder": cfg.eval.fd_encoder or cfg.pyramids.dino,
             "set": schema.describe_set(manifest) + f"; first {len(images)} by id"}
 
 

@@ -1,27 +1,13 @@
-"""One config system for every part of raydino.
+"""The sections of a run's config: one plain dataclass per consumer, every field with its default.
 
-A run is described by a tree of plain dataclasses. Presets are YAML files
-shipped inside the package (``raydino/configs/<name>.yaml``); a user file can
-replace a preset, and ``key.sub=value`` overrides go on top. Every key and
-every value type is checked, so a typo fails before any Ray work starts
-instead of being silently ignored.
+A setting sits in the section of the code that reads it (``eval.*`` for
+``raydino eval``, ``tiny.*`` for the offline demo's models, ...), so a
+newcomer finds a knob where its effect is.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-
-class ConfigError(ValueError):
-    """A config key or value that does not fit the schema."""
 
 
 @dataclass
@@ -33,25 +19,28 @@ class DataConfig:
     synth_count: int = 256
     synth_size: int = 256
     seed: int = 0
-    clip_fit_steps: int = 300  # the offline demo's tiny CLIP: contrastive steps on the synthetic captions
 
 
 @dataclass
 class TinyModelsConfig:
     """The offline demo's encoders (``raydino tiny-models``), trained on its synthetic faces.
 
-    Each tiny DINOv2 stand-in trains for its steps (``encoder_steps: 0`` keeps
+    ``build``: ``raydino run`` writes them into ``OUT/models`` (and the
+    synthetic faces they learn from) before anything else; the demo preset
+    sets it, a config for real models leaves it off. Each tiny DINOv2 stand-in trains for its steps (``encoder_steps: 0`` keeps
     random weights, and says so: the baseline the trained ones are measured
     against), the attribute classifier for ``classifier_steps``; the probes
     are scored on ``probe_faces`` held-out faces (docs/encoders.md).
     """
 
+    build: bool = False
     encoder_steps: int = 600
     fd_encoder_steps: int = 400
     classifier_steps: int = 400
     batch_size: int = 32
     lr: float = 5e-3
     probe_faces: int = 192
+    clip_fit_steps: int = 300  # the tiny CLIP: contrastive steps on the run's captions
 
 
 @dataclass
@@ -223,13 +212,11 @@ class PriorConfig:
 
 @dataclass
 class SampleConfig:
-    """Sampling: grid size, seed, the run's prompts, and the encoders its figures use."""
+    """Sampling: grid size, seed and the run's prompts (``raydino eval`` scores the same prompts)."""
 
     n: int = 8
     seed: int = 0
     prompts: list[str] = field(default_factory=list)
-    fd_encoder: str = ""
-    attribute_classifier: str = ""  # a synthetic-face attribute classifier (`raydino tiny-models`): attribute agreement
 
 
 @dataclass
@@ -241,10 +228,16 @@ class EvalConfig:
     ``compare_loss``: a ``loss.kind`` that ``raydino run`` also trains the
     same schedule with (``runs/compare-<kind>``), so the report shows the
     detail figures of both side by side; empty: no comparison run.
+    ``fd_encoder``: the DINOv2 that FD and the held-out distance use, by
+    default not the training encoder (empty: the training one, and the
+    figures say so); ``attribute_classifier``: a synthetic-face attribute
+    classifier (``raydino tiny-models``) for attribute agreement.
     """
 
     n: int = 256
     compare_loss: str = ""
+    fd_encoder: str = ""
+    attribute_classifier: str = ""
 
 
 @dataclass
@@ -263,170 +256,3 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-def _check(tp: Any, value: Any, key: str) -> Any:
-    """Return ``value`` converted to type ``tp`` or raise naming ``key``."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _from_dict(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check(item, v, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        kt, vt = typing.get_args(tp)
-        return {_check(kt, k, f"{key}"): _check(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _check(option, value, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a {tp}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and value is None:
-        return ""
-    if tp in (int, float, str, bool):
-        if type(value) is not tp:
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    return value
-
-
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _check(hints[name], value, key)
-    return cls(**kwargs)
-
-
-def from_dict(data: dict) -> Config:
-    """Build a :class:`Config` from a nested mapping, checking every key and type."""
-    return _from_dict(Config, data)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def preset_path(name: str) -> Path:
-    path = Path(str(resources.files("raydino") / "configs" / f"{name}.yaml"))
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(known)})")
-    return path
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def _set(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        nxt = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
-        node = nxt
-    last = parts[-1]
-    if isinstance(node, list):
-        try:
-            node[int(last)] = value
-        except (ValueError, IndexError):
-            raise ConfigError(f"override '{key}': no list item '{last}'") from None
-    else:
-        node[last] = value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings; values are parsed as YAML scalars/lists."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
-        key, raw = item.split("=", 1)
-        try:
-            _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-        except (IndexError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"override '{item}': {exc}") from None
-    return data
-
-
-def load_config(preset: str = "demo", config_file: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Resolve a run's config: full defaults <- preset or file <- overrides."""
-    base = to_dict(Config())
-    layer = load_yaml(config_file) if config_file else load_yaml(preset_path(preset))
-    _validate_keys(layer)
-    merged = _merge(base, layer)
-    merged = apply_overrides(merged, list(overrides or []))
-    return resolve_paths(from_dict(merged))
-
-
-def _local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", "data/")) or Path(value).expanduser().exists()
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Expand ``{out}`` in model paths and make local paths absolute.
-
-    Ray workers do not run in the driver's working directory, so a relative
-    path that works on the command line would name nothing on a worker.
-    Hub ids (``facebook/dinov2-base``), open_clip tags and URIs are left alone.
-    """
-    if _local(cfg.out):
-        cfg.out = str(Path(cfg.out).expanduser().resolve())
-    for section, name in (("data", "images"), ("pyramids", "dino"), ("pyramids", "clip"), ("sample", "fd_encoder"),
-                          ("sample", "attribute_classifier")):
-        part = getattr(cfg, section)
-        value = getattr(part, name).replace("{out}", cfg.out)
-        if value and "://" not in value and _local(value):
-            value = str(Path(value).expanduser().resolve())
-        setattr(part, name, value)
-    return cfg
-
-
-def _validate_keys(layer: dict) -> None:
-    from_dict(_merge(to_dict(Config()), layer))
-
-
-def _merge(base: Any, layer: Any) -> Any:
-    if isinstance(base, dict) and isinstance(layer, dict):
-        out = dict(base)
-        for key, value in layer.items():
-            # free-form mappings (search spaces, per-stage weights) are replaced whole
-            replace_whole = key in ("search", "stage_level_weights")
-            out[key] = value if replace_whole or key not in base else _merge(base[key], value)
-        return out
-    return layer
-
-
-def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config, so every output says how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
