@@ -39,24 +39,24 @@ def require_run(path: str | Path, flag: str = "--run", finished: bool = True) ->
 
 
 def require_pyramid(path: str | Path, flag: str = "--pyramids") -> Path:
-    """A finished feature pyramid: a ``manifest.json`` with ``status: ok`` (or none, from older versions)."""
-    import json
-
-    from raydino.pyramids.schema import MANIFEST
+    """A finished feature pyramid (:func:`raydino.pyramids.schema.finished_manifest`)."""
+    from raydino.pyramids import schema
 
     pyramid = Path(path)
     hint = "pass a folder `raydino pyramids --out` wrote (OUT/pyramids or OUT/pyramids-val after `raydino run`)"
     if not pyramid.is_dir():
         raise UserError(f"{flag} {pyramid}: no such folder: {hint}")
-    manifest = pyramid / MANIFEST
+    manifest = schema.manifest_path(pyramid)
     if not manifest.is_file():
-        raise UserError(f"{flag} {pyramid} is not a feature pyramid (no {MANIFEST} in it): {hint}")
+        raise UserError(f"{flag} {pyramid} is not a feature pyramid (no {manifest.name} in it): {hint}")
     try:
-        status = json.loads(manifest.read_text()).get("status", "ok")
-    except (ValueError, AttributeError):
-        raise UserError(f"{flag} {pyramid}: its {MANIFEST} is not a pyramid manifest (not a JSON object): "
-                        f"{hint}, or recompute it with `raydino pyramids --overwrite`") from None
-    if status != "ok":
+        readable = isinstance(schema.read_manifest(pyramid), dict)
+    except ValueError:
+        readable = False
+    if not readable:
+        raise UserError(f"{flag} {pyramid}: its {manifest.name} is not a pyramid manifest (not a JSON object): "
+                        f"{hint}, or recompute it with `raydino pyramids --overwrite`")
+    if schema.finished_manifest(pyramid) is None:
         raise UserError(f"{flag} {pyramid} is a pyramid whose extraction failed (see the failures in {manifest}): "
                         "fix or remove the bad images and run `raydino pyramids` again")
     return pyramid

@@ -32,8 +32,8 @@ from torch import nn
 
 from raydino.config import Config, load_config
 from raydino.models.flow_prior import FlowPrior, prior_from_header
-from raydino.models.generator import Generator
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.generator import ProgressiveGenerator
+from raydino.models.pca_prior import PCAGaussianPrior
 
 CONFIG = "config.yaml"  # the resolved config, in every run, trial, sweep, checkpoint and output folder
 T = TypeVar("T")
@@ -98,7 +98,7 @@ class Run:
         """A JSON file of the run (``eval``, ``metrics`` or ``prior_figures``), None when absent."""
         return read_json(getattr(self, name))
 
-    def load_generator(self, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
+    def load_generator(self, device: str | torch.device = "cpu") -> tuple[ProgressiveGenerator, Config]:
         """The finished (EMA) generator and its config, without Ray."""
         return load_generator(self.path, device)
 
@@ -204,13 +204,13 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 
 def load_generator(directory: str | Path, device: str | torch.device = "cpu",
-                   weights: str = Run.GENERATOR) -> tuple[Generator, Config]:
+                   weights: str = Run.GENERATOR) -> tuple[ProgressiveGenerator, Config]:
     """A generator and its config from a finished run, or from a checkpoint with ``weights=Checkpoint.EMA``."""
     directory = Path(directory)
     path = directory / weights
     cfg = load_config(config_file=str(directory / CONFIG))
     meta = read_file(path, header)
-    model = Generator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
+    model = ProgressiveGenerator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
     load_weights(path, model)
     return model.eval().requires_grad_(False).to(device), cfg
 

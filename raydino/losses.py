@@ -76,12 +76,12 @@ def energy_score(draws: torch.Tensor, target: torch.Tensor, beta: float) -> tupl
     return fit - 0.5 * spread, spread
 
 
-def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_px: int, rng: torch.Generator | None) -> torch.Tensor:
     """Translate each image by its own integer offset in ``[-max_px, max_px]``, reflect-padded."""
     if max_px <= 0:
         return x
     h, w = x.shape[-2:]
-    offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=generator).tolist()
+    offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=rng).tolist()
     padded = F.pad(x, (max_px,) * 4, mode="reflect")
     # plain slices: their backward is a cheap copy, unlike a gather's scatter
     return torch.stack([p[:, dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets, strict=True)])
@@ -148,7 +148,7 @@ class DinoPyramidLoss:
         return list(self.cfg.stage_level_weights.get(str(resolution), self.cfg.level_weights))
 
     def __call__(self, images: torch.Tensor, targets: Targets, resolution: int,
-                 generator: torch.Generator | None = None) -> LossTerms:
+                 rng: torch.Generator | None = None) -> LossTerms:
         if len(images) != self.draws * len(targets.code):
             raise ValueError(f"{len(images)} images for {len(targets.code)} targets: expected {self.draws} draws each")
         weighted, unweighted, cls_dist, spread = {}, {}, {}, {}
@@ -156,7 +156,7 @@ class DinoPyramidLoss:
         for i, (size, w) in enumerate(zip(self.sizes, self.level_weights(resolution), strict=True)):
             if w == 0:
                 continue
-            x = random_shift(resize(images, size), self.cfg.shift_px, generator)
+            x = random_shift(resize(images, size), self.cfg.shift_px, rng)
             ((cls, tokens),) = dino_levels(self.dino, x, [size])  # resize is a no-op now: same path as extraction
             unweighted[size], level_spread = self.score(tokens, targets.tokens[i])
             cls_dist[size], _ = self.score(cls, targets.cls[i])

@@ -23,7 +23,7 @@ from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids.decode import read_image
 from raydino.pyramids.features import dino_levels, to_float
 
@@ -51,7 +51,7 @@ class Sampler:
             raise FileNotFoundError(f"{self.run_dir}: not a finished run ({self.run.generator.name} missing; "
                                     "train it first)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.generator, self.cfg = self.run.load_generator(self.device)
+        self.model, self.cfg = self.run.load_generator(self.device)
         self.resolution = self.cfg.train.stages[-1].resolution
 
     @cached_property
@@ -66,12 +66,12 @@ class Sampler:
 
     def noise(self, n: int, seed: int) -> Noise:
         """``n`` draws (style vector and per-pixel maps) at the run's resolution, a function of ``seed`` only."""
-        return self.generator.draw_noise(n, self.resolution, torch.Generator().manual_seed(seed), self.device)
+        return self.model.draw_noise(n, self.resolution, torch.Generator().manual_seed(seed), self.device)
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, noise: Noise) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.generator(codes.to(self.device), noise, self.resolution)
+            out = self.model(codes.to(self.device), noise, self.resolution)
         return out.float().clamp(0, 1).cpu()
 
     def load_image(self, path: str | Path) -> torch.Tensor:

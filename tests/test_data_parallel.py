@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raydino.config import load_config
 from raydino.losses import DinoPyramidLoss
-from raydino.models.generator import Generator, draw_noise
+from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
@@ -49,7 +49,7 @@ def one_step(dino_dir: str, pyramid_dir: str, init: dict[str, torch.Tensor], row
     cfg = small_cfg(dino_dir)
     sizes = cfg.pyramids.sizes
     dino = load_dino(dino_dir)
-    model = Generator(cfg.model, dino.dim, sizes[0] // dino.patch_size)
+    model = ProgressiveGenerator(cfg.model, dino.dim, sizes[0] // dino.patch_size)
     model.load_state_dict(init)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     arrays = schema.load_arrays(pyramid_dir, columns(sizes))

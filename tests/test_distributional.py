@@ -7,7 +7,7 @@ import torch
 
 from raydino.config import LossConfig, ModelConfig
 from raydino.losses import DinoPyramidLoss, energy_score, unit_features
-from raydino.models.generator import Generator, draw_noise
+from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids.batch import Targets
 from raydino.pyramids.features import dino_levels, resize
@@ -33,7 +33,7 @@ def train_toy(dino, kind: str, steps: int = 150, batch: int = 16, sizes: tuple[i
     with torch.no_grad():
         levels = [dino_levels(dino, x, sizes) for x in (a, b)]
     code = torch.randn(1, 16, dino.dim)
-    model = Generator(ModelConfig(code_dim=16, noise_dim=8, channels=[32, 16], max_resolution=16), dino.dim, 4)
+    model = ProgressiveGenerator(ModelConfig(code_dim=16, noise_dim=8, channels=[32, 16], max_resolution=16), dino.dim, 4)
     # 4 draws per target: the spread term's estimate is steady enough that the split lands near 50/50 for any seed
     loss_fn = DinoPyramidLoss(dino, sizes, LossConfig(kind=kind, draws=4, shift_px=0, level_weights=[1.0] * len(sizes)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -75,7 +75,7 @@ def test_energy_loss_draws_both_targets_where_regression_draws_their_average(din
 @pytest.mark.parametrize("draws", [2, 4])
 def test_energy_loss_is_finite_and_trains_every_used_parameter_but_not_the_encoder(dino, draws):
     cfg = ModelConfig(code_dim=16, noise_dim=4, channels=[16, 8], max_resolution=32)
-    model = Generator(cfg, dino.dim, 4)
+    model = ProgressiveGenerator(cfg, dino.dim, 4)
     loss_fn = DinoPyramidLoss(dino, SIZES, LossConfig(kind="energy", draws=draws, shift_px=1))
     g = torch.Generator().manual_seed(0)
     targets = Targets(tokens=[torch.randn(2, (s // 14) ** 2, dino.dim, generator=g) for s in SIZES],

@@ -8,17 +8,17 @@ import torch.nn.functional as F
 
 from raydino.config import LossConfig, ModelConfig
 from raydino.losses import DinoPyramidLoss, random_shift
-from raydino.models.generator import Generator, draw_noise
+from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids.batch import Targets
 
 SIZES = [56, 84, 112]
 
 
-def small_generator(max_resolution: int = 256) -> Generator:
+def small_generator(max_resolution: int = 256) -> ProgressiveGenerator:
     torch.manual_seed(0)
     cfg = ModelConfig(code_dim=8, noise_dim=4, channels=[16, 16, 8, 8, 4], max_resolution=max_resolution)
-    return Generator(cfg, code_tokens_dim=48, grid=4)
+    return ProgressiveGenerator(cfg, code_tokens_dim=48, grid=4)
 
 
 def fake_targets(batch: int = 2) -> Targets:

@@ -4,7 +4,7 @@ import torch
 
 from raydino.metrics import colour_error, fd, frechet_distance
 from raydino.models.flow_prior import perturb
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.sample import swap_region
 
 

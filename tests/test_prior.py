@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from raydino.config import load_config
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint, prior_loop
 from raydino.train.prior_trainer import code_shape, train_prior
@@ -79,7 +79,7 @@ def toy_prior(toy_pyramid, tmp_path_factory) -> tuple[FlowPrior, torch.Tensor]:
     out = tmp_path_factory.mktemp("toy_run")
     session = LocalSession(toy_pyramid, prior_loop.prior_columns(cfg, True), seed=cfg.prior.seed,
                            checkpoints=out / "ckpt")
-    metrics = prior_loop.run(cfg, out, session, shape)
+    metrics = prior_loop.fit_prior(cfg, out, session, shape)
     assert metrics["step"] == cfg.prior.steps and metrics["bad_steps"] == 0
     checkpoint.export_ema(next(session.checkpoint_dirs()), Run(out).prior)
     return Run(out).load_prior(), codes

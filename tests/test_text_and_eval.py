@@ -21,7 +21,7 @@ from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.layout import Run
-from raydino.models.generator import Generator
+from raydino.models.generator import ProgressiveGenerator
 from raydino.models.tiny import write_tiny_clip
 from raydino.pyramids.batch import columns
 from raydino.sample import Sampler
@@ -56,12 +56,12 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     untrained.mkdir()
     save_config(cfg, untrained / "config.yaml")
     torch.manual_seed(cfg.train.seed)
-    g = Generator(cfg.model, 48, 4)
+    g = ProgressiveGenerator(cfg.model, 48, 4)
     from safetensors.torch import save_file
     save_file(g.state_dict(), str(untrained / Run.GENERATOR), metadata=checkpoint.generator_metadata(g))
 
     session = LocalSession(pyramids, columns(cfg.pyramids.sizes), checkpoints=root / "ckpt")
-    loop.run(cfg, pyramids, run_dir, session)
+    loop.fit_generator(cfg, pyramids, run_dir, session)
     checkpoint.export_generator(next(session.checkpoint_dirs()), run_dir)
     train_prior(cfg, pyramids, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps({"pyramids": str(pyramids)}))  # as `raydino train` writes it

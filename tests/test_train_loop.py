@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.layout import Checkpoint, CheckpointError, load_generator
-from raydino.models.generator import Generator
+from raydino.models.generator import ProgressiveGenerator
 from raydino.pyramids import schema
 from raydino.pyramids.batch import columns
 from raydino.train import checkpoint, loop
@@ -55,7 +55,7 @@ class PoisonedSession(LocalSession):
 def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
     session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2}, checkpoints=tmp_path / "ckpt")
-    metrics = loop.run(cfg, train_pyramids, tmp_path / "run", session)
+    metrics = loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session)
     assert metrics["step"] == 5 and metrics["bad_steps"] == 1 and metrics["images_seen"] == 40
     assert [r["step"] for r in session.reports] == [3, 4, 5]  # every 4 steps and at each stage end
     assert all(math.isfinite(r["val/dist_unweighted"]) for r in session.reports)
@@ -66,13 +66,13 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_mo
     cfg = local_cfg(str(tiny_models["dino"]), max_bad_steps=2)
     session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2, 3}, checkpoints=tmp_path)
     with pytest.raises(NonFiniteLossError, match="2 steps in a row .* train.max_bad_steps=2"):
-        loop.run(cfg, train_pyramids, tmp_path / "run", session)
+        loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session)
 
 
 def _state(cfg, seed: int = 0, dim: int = 48):
     """A model, an EMA that differs from it, an optimizer with state and a used RNG, all set by ``seed``."""
     torch.manual_seed(seed)
-    model = Generator(cfg.model, dim, 4)
+    model = ProgressiveGenerator(cfg.model, dim, 4)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 16, dim), model.draw_noise(2, 16), 16).mean().backward()
@@ -197,7 +197,7 @@ def switch_run(train_pyramids, tiny_models, tmp_path_factory):
     steps: list[Step] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "train_step", recording(steps))
-        metrics = loop.run(cfg, train_pyramids, out / "run", session)
+        metrics = loop.fit_generator(cfg, train_pyramids, out / "run", session)
     return cfg, out / "ckpt", steps, metrics
 
 
@@ -230,7 +230,7 @@ def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
     steps: list[Step] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "train_step", recording(steps))
-        metrics = loop.run(cfg, train_pyramids, tmp_path / "run", LocalSession(
+        metrics = loop.fit_generator(cfg, train_pyramids, tmp_path / "run", LocalSession(
             train_pyramids, columns(cfg.pyramids.sizes), checkpoints=ckpt))
     assert metrics["step"] == SWITCH_STEPS and metrics["resumed_from_step"] == 5
     assert len(steps) == SWITCH_STEPS - 5  # mid epoch 1: the resumed run skips the 2 batches steps 4 and 5 took

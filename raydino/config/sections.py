@@ -45,7 +45,7 @@ class TinyModelsConfig:
 
 @dataclass
 class PyramidConfig:
-    """DINOv2 feature-pyramid extraction (milestone 1)."""
+    """DINOv2 feature-pyramid extraction (``raydino pyramids``)."""
 
     dino: str = "facebook/dinov2-base"
     clip: str = ""

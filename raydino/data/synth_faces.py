@@ -2,9 +2,9 @@
 
 Face data sets and model weights cannot be fetched on every machine (CI, the
 offline demo), so raydino draws its own. Each face is a few PIL shapes with
-attributes that a caption names, which is what the text-control milestone
-needs: the attributes are visible, so a model can learn them and a test can
-measure them. Everything is deterministic in ``(seed, index)``.
+attributes that a caption names, which is what text control needs: the
+attributes are visible, so a model can learn them and a test can measure
+them. Everything is deterministic in ``(seed, index)``.
 """
 
 from __future__ import annotations

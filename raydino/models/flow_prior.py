@@ -34,9 +34,9 @@ from raydino.config import PriorConfig
 SOLVERS = ("euler", "heun")
 
 
-def perturb(emb: torch.Tensor, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb(emb: torch.Tensor, noise: float, rng: torch.Generator | None = None) -> torch.Tensor:
     """LAFITE's fixed perturbation: ``normalize(h + xi * ||h|| * e / ||e||)``."""
-    eps = torch.randn(emb.shape, generator=generator).to(emb.device, emb.dtype)
+    eps = torch.randn(emb.shape, generator=rng).to(emb.device, emb.dtype)
     eps = eps / eps.norm(dim=-1, keepdim=True) * emb.norm(dim=-1, keepdim=True)
     return F.normalize(emb + noise * eps, dim=-1)
 
@@ -163,15 +163,15 @@ class FlowPrior(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, cond: torch.Tensor | None = None,
+    def sample(self, n: int, rng: torch.Generator | None = None, cond: torch.Tensor | None = None,
                **kwargs) -> torch.Tensor:
         """``n`` codes in DINOv2 token units; ``cond`` ``[n, clip_dim]`` unit vectors, or None (unconditional)."""
         device = self.code_mean.device
-        noise = torch.randn(n, self.tokens, self.dim, generator=generator).to(device)
+        noise = torch.randn(n, self.tokens, self.dim, generator=rng).to(device)
         return self.to_codes(self.integrate(noise, 1.0, cond, **kwargs))
 
     @torch.no_grad()
-    def vary(self, codes: torch.Tensor, t: float, generator: torch.Generator | None = None,
+    def vary(self, codes: torch.Tensor, t: float, rng: torch.Generator | None = None,
              cond: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Noise ``codes`` to flow time ``t`` and integrate back: 0 returns them, 1 forgets them."""
         if not 0.0 <= t <= 1.0:
@@ -179,23 +179,23 @@ class FlowPrior(nn.Module):
         if t == 0:  # the code itself, bit for bit (standardising and back would round)
             return codes.clone()
         x = self.standardise(codes)
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        noise = torch.randn(x.shape, generator=rng).to(x.device)
         return self.to_codes(self.integrate((1 - t) * x + t * noise, t, cond, **kwargs))
 
 
-def flow_matching_loss(net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator,
+def flow_matching_loss(net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, rng: torch.Generator,
                        clip_noise: float, cond_dropout: float) -> torch.Tensor:
     """Rectified-flow loss of one batch of standardised codes ``x``; ``net`` may be DDP-wrapped.
 
     Every random draw (time, noise, perturbation, dropout) comes from
-    ``generator``, which the checkpoint carries: a resumed run draws the same.
+    ``rng``, which the checkpoint carries: a resumed run draws the same.
     """
     b, device = len(x), x.device
-    t = torch.rand(b, generator=generator).to(device)
-    noise = torch.randn(x.shape, generator=generator).to(device)
-    keep = (torch.rand(b, generator=generator) >= cond_dropout).to(device)
+    t = torch.rand(b, generator=rng).to(device)
+    noise = torch.randn(x.shape, generator=rng).to(device)
+    keep = (torch.rand(b, generator=rng) >= cond_dropout).to(device)
     if cond is not None:
-        cond = perturb(F.normalize(cond.float(), dim=-1), clip_noise, generator)
+        cond = perturb(F.normalize(cond.float(), dim=-1), clip_noise, rng)
     x_t = (1 - t)[:, None, None] * x + t[:, None, None] * noise
     return F.mse_loss(net(x_t, t, cond, keep), noise - x)
 

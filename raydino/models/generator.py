@@ -48,17 +48,17 @@ class Noise:
         return Noise(self.z.expand(n, -1), [m.expand(n, -1, -1, -1) for m in self.maps])
 
 
-def draw_noise(n: int, noise_dim: int, resolution: int, generator: torch.Generator | None = None,
+def draw_noise(n: int, noise_dim: int, resolution: int, rng: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> Noise:
     """``n`` independent draws for a generator running at ``resolution`` (or below).
 
-    With a (CPU) ``generator`` the numbers are drawn on the CPU, so a seed
+    With a (CPU) ``rng`` the numbers are drawn on the CPU, so a seed
     gives the same noise on every device and a checkpointed RNG resumes it;
     without one they are drawn on ``device`` directly.
     """
-    where = "cpu" if generator is not None else device
-    z = torch.randn(n, noise_dim, generator=generator, device=where)
-    maps = [torch.randn(n, 1, r, r, generator=generator, device=where) for r in resolutions(resolution)]
+    where = "cpu" if rng is not None else device
+    z = torch.randn(n, noise_dim, generator=rng, device=where)
+    maps = [torch.randn(n, 1, r, r, generator=rng, device=where) for r in resolutions(resolution)]
     return Noise(z, maps).to(device)
 
 
@@ -112,7 +112,7 @@ class Block(nn.Module):
         return self.conv2(self.conv1(x, style, noise_map), style, noise_map)
 
 
-class Generator(nn.Module):
+class ProgressiveGenerator(nn.Module):
     """Coarse code ``[B, grid*grid, code_tokens_dim]`` + :class:`Noise` -> ``[B, 3, res, res]`` in [0, 1].
 
     Every block up to ``cfg.max_resolution`` exists from the start (so the
@@ -139,9 +139,9 @@ class Generator(nn.Module):
         )
         self.to_rgb = nn.ModuleList([nn.Conv2d(c, 3, 1) for c in ch])
 
-    def draw_noise(self, n: int, resolution: int, generator: torch.Generator | None = None,
+    def draw_noise(self, n: int, resolution: int, rng: torch.Generator | None = None,
                    device: torch.device | str = "cpu") -> Noise:
-        return draw_noise(n, self.noise_dim, resolution, generator, device)
+        return draw_noise(n, self.noise_dim, resolution, rng, device)
 
     def forward(self, code: torch.Tensor, noise: Noise, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         if resolution not in self.resolutions:

@@ -1,4 +1,4 @@
-"""Milestone 1: the DINOv2 feature pyramids of an image source, through Ray Data.
+"""The DINOv2 feature pyramids of an image source, through Ray Data.
 
 The pipeline streams: a listing of paths -> CPU tasks that read and decode
 (a bad file becomes a failure record, never an exception) -> an actor pool

@@ -97,7 +97,7 @@ def finished_manifest(pyramid_dir: str | Path) -> dict | None:
         manifest = read_manifest(pyramid_dir)
     except (FileNotFoundError, ValueError):
         return None
-    return manifest if manifest.get("status") == "ok" else None
+    return manifest if isinstance(manifest, dict) and manifest.get("status") == "ok" else None
 
 
 def describe_set(manifest: dict) -> str:

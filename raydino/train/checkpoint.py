@@ -31,7 +31,7 @@ from torch import nn
 
 from raydino.config import Config, load_config, save_config
 from raydino.layout import CONFIG, Checkpoint, CheckpointError, Run, header, load_weights, read_file
-from raydino.models.generator import Generator
+from raydino.models.generator import ProgressiveGenerator
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Progress:
         self.epoch, self.epoch_batch = self.epoch + 1, 0
 
 
-def generator_metadata(model: Generator) -> dict[str, str]:
+def generator_metadata(model: ProgressiveGenerator) -> dict[str, str]:
     return {"code_tokens_dim": str(model.code_tokens_dim), "grid": str(model.grid)}
 
 

@@ -20,7 +20,7 @@ import torch
 from raydino.config import Config, StageConfig
 from raydino.layout import Run
 from raydino.losses import DinoPyramidLoss
-from raydino.models.generator import Generator
+from raydino.models.generator import ProgressiveGenerator
 from raydino.models.loading import Dino, load_dino
 from raydino.progress import CountFile
 from raydino.pyramids.batch import Targets
@@ -32,10 +32,10 @@ from raydino.train.session import Session
 from raydino.train.step import StepOutput, fade_alpha, requires_grad, train_step, update_ema
 
 
-def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[Generator, Generator, torch.optim.Optimizer]:
+def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[ProgressiveGenerator, ProgressiveGenerator, torch.optim.Optimizer]:
     """The generator (same initial weights on every rank), its frozen EMA copy and the optimizer."""
     torch.manual_seed(cfg.train.seed)
-    model = Generator(cfg.model, dino.dim, cfg.pyramids.sizes[0] // dino.patch_size).to(device)
+    model = ProgressiveGenerator(cfg.model, dino.dim, cfg.pyramids.sizes[0] // dino.patch_size).to(device)
     ema = copy.deepcopy(model)
     requires_grad(ema, False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.stages[0].lr, betas=(0.9, 0.99),
@@ -65,7 +65,7 @@ def stage_line(resolution: int, progress: Progress, metrics: dict[str, float]) -
     return line
 
 
-def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0,
+def fit_generator(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0,
         holdout: dict | None = None) -> dict:
     """Train through every stage; returns rank 0's final metrics (others return ``{}``).
 
@@ -138,7 +138,7 @@ def run(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Sess
             targets = Targets.from_batch(next(stream), sizes, device)
             noise = model.draw_noise(len(targets.code) * loss_fn.draws, stage.resolution, rng, device)
             out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
-                             bf16=tc.bf16, generator=rng)
+                             bf16=tc.bf16, rng=rng)
             progress.advance(stage.batch_size, out.ok)
             if rank0:
                 counter.update(progress.images_seen, force=progress.stage_step == steps)

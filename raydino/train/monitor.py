@@ -23,7 +23,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from raydino.metrics import level_distances, level_figures, match_resolution, paired_distance
-from raydino.models.generator import Generator, draw_noise
+from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import Dino
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
@@ -41,14 +41,14 @@ class Validator:
         self.noise = draw_noise(len(self.targets.code), noise_dim, max_resolution, rng, device)
 
     @torch.no_grad()
-    def render(self, model: Generator, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def render(self, model: ProgressiveGenerator, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         return model(self.targets.code, self.noise, resolution, alpha).float()
 
-    def evaluate(self, model: Generator, resolution: int, alpha: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+    def evaluate(self, model: ProgressiveGenerator, resolution: int, alpha: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
         images = self.render(model, resolution, alpha)
         return level_figures("val", level_distances(self.dino, images, self.targets, self.sizes)), images
 
-    def baselines(self, model: Generator, resolution: int) -> dict[str, float]:
+    def baselines(self, model: ProgressiveGenerator, resolution: int) -> dict[str, float]:
         """The untrained generator, and the mean image of the validation thumbnails, at ``resolution``."""
         _, step0 = self.evaluate(model, resolution)
         mean = resize(self.targets.thumb.mean(0, keepdim=True), resolution).expand(len(self.targets.thumb), -1, -1, -1)
@@ -73,7 +73,7 @@ class HeldOutScore:
         self.noise = draw_noise(len(self.code), noise_dim, max_resolution, rng, device)
 
     @torch.no_grad()
-    def __call__(self, model: Generator, resolution: int, alpha: float = 1.0) -> dict[str, float]:
+    def __call__(self, model: ProgressiveGenerator, resolution: int, alpha: float = 1.0) -> dict[str, float]:
         generated = model(self.code, self.noise, resolution, alpha).float().clamp(0, 1)
         real = match_resolution(self.images, resolution)
         d = paired_distance(self.encoder, generated, real, self.size)

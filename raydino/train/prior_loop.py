@@ -51,7 +51,7 @@ def build_prior(cfg: Config, shape: dict, device: torch.device) -> tuple[FlowPri
     return model, ema, opt
 
 
-def run(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at_step: int = 0) -> dict:
+def fit_prior(cfg: Config, run_dir: str | Path, session: Session, shape: dict, fail_at_step: int = 0) -> dict:
     """Train ``prior.steps`` steps; returns rank 0's final figures (others return ``{}``)."""
     pc, device, rank0 = cfg.prior, session.device, session.rank == 0
     run_dir = Path(run_dir)

@@ -4,7 +4,7 @@ The driver reads a bounded sample of the pyramid (``prior.fit_rows`` rows,
 in file order): the per-channel code statistics the prior standardises
 with, and the PCA Gaussian baseline, both fitted on it. Everything else is
 the generator's Ray Train wiring: the coarse level and the CLIP column go to
-the workers through Ray Data, the workers run ``prior_loop.run`` under DDP
+the workers through Ray Data, the workers run ``prior_loop.fit_prior`` under DDP
 with checkpoints, failure retries and resume, and the EMA weights land in
 ``RUN_DIR/prior.safetensors``.
 """
@@ -22,7 +22,7 @@ from raydino.config import Config, from_dict, to_dict
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.loading import bind_encoders
-from raydino.models.prior import PCAGaussianPrior
+from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.prior_loop import prior_columns
@@ -47,7 +47,7 @@ def _prior_fn(loop_config: dict) -> dict:
     cfg = from_dict(loop_config["cfg"])
     worker_setup(cfg.train)
     session = RaySession(cfg.prior.seed, cfg.train.shuffle_buffer)
-    return prior_loop.run(cfg, loop_config["run_dir"], session, loop_config["shape"],
+    return prior_loop.fit_prior(cfg, loop_config["run_dir"], session, loop_config["shape"],
                           fail_at_step=loop_config["fail_at_step"])
 
 

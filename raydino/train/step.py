@@ -56,7 +56,7 @@ class StepOutput:
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: DinoPyramidLoss, targets: Targets,
                noise: Noise, resolution: int, alpha: float, *, grad_clip: float, bf16: bool,
-               generator: torch.Generator | None = None) -> StepOutput:
+               rng: torch.Generator | None = None) -> StepOutput:
     """Generate ``loss_fn.draws`` images per target (one pass), score, backprop through the frozen DINOv2, step.
 
     ``noise`` holds one draw per generated image. A non-finite loss or
@@ -66,7 +66,7 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: DinoPyramidL
     device = targets.code.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         images = net(targets.code.repeat_interleave(loss_fn.draws, dim=0), noise, resolution, alpha)
-        terms = loss_fn(images, targets, resolution, generator)
+        terms = loss_fn(images, targets, resolution, rng)
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)

@@ -1,4 +1,4 @@
-"""Ray Train wiring: the driver builds a ``TorchTrainer``, every worker runs ``loop.run``.
+"""Ray Train wiring: the driver builds a ``TorchTrainer``, every worker runs ``loop.fit_generator``.
 
 Ray stays at this edge. The driver checks the pyramid against the config
 before any worker starts, hands the parquet to Ray Data (tensor columns
@@ -31,7 +31,6 @@ import ray.train.torch
 import torch
 from ray.train import (
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     LoggingConfig,
     RunConfig,
@@ -51,7 +50,7 @@ from raydino.train.session import epoch_seed
 
 with contextlib.suppress(ImportError):
     # Ray Data imports this lazily from whichever thread first resolves a path; two threads doing it at
-    # once can see a half-initialised module ("cannot import name 'HTTPFileSystem'", seen once in CI).
+    # once can see a half-initialised module ("cannot import name 'HTTPFileSystem'").
     import fsspec.implementations.http  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def _train_fn(loop_config: dict) -> dict:
     worker_setup(cfg.train)
     # blocks above the current stage get no gradient yet
     session = RaySession(cfg.train.seed, cfg.train.shuffle_buffer, find_unused_parameters=True)
-    return loop.run(cfg, loop_config["pyramids"], loop_config["run_dir"], session,
+    return loop.fit_generator(cfg, loop_config["pyramids"], loop_config["run_dir"], session,
                     fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
 
@@ -224,7 +223,7 @@ def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: 
                              logging_config=LoggingConfig(log_level=tc.ray_log_level),
                              callbacks=callbacks),
         datasets={"train": dataset},
-        dataset_config=DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
+        dataset_config=ray.train.DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
     )
 
 
@@ -262,15 +261,15 @@ def parquet_dataset(pyramids_dir: str | Path, names: list[str], rows: int, mater
     dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=names)
     dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
     if materialize:
-        # one equal block per worker: the per-epoch split then never has to cut a block, a remote task
-        # that cost ~2.8 s per epoch start here (often a fresh worker process)
+        # one equal block per worker: the per-epoch split then never has to cut a block, which takes a
+        # remote task (often a fresh worker process) at every epoch start
         dataset = dataset.limit(rows - rows % num_workers).repartition(num_workers).materialize()
     return dataset
 
 
 def ordered_ingest():
     """Ray Data execution options that make each worker's shard the same on every epoch and every run."""
-    options = DataConfig.default_ingest_options()
+    options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
     return options
 

@@ -32,8 +32,8 @@ class PCAGaussianPrior:
         std = s[:k] / (len(codes) - 1) ** 0.5
         return cls(mean.float(), vh[:k].float().contiguous(), std.float(), tuple(codes.shape[1:]))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        z = torch.randn(n, len(self.std), generator=generator) * self.std * temperature
+    def sample(self, n: int, rng: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        z = torch.randn(n, len(self.std), generator=rng) * self.std * temperature
         return (self.mean + z @ self.components).reshape(n, *self.shape)
 
     def save(self, path: str | Path) -> None:
