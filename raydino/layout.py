@@ -21,6 +21,7 @@ OUT/                      Output
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -79,6 +80,18 @@ class Run:
     def grid(self, resolution: int) -> Path:
         """The last validation grid of a stage."""
         return self.grids / f"stage_{resolution}.png"
+
+    def grid_files(self) -> dict[int, list[tuple[int | None, Path]]]:
+        """Every stage's grids by resolution: :meth:`grid` (step None) and any ``stage_<res>_<step>.png`` beside it.
+
+        Grids kept per step show a stage's progress from files, where
+        TensorBoard holds only a sample of them.
+        """
+        out: dict[int, list[tuple[int | None, Path]]] = {}
+        for p in self.grids.glob("stage_*.png"):
+            if m := re.fullmatch(r"stage_(\d+)(?:[_-](?:step)?_?(\d+))?\.png", p.name):
+                out.setdefault(int(m.group(1)), []).append((int(m.group(2)) if m.group(2) else None, p))
+        return out
 
     def experiment(self, model: str = "generator") -> str:
         """Ray Train's run folder name for ``model`` ("generator" or "prior"), inside the run."""
@@ -143,6 +156,8 @@ class Samples:
 class Output:
     """``raydino run``'s output folder (``cfg.out``)."""
 
+    COMPARE = "compare-"  # a comparison run's folder name: this, then its loss.kind
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
@@ -159,11 +174,11 @@ class Output:
 
     def compare(self, kind: str) -> Run:
         """The comparison run trained with ``loss.kind = kind``."""
-        return Run(self.root / "runs" / f"compare-{kind}")
+        return Run(self.root / "runs" / f"{Output.COMPARE}{kind}")
 
     def runs(self) -> list[Run]:
         """The main run, then the comparison runs."""
-        return [self.run, *(Run(p) for p in sorted((self.root / "runs").glob("compare-*")))]
+        return [self.run, *(Run(p) for p in sorted((self.root / "runs").glob(f"{Output.COMPARE}*")))]
 
     @staticmethod
     def of(run: str | Path) -> Output | None:

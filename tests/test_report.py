@@ -15,7 +15,10 @@ from PIL import Image
 from raydino.cli import main
 from raydino.config import load_config, save_config
 from raydino.pyramids import schema
-from raydino.report import fmt, nice_ticks, pca_rgb, spaced_pairs, write_report
+from raydino.report import write_report
+from raydino.report.charts import nice_ticks
+from raydino.report.markup import fmt
+from raydino.report.media import pca_rgb, spaced_pairs
 
 EVAL = {
     "n": 16, "training_encoder": "/m/dinov2-tiny (hash 83aa6a7a7883)", "fd_encoder": "/m/dinov2-tiny-fd (hash 1b2c3d4e5f60)",
