@@ -26,14 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from raydino.config import Config, load_config
 from raydino.layout import Checkpoint, load_generator
 from raydino.losses import Targets, columns, level_distances
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
-from raydino.pyramids.features import dino_levels, resize, square_crop
+from raydino.pyramids.decode import read_image
+from raydino.pyramids.features import dino_levels, resize, to_float
 from raydino.train import loop
 from raydino.train.monitor import Validator
 from raydino.train.session import LocalSession
@@ -53,17 +53,17 @@ def high_frequency(images: torch.Tensor, size: int) -> float:
 
 
 def real_images(pyramid_dir: str, count: int, resolution: int) -> torch.Tensor:
-    """The first ``count`` source images by id (the validation rows), square-cropped to ``resolution``."""
+    """The first ``count`` source images by id (the validation rows), cropped as extraction crops them."""
     table = pa.concat_tables([pq.read_table(f, columns=["id", "path"]) for f in schema.shard_files(pyramid_dir)])
     paths = table.sort_by("id")["path"].to_pylist()[:count]
-    arr = np.stack([square_crop(Image.open(p).convert("RGB"), resolution) for p in paths])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    return to_float(np.stack([read_image(p, resolution) for p in paths]))
 
 
 def train_variant(cfg: Config, pyramid_dir: str, run_dir: Path) -> Path:
+    """Train in this process (no Ray) and return the last checkpoint, whose EMA weights are scored."""
     session = LocalSession(pyramid_dir, columns(cfg.pyramids.sizes), seed=cfg.train.seed, checkpoints=run_dir / "ckpt")
     loop.run(cfg, pyramid_dir, run_dir, session)
-    return max(session.checkpoint_root.glob("step_*"))
+    return next(session.checkpoint_dirs())
 
 
 def main(argv: list[str] | None = None) -> None:

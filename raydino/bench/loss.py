@@ -12,7 +12,6 @@ process, same machine), and writes one picture of both runs' noise grids.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,21 @@ from PIL import Image, ImageDraw
 
 from raydino.bench.record import header, save
 from raydino.bench.train import device_phase
-from raydino.config import load_config
+from raydino.layout import Output, Run, Samples
 from raydino.sample import stack
 
 FIGURES = ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "fd_dinov2/floor", "fd_dinov2/n",
            "train_encoder/dist_unweighted")
 
 
-def _runs(root: Path) -> dict[str, Path]:
-    """``{loss kind: run dir}`` of the run and its comparison run."""
-    runs = {load_config(config_file=str(root / "runs" / "train" / "config.yaml")).loss.kind: root / "runs" / "train"}
-    for compare in sorted((root / "runs").glob("compare-*")):
-        runs[compare.name.removeprefix("compare-")] = compare
+def _runs(output: Output) -> dict[str, Run]:
+    """``{loss kind: run}`` of the run and its comparison run (trained with ``loss.kind`` set to its kind)."""
+    runs = {run.config_of().loss.kind: run for run in output.runs()}
     for kind, run in runs.items():
-        if not (run / "eval.json").is_file():
-            raise FileNotFoundError(f"{run}/eval.json: the {kind} run has no figures; finish `raydino run` first")
+        if not run.eval.is_file():
+            raise FileNotFoundError(f"{run.eval}: the {kind} run has no figures; finish `raydino run` first")
     if len(runs) < 2:
-        raise FileNotFoundError(f"{root / 'runs'} has no compare-<kind> run: run with eval.compare_loss set")
+        raise FileNotFoundError(f"{output.run.path.parent} has no compare-<kind> run: run with eval.compare_loss set")
     return runs
 
 
@@ -57,17 +54,18 @@ def side_by_side(grids: dict[str, Path], out: Path) -> Path:
 
 
 def run_bench(root: str | Path, steps: int = 10, grid: str | Path | None = None, out: str | None = None) -> dict[str, Any]:
-    root = Path(root)
-    runs = _runs(root)
-    results: dict[str, Any] = {**header("loss"), "root": str(root.resolve()), "runs": {}}
+    """Both runs' detail figures and seconds per step side by side, as ratios to the regression run's."""
+    output = Output(root)
+    runs = _runs(output)
+    results: dict[str, Any] = {**header("loss"), "root": str(output.root.resolve()), "runs": {}}
     for kind, run in runs.items():
-        cfg = load_config(config_file=str(run / "config.yaml"))
+        cfg = run.config_of()
         stage = cfg.train.stages[-1]
         per_worker = stage.batch_size // cfg.train.num_workers
         timing = device_phase(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stages=[stage])),
                               cfg.pyramids.dino, [per_worker], steps, torch.device("cpu"))[0]
-        figures = json.loads((run / "eval.json").read_text())
-        results["runs"][kind] = {"run": str(run), "draws": cfg.loss.draws if kind == "energy" else 1,
+        figures = run.figures("eval")
+        results["runs"][kind] = {"run": str(run.path), "draws": cfg.loss.draws if kind == "energy" else 1,
                                  "s_per_step": timing["ms_per_step"] / 1e3, "step_resolution": stage.resolution,
                                  "step_batch": per_worker, **{k: figures.get(k) for k in FIGURES}}
     (base, b), (new, n) = sorted(results["runs"].items(), key=lambda kv: kv[0] != "regression")
@@ -77,7 +75,7 @@ def run_bench(root: str | Path, steps: int = 10, grid: str | Path | None = None,
             ratio = f"{n[key] / b[key]:.2f}x" if b[key] else "-"
             print(f"{key:34}{b[key]:>14.4g}{n[key]:>14.4g}{ratio:>10}")
     if grid:
-        grids = {kind: root / "samples" / ("noise.png" if run.name == "train" else "noise-compare.png")
+        grids = {kind: output.samples / (Samples.NOISE if run.path == output.run.path else Samples.NOISE_COMPARE)
                  for kind, run in runs.items()}
         results["grid"] = str(side_by_side(dict(sorted(grids.items(), key=lambda kv: kv[0] != "regression")),
                                            Path(grid)))

@@ -3,9 +3,10 @@
 - ``memory``: synthetic pyramids of random codes (``[16, 768]`` float16 and a
   512-wide CLIP column, ``--rows`` rows each) go through ``train_prior`` as a
   user's would (Ray Data streaming, one Ray Train worker, the same number of
-  steps for every size: enough to read every row of the largest). Each size runs in a fresh process with a Ray of its own, so the
-  driver's peak RSS (``ru_maxrss``) and the worker's (``VmHWM``, polled from
-  ``/proc``) belong to that size alone. Flat figures: nothing holds every code.
+  steps for every size: enough to read every row of the largest). Each size
+  runs in a fresh process with a Ray of its own, so the driver's peak RSS
+  (``ru_maxrss``) and the worker's (``VmHWM``, polled from ``/proc``) belong
+  to that size alone. Flat figures: nothing holds every code.
 - ``step``: one optimizer step (forward, backward, AdamW) of the preset's
   prior on random codes, timed after warm-up: what a step costs on this device.
 """
@@ -15,9 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from raydino.bench.record import header, save
-from raydino.bench.sample import timed
+from raydino.bench.record import Peaks, default_device, descendants, header, median_seconds, peak_rss_mib, save
 from raydino.config import load_config
 from raydino.models.flow_prior import FlowPrior, flow_matching_loss
 from raydino.pyramids import schema
@@ -51,42 +49,25 @@ def write_codes(out: Path, rows: int, shard_rows: int = 1000) -> Path:
     return out
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` (Ray's raylet and its workers are children of the driver that started them)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            children.setdefault(int(text.rsplit(")", 1)[1].split()[1]), []).append(int(text.split(" ", 1)[0]))
-        except (OSError, ValueError, IndexError):
-            continue
-    out, todo = [], [root]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _worker_peaks(stop: threading.Event, peak: dict[str, float]) -> None:
-    """Poll this process's Ray Train workers until ``stop``: peak RSS (VmHWM) and the most private memory (RssAnon).
+def _worker_memory() -> dict[str, float]:
+    """The largest of this process's Ray Train workers' peak RSS (VmHWM), private (RssAnon) and shared memory.
 
     RSS also counts the pages of Ray's shared-memory object store that the
     worker has touched (the blocks it was fed); RssAnon is what the process
     itself holds.
     """
-    while not stop.is_set():
-        for pid in _descendants(os.getpid()):
-            try:
-                if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                    continue
-                fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-            except OSError:
+    figures: dict[str, float] = {}
+    for pid in descendants(os.getpid()):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
                 continue
-            for key, name in (("VmHWM", "worker_peak_rss_mib"), ("RssAnon", "worker_peak_private_mib"),
-                              ("RssShmem", "worker_peak_shared_mib")):
-                peak[name] = max(peak.get(name, 0.0), int(fields[key].split()[0]) / 1024)
-        time.sleep(0.2)
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        except OSError:
+            continue
+        for key, name in (("VmHWM", "worker_peak_rss_mib"), ("RssAnon", "worker_peak_private_mib"),
+                          ("RssShmem", "worker_peak_shared_mib")):
+            figures[name] = max(figures.get(name, 0.0), int(fields[key].split()[0]) / 1024)
+    return figures
 
 
 def _memory_run(pyramid: str, run_dir: str, steps: int, result: mp.Queue) -> None:
@@ -99,20 +80,17 @@ def _memory_run(pyramid: str, run_dir: str, steps: int, result: mp.Queue) -> Non
     cfg = load_config("demo", overrides=[f"prior.steps={steps}", "prior.checkpoint_every=1000000",
                                          "prior.log_every=1000000", "train.materialize=false", "prior.fit_rows=1024",
                                          "pyramids.sizes=[56,112,224]"])
-    stop, peak = threading.Event(), {}
-    poller = threading.Thread(target=_worker_peaks, args=(stop, peak), daemon=True)
-    poller.start()
     start = time.time()
-    figures = train_prior(cfg, pyramid, run_dir)
-    stop.set()
-    poller.join()
-    result.put({"driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **peak,
+    with Peaks(_worker_memory, every_s=0.2) as workers:
+        figures = train_prior(cfg, pyramid, run_dir)
+    result.put({"driver_peak_rss_mib": peak_rss_mib(), **workers.peaks,
                 "steps": figures["step"], "codes_seen": figures["codes_seen"],
                 "time_s": round(time.time() - start, 1)})
     ray.shutdown()
 
 
 def memory_phase(rows: list[int], batch_size: int = 64) -> dict:
+    """The memory figures for each row count, each from its own process: a peak RSS never goes down."""
     out = {}
     steps = -(-max(rows) // batch_size) + 10  # the largest set's epoch and a bit, for every size: same work
     for n in rows:
@@ -133,6 +111,7 @@ def memory_phase(rows: list[int], batch_size: int = 64) -> dict:
 
 
 def step_phase(preset: str, batch_size: int, device: torch.device, repeats: int) -> dict:
+    """Median time of one training step: forward, backward and AdamW, so the figure is the training cost."""
     cfg = load_config(preset)
     torch.manual_seed(0)
     model = FlowPrior(cfg.prior, TOKENS, DIM, CLIP_DIM).to(device)
@@ -147,7 +126,7 @@ def step_phase(preset: str, batch_size: int, device: torch.device, repeats: int)
         loss.backward()
         opt.step()
 
-    seconds = timed(step, device, warmup=1, repeats=repeats)
+    seconds = median_seconds(step, device, warmup=1, repeats=repeats)
     params = sum(p.numel() for p in model.parameters())
     print(f"{preset} prior ({params / 1e6:.1f} M parameters), batch {batch_size} on {device}: "
           f"{seconds * 1e3:.0f} ms per step, {batch_size / seconds:.0f} codes/s", flush=True)
@@ -157,7 +136,7 @@ def step_phase(preset: str, batch_size: int, device: torch.device, repeats: int)
 
 def run_bench(phases: list[str], rows: list[int], preset: str = "ffhq256", batch_size: int = 256,
               repeats: int = 3, device: str | None = None, out: str | None = None) -> dict:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     figures: dict = header("prior")
     if "memory" in phases:
         figures["memory"] = memory_phase(rows)

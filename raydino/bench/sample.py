@@ -4,8 +4,8 @@ The project's promise over diffusion is speed: an image costs K ODE steps of
 the small prior over 16 coarse tokens (with guidance: a conditional and a
 null evaluation per step, batched) and one pass of the generator, instead of
 hundreds of evaluations of a large network over 256 latent tokens. The
-preset's prior and generator are timed alone and as the whole path. The baseline is
-DiT-XL/2 at 256 px (diffusers' ``DiTTransformer2DModel`` plus the SD VAE
+preset's prior and generator are timed alone and as the whole path. The
+baseline is DiT-XL/2 at 256 px (diffusers' ``DiTTransformer2DModel`` plus the SD VAE
 decoder, random weights: speed does not depend on them) with 250 steps and
 classifier-free guidance (two evaluations per step, batched). Needs the
 ``bench`` extra (diffusers); runs without Ray.
@@ -13,37 +13,19 @@ classifier-free guidance (two evaluations per step, batched). Needs the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
-from raydino.bench.record import header, save
-from raydino.config import load_config
+from raydino.bench.record import default_device, header, median_seconds, peak_gpu_mib, save
+from raydino.config import PriorConfig, load_config
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Generator
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Median seconds per call after warm-up."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int = 4, compile: bool = False):
+def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int = 4,
+                    compile: bool = False) -> tuple[Callable[..., torch.Tensor], int, int]:
+    """The preset's generator as a sampler of a batch (random codes unless given), its resolution, its size."""
     cfg = load_config(preset)
     g = Generator(cfg.model, dim, grid).to(device).eval().requires_grad_(False)
     g = g.to(memory_format=torch.channels_last)
@@ -59,7 +41,8 @@ def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int
     return sample, res, sum(p.numel() for p in g.parameters())
 
 
-def build_prior(preset: str, device: torch.device, dim: int = 768, grid: int = 4, clip_dim: int = 512):
+def build_prior(preset: str, device: torch.device, dim: int = 768, grid: int = 4,
+                clip_dim: int = 512) -> tuple[Callable[[int], torch.Tensor], PriorConfig, int]:
     """The preset's prior, drawing codes conditioned on a CLIP vector with guidance: its costlier path."""
     cfg = load_config(preset)
     prior = FlowPrior(cfg.prior, grid * grid, dim, clip_dim).to(device).eval().requires_grad_(False)
@@ -72,7 +55,7 @@ def build_prior(preset: str, device: torch.device, dim: int = 768, grid: int = 4
     return sample, cfg.prior, sum(p.numel() for p in prior.parameters())
 
 
-def build_dit(device: torch.device, steps: int, guidance: float = 4.0):
+def build_dit(device: torch.device, steps: int, guidance: float = 4.0) -> tuple[Callable[[int], torch.Tensor], int]:
     """DiT-XL/2 (28 layers, 1152 wide, patch 2, 32x32x4 latents) + SD VAE decoder, DDIM-style loop."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
@@ -105,7 +88,7 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 64), dit_s
               dit_batches: tuple[int, ...] | None = None, compile: bool = False, device: str | None = None,
               skip_dit: bool = False, out: str | None = None) -> dict:
     """Time prior, generator and the whole path at each batch size, then DiT-XL/2 at ``dit_batches`` (default: the same)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     torch.backends.cudnn.benchmark = True
     gen, res, gen_params = build_generator(preset, dev, compile=compile)
     prior, pc, prior_params = build_prior(preset, dev)
@@ -117,9 +100,9 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 64), dit_s
             torch.cuda.reset_peak_memory_stats()
         for part, fn in (("prior", lambda b=b: prior(b)), ("generator", lambda b=b: gen(b)),
                          ("path", lambda b=b: gen(b, prior(b)))):
-            t = timed(fn, dev)
+            t = median_seconds(fn, dev)
             figures[part][b] = {"latency_ms": t * 1e3, "images_per_s": b / t}
-        figures["path"][b]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+        figures["path"][b]["peak_mem_gib"] = peak_gpu_mib() / 1024 if dev.type == "cuda" else None
         print(f"batch {b}: prior (K={pc.sample_steps} {pc.solver}, guided) {figures['prior'][b]['latency_ms']:.2f} ms, "
               f"generator {res}px {figures['generator'][b]['latency_ms']:.2f} ms, whole path "
               f"{figures['path'][b]['latency_ms']:.2f} ms, {figures['path'][b]['images_per_s']:.1f} images/s", flush=True)
@@ -129,7 +112,7 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 64), dit_s
         dit, dit_params = build_dit(dev, dit_steps)
         figures["dit"] = {"params": dit_params, "steps": dit_steps, "cfg": True, "batches": {}}
         for b in dit_batches or batches:
-            t_dit = timed(lambda b=b: dit(b), dev, warmup=1, repeats=1 if dev.type == "cpu" else 3)
+            t_dit = median_seconds(lambda b=b: dit(b), dev, warmup=1, repeats=1 if dev.type == "cpu" else 3)
             figures["dit"]["batches"][b] = {"latency_ms": t_dit * 1e3, "images_per_s": b / t_dit}
             print(f"DiT-XL/2 {dit_steps} steps + CFG, batch {b}: {t_dit:.2f} s/batch, {b / t_dit:.3f} images/s")
             if b in figures["path"]:

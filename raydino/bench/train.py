@@ -30,17 +30,19 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raydino.bench.pyramids import save_random_dino
-from raydino.bench.record import header, save
-from raydino.config import Config, load_config
+from raydino.bench.record import default_device, header, peak_gpu_mib, save, save_random_dino, seconds_per_call
+from raydino.config import Config, StageConfig, load_config
 from raydino.losses import DinoPyramidLoss, Targets
 from raydino.models.generator import Noise, draw_noise
 from raydino.models.loading import load_dino
 from raydino.train.step import train_step
+
+if TYPE_CHECKING:
+    from raydino.train.trainer import RaySession
 
 WARMUP = 3
 # dense bf16 tensor-core peaks from the vendors' spec sheets (SXM parts), FLOP/s
@@ -64,28 +66,11 @@ def synthetic_targets(cfg: Config, dim: int, batch: int, device: torch.device) -
                    thumb=torch.rand(batch, 3, cfg.pyramids.thumb_size, cfg.pyramids.thumb_size, generator=g).to(device))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_steps(step, steps: int, device: torch.device) -> float:
-    """Seconds per step after ``WARMUP`` untimed steps."""
-    for _ in range(WARMUP):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
-
-
 def count_flops(step: Callable[[], None]) -> int:
     """FLOPs of one call of ``step``, as PyTorch's ``FlopCounterMode`` counts them.
 
     Its table has no entry for the CPU's fused attention kernel, so on CPU a
-    ViT's attention counted zero; the entries below use PyTorch's own SDPA
+    ViT's attention would count zero; the entries below use PyTorch's own SDPA
     formulas, the ones it applies to the CUDA kernels. The backward's count
     includes the attention scores that the fused kernels recompute (about 2%
     of a ViT-B/14 step's FLOPs): hardware FLOPs, not model FLOPs.
@@ -108,14 +93,7 @@ def count_flops(step: Callable[[], None]) -> int:
 def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
     """Measured dense bf16 matrix-product rate on random data: the ceiling the step can be held to."""
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, repeats, device, warmup=3) / 1e12
 
 
 def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, device: torch.device,
@@ -157,7 +135,7 @@ def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, dev
                     dino.model = torch.compile(eager_dino)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = time_steps(lambda net=net, step=step: step(net), steps, device)
+            seconds = seconds_per_call(lambda net=net, step=step: step(net), steps, device, WARMUP)
             row = {"resolution": stage.resolution, "batch": batch, "compile": compile_mode,
                    "channels_last": channels_last, "bf16": bf16, "ms_per_step": 1e3 * seconds,
                    "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9,
@@ -168,13 +146,14 @@ def device_phase(cfg: Config, dino_dir: str, batches: list[int], steps: int, dev
                 row["matmul_tflop_per_s"] = measured
                 row["fraction_of_measured_matmul"] = flops / seconds / 1e12 / measured
             if device.type == "cuda":
-                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row["peak_gpu_mib"] = peak_gpu_mib(device)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
 
 
-def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> dict[str, float]:
+def _time_feeds(cfg: Config, stage: StageConfig, session: RaySession, net: torch.nn.Module,
+                opt: torch.optim.Optimizer, loss_fn: DinoPyramidLoss, epochs: int) -> dict[str, float]:
     """The step fed by the worker's Ray Data shard (per epoch: the wait for its first batch, then the
     steady steps), and the same step on one batch kept in memory. The first epoch is the warm-up."""
     per_worker = stage.batch_size // session.world_size
@@ -201,7 +180,7 @@ def _time_feeds(cfg: Config, stage, session, net, opt, loss_fn, epochs: int) -> 
             waits.append(wait)
             steady_s, steady_n = steady_s + time.perf_counter() - start, steady_n + n
     resident = Targets.from_batch(fixed, cfg.pyramids.sizes, device)  # the device phase's input: no copy per step
-    in_memory = time_steps(lambda: step(resident), steady_n // epochs, device)
+    in_memory = seconds_per_call(lambda: step(resident), steady_n // epochs, device, WARMUP)
     steady = steady_s / steady_n
     steps_per_epoch = steady_n // epochs + 1
     epoch_wait = sum(waits) / len(waits)
@@ -235,6 +214,7 @@ def _ray_worker(config: dict) -> list[dict[str, Any]]:
 
 
 def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path) -> list[dict[str, Any]]:
+    """Each stage's step under Ray Train, fed by Ray Data from a real pyramid: the input pipeline's cost."""
     import ray
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -269,14 +249,14 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
     """The pyramid of ``faces`` through ``PyramidEncoder``, as the extraction actors write it."""
     import numpy as np
     import pyarrow.parquet as pq
-    from PIL import Image
 
     from raydino.pyramids import schema
-    from raydino.pyramids.features import PyramidEncoder, square_crop
+    from raydino.pyramids.decode import read_image
+    from raydino.pyramids.features import PyramidEncoder
 
     encoder = PyramidEncoder(dino_dir, sizes)
     paths = sorted(str(p) for p in faces.glob("*.png"))
-    images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
+    images = np.stack([read_image(p, max(sizes)) for p in paths])
     batch = encoder({"image": images, "id": [schema.stable_id(p) for p in paths], "path": paths})
     pq.write_table(schema.make_table(batch), out / "part-00000.parquet")
 
@@ -291,7 +271,7 @@ def run_bench(arch: str = "tiny", resolution: list[int] | tuple[int, ...] = (16,
     The device phase times every batch size in ``batch_size``; the ray phase
     uses the first as its global batch.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     cfg = bench_config(arch, list(resolution), batch_size[0])
     cfg.train.materialize = materialize
     results: dict[str, Any] = {**header("train"), "arch": arch, "sizes": cfg.pyramids.sizes,
