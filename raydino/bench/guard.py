@@ -29,9 +29,10 @@ import torch
 
 from raydino.config import Config, load_config
 from raydino.layout import Checkpoint, load_generator
-from raydino.losses import Targets, columns, level_distances
+from raydino.metrics import level_distances
 from raydino.models.loading import load_dino
 from raydino.pyramids import schema
+from raydino.pyramids.batch import Targets, columns
 from raydino.pyramids.decode import read_image
 from raydino.pyramids.features import dino_levels, resize, to_float
 from raydino.train import loop
@@ -62,7 +63,7 @@ def real_images(pyramid_dir: str, count: int, resolution: int) -> torch.Tensor:
 def train_variant(cfg: Config, pyramid_dir: str, run_dir: Path) -> Path:
     """Train in this process (no Ray) and return the last checkpoint, whose EMA weights are scored."""
     session = LocalSession(pyramid_dir, columns(cfg.pyramids.sizes), seed=cfg.train.seed, checkpoints=run_dir / "ckpt")
-    loop.run(cfg, pyramid_dir, run_dir, session)
+    loop.fit_generator(cfg, pyramid_dir, run_dir, session)
     return next(session.checkpoint_dirs())
 
 

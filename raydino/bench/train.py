@@ -36,9 +36,10 @@ import torch
 
 from raydino.bench.record import default_device, header, peak_gpu_mib, save, save_random_dino, seconds_per_call
 from raydino.config import Config, StageConfig, load_config
-from raydino.losses import DinoPyramidLoss, Targets
+from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import Noise, draw_noise
 from raydino.models.loading import load_dino
+from raydino.pyramids.batch import Targets
 from raydino.train.step import train_step
 
 if TYPE_CHECKING:

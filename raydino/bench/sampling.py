@@ -20,14 +20,14 @@ import torch
 from raydino.bench.record import default_device, header, median_seconds, peak_gpu_mib, save
 from raydino.config import PriorConfig, load_config
 from raydino.models.flow_prior import FlowPrior
-from raydino.models.generator import Generator
+from raydino.models.generator import ProgressiveGenerator
 
 
 def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int = 4,
                     compile: bool = False) -> tuple[Callable[..., torch.Tensor], int, int]:
     """The preset's generator as a sampler of a batch (random codes unless given), its resolution, its size."""
     cfg = load_config(preset)
-    g = Generator(cfg.model, dim, grid).to(device).eval().requires_grad_(False)
+    g = ProgressiveGenerator(cfg.model, dim, grid).to(device).eval().requires_grad_(False)
     g = g.to(memory_format=torch.channels_last)
     res = cfg.train.stages[-1].resolution
     fwd = torch.compile(g, mode="max-autotune-no-cudagraphs") if compile else g
