@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from raydino.bench.commands import add_bench_parser, int_list
 from raydino.config import ConfigError, load_config
 from raydino.errors import require_pyramid, require_run
 
@@ -21,10 +22,10 @@ def _cfg(args: argparse.Namespace):
 
 
 def cmd_synth_faces(args: argparse.Namespace) -> None:
-    from raydino.data.synth_faces import write_faces
+    from raydino.data.synth_faces import METADATA, write_faces
 
     out = write_faces(args.out, args.count, seed=args.seed, size=args.size)
-    print(f"wrote {args.count} synthetic faces and metadata.parquet to {out}")
+    print(f"wrote {args.count} synthetic faces and {METADATA} to {out}")
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
@@ -72,24 +73,8 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
     build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 
-def cmd_bench_pyramids(args: argparse.Namespace) -> None:
-    from raydino.bench.pyramids import run_bench
-
-    run_bench(arch=args.arch, dino=args.dino, count=args.count, naive_count=args.naive_count,
-              batch_size=args.batch_size, sizes=args.sizes, image_size=args.image_size, device=args.device,
-              actors=args.actors, phases=args.phases.split(",") if args.phases else None, out=args.out)
-
-
 RAY_PROGRESS_HELP = ("also show Ray Data's own per-operator progress bars (default: one done/total, rate and "
                      "time-left line per long step)")
-OUT_HELP = "also write the results as JSON to this file, or to a new file per run in this folder (docs/benchmarks/)"
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 56,112,224, got {text!r}") from None
 
 
 def cmd_train_prior(args: argparse.Namespace) -> None:
@@ -156,20 +141,6 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"grids: {args.out}/grids")
 
 
-def cmd_bench_train(args: argparse.Namespace) -> None:
-    from raydino.bench.train import run_bench
-
-    run_bench(arch=args.arch, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-              rows=args.rows, epochs=args.epochs, device=args.device, phases=args.phases.split(","), out=args.out,
-              compile_mode=args.compile, channels_last=args.channels_last, materialize=not args.stream)
-
-
-def cmd_bench_loss(args: argparse.Namespace) -> None:
-    from raydino.bench.loss import run_bench
-
-    run_bench(args.root, steps=args.steps, grid=args.grid, out=args.out)
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from raydino.evaluate import evaluate
     from raydino.layout import Run
@@ -181,21 +152,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for key, value in figures.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"wrote {Run(args.run).eval}")
-
-
-def cmd_bench_sample(args: argparse.Namespace) -> None:
-    from raydino.bench.sampling import run_bench
-
-    run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps,
-              dit_batches=tuple(args.dit_batches) if args.dit_batches else None, compile=args.compile,
-              device=args.device, skip_dit=args.skip_dit, out=args.out)
-
-
-def cmd_bench_prior(args: argparse.Namespace) -> None:
-    from raydino.bench.prior import run_bench
-
-    run_bench(phases=args.phases.split(","), rows=args.rows, preset=args.preset, batch_size=args.batch_size,
-              repeats=args.repeats, device=args.device, out=args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -241,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "holdout"], default=None,
                    help="one side of the deterministic held-out split (by hash of the relative path; "
                         "data.holdout_fraction, at least eval.n files, at most a third); default: every image")
-    p.add_argument("--sizes", type=_sizes, default=None, help="level input sizes, multiples of 14 (e.g. 56,112,224)")
+    p.add_argument("--sizes", type=int_list, default=None, help="level input sizes, multiples of 14 (e.g. 56,112,224)")
     p.add_argument("--clip", default=None,
                    help="open_clip model for image embeddings (NAME:TAG, hf-hub:..., DIR); default: the preset's, "
                         "except that with --dino and no --clip the CLIP column is computed only if the preset's "
@@ -255,69 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-progress", action="store_true", help=RAY_PROGRESS_HELP)
     p.set_defaults(func=cmd_pyramids)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    p = bench.add_parser("pyramids", help="Ray Data pyramid extraction vs a naive loop and a model-only ceiling")
-    p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="vits14",
-                   help="random-weight DINOv2 architecture, saved and loaded through the normal loader")
-    p.add_argument("--dino", default=None, help="an existing DINOv2 model instead of --arch")
-    p.add_argument("--count", type=int, default=256, help="synthetic faces through the pipeline and the ceiling")
-    p.add_argument("--naive-count", type=int, default=None, help="images through the naive loop (default: --count)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--sizes", type=_sizes, default=[56, 112, 224])
-    p.add_argument("--image-size", type=int, default=256, help="side of the synthetic faces")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--actors", type=int, default=None,
-                   help="encoder actors (default: 1 per GPU, or one per core on a CPU-only machine)")
-    p.add_argument("--phases", default=None, help="comma-separated subset of ceiling,naive,decode,encoder,write,ray (default: all)")
-    p.add_argument("--out", default=None, help=OUT_HELP)
-    p.set_defaults(func=cmd_bench_pyramids)
-    p = bench.add_parser("sample", help="prior (K steps) + one generator pass vs DiT-XL/2 (250 steps, CFG); "
-                                        "DiT needs the bench extra")
-    p.add_argument("--preset", default="ffhq256", help="whose prior and generator to time")
-    p.add_argument("--batches", type=_sizes, default=[1, 64], help="batch sizes of the whole path")
-    p.add_argument("--dit-steps", type=int, default=250)
-    p.add_argument("--dit-batches", type=_sizes, default=None, help="DiT batch sizes (default: --batches)")
-    p.add_argument("--skip-dit", action="store_true", help="time raydino's path only (no diffusers needed)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the generator")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="also write the figures as JSON here")
-    p.set_defaults(func=cmd_bench_sample)
-
-    p = bench.add_parser("prior", help="the prior's training memory at 1k and 10k rows, and its step time")
-    p.add_argument("--phases", default="memory,step", help="memory (Ray, synthetic codes), step (no Ray)")
-    p.add_argument("--rows", type=_sizes, default=[1000, 10000], help="memory phase: rows of synthetic codes")
-    p.add_argument("--preset", default="ffhq256", help="step phase: whose prior size to time")
-    p.add_argument("--batch-size", type=int, default=256, help="step phase: codes per step")
-    p.add_argument("--repeats", type=int, default=3, help="step phase: timed steps (after one warm-up step)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--out", default=None, help=OUT_HELP)
-    p.set_defaults(func=cmd_bench_prior)
-
-    p = bench.add_parser("train", help="training images/s: Ray Data input vs in-device batches, FLOPs, MFU")
-    p.add_argument("--arch", choices=["tiny", "vits14", "vitb14"], default="tiny",
-                   help="random-weight DINOv2 architecture (vitb14: the ffhq256 model's size)")
-    p.add_argument("--resolution", type=_sizes, default=[16, 32], help="stages to time (comma-separated)")
-    p.add_argument("--batch-size", type=_sizes, default=[16],
-                   help="global batch size; the device phase times each of a comma-separated list")
-    p.add_argument("--steps", type=int, default=20, help="device phase: timed steps per stage (after 3 warm-up steps)")
-    p.add_argument("--rows", type=int, default=256, help="ray phase: synthetic faces in the pyramid it reads")
-    p.add_argument("--epochs", type=int, default=2, help="ray phase: timed epochs per stage (after one warm-up epoch)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--phases", default="device,ray", help="device (no Ray needed), ray (2 gloo workers on CPU)")
-    p.add_argument("--compile", choices=["none", "generator", "all"], default="none",
-                   help="device phase: torch.compile the generator, or it and the DINOv2 loss encoder")
-    p.add_argument("--channels-last", action="store_true", help="device phase: the generator in channels-last layout")
-    p.add_argument("--stream", action="store_true", help="ray phase: stream the parquet (train.materialize=false)")
-    p.add_argument("--out", default=None, help=OUT_HELP)
-    p.set_defaults(func=cmd_bench_train)
-
-    p = bench.add_parser("loss", help="distributional vs regression loss: detail figures, s/step, noise grids")
-    p.add_argument("--root", default="data/demo", help="a finished `raydino run` output with a baseline run")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per loss (after 3 warm-up steps)")
-    p.add_argument("--grid", default=None, help="write both runs' noise grids, one above the other, to this PNG")
-    p.add_argument("--out", default=None, help=OUT_HELP)
-    p.set_defaults(func=cmd_bench_loss)
+    add_bench_parser(sub)
 
     p = sub.add_parser("train-prior", aliases=["fit-codes"],
                        help="train a run's flow-matching prior over coarse codes (Ray Train) and its PCA baseline")
