@@ -120,6 +120,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from raydino.layout import Run
     from raydino.pipeline import init_ray
     from raydino.train.trainer import TrainingError, resume_config, train
 
@@ -137,8 +138,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if "heldout/eval_dist" in metrics:
         print(f"held-out ({metrics['heldout_set']}), evaluation encoder: heldout/eval_dist "
               f"{metrics['heldout/eval_dist']:.4f}")
-    print(f"generator: {args.out}/generator.safetensors, TensorBoard: tensorboard --logdir {args.out}/tb, "
-          f"grids: {args.out}/grids")
+    run = Run(args.out)
+    print(f"generator: {run.generator}, TensorBoard: tensorboard --logdir {run.tb}, grids: {run.grids}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
