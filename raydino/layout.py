@@ -132,6 +132,7 @@ class Sweep:
     """A Tune sweep folder: its config, the trials' runs, Tune's own state and the result files."""
 
     EXPERIMENT = "tune"  # Tune's state folder inside the sweep (what `Tuner.restore` reads)
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 

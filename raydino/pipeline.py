@@ -153,8 +153,7 @@ def _sweep_tracker(cfg: Config, sweep: Sweep) -> Tracker:
     from raydino.tune import trial_config
 
     total = cfg.tune.trials * _images(trial_config(cfg, {}))
-    return Tracker("sweep", total, "images",
-                   lambda: read_done(sweep.trials, f"*/{Run.PROGRESS}"))
+    return Tracker("sweep", total, "images", lambda: read_done(sweep.trials, f"*/{Run.PROGRESS}"))
 
 
 def plan(cfg: Config) -> list[Step]:

@@ -91,13 +91,17 @@ def manifest_path(pyramid_dir: str | Path) -> Path:
 
 
 def finished_manifest(pyramid_dir: str | Path) -> dict | None:
-    """The manifest of a finished pyramid, or None: absent, unreadable, or a failed extraction's (it keeps its
-    manifest to list the failures, so a rerun must try again)."""
+    """The manifest of a finished pyramid, or None: absent, unreadable, or a failed extraction's.
+
+    A failed extraction keeps its manifest, with ``status: failed`` and the
+    failures, so that a rerun tries again; a manifest without a status
+    (written before extraction recorded one) is a finished pyramid.
+    """
     try:
         manifest = read_manifest(pyramid_dir)
     except (FileNotFoundError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("status") == "ok" else None
+    return manifest if isinstance(manifest, dict) and manifest.get("status", "ok") == "ok" else None
 
 
 def describe_set(manifest: dict) -> str:
