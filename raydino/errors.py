@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raydino.config import Config, is_local
+from raydino.config import MODEL_PATHS, Config, is_local, lookup
 
 
 class UserError(ValueError):
@@ -102,9 +102,8 @@ def require_models(cfg: Config) -> None:
     from raydino.layout import Output
 
     written = Output(cfg.out).models if cfg.tiny.build else None
-    for key, spec in (("pyramids.dino", cfg.pyramids.dino), ("pyramids.clip", cfg.pyramids.clip),
-                      ("eval.fd_encoder", cfg.eval.fd_encoder),
-                      ("eval.attribute_classifier", cfg.eval.attribute_classifier)):
+    for key in MODEL_PATHS:
+        spec = lookup(cfg, key)
         local = spec.removeprefix("local-dir:").removeprefix("file://")
         if not is_local(local):
             require_cached(key, spec)
