@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from raydino.bench.record import Peaks, default_device, descendants, header, median_seconds, peak_rss_mib, save
+from raydino.bench.measure import Peaks, default_device, descendants, median_seconds, peak_rss_mib
+from raydino.bench.record import header, save
 from raydino.config import load_config
 from raydino.models.flow_prior import FlowPrior, flow_matching_loss
 from raydino.pyramids import schema

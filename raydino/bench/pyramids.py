@@ -39,8 +39,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from raydino.bench.measure import Peaks, default_device, descendants, save_random_dino
 from raydino.bench.pyramids_phases import ceiling, cpu_ceiling, decode, encoder, naive, write
-from raydino.bench.record import Peaks, default_device, descendants, header, save, save_random_dino
+from raydino.bench.record import header, save
 
 PHASES = ("ceiling", "naive", "decode", "encoder", "write", "ray")
 

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from raydino.bench.record import peak_gpu_mib, peak_rss_mib, seconds_per_call
+from raydino.bench.measure import peak_gpu_mib, peak_rss_mib, seconds_per_call
 
 WARMUP = 2
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from raydino.bench.record import default_device, header, median_seconds, peak_gpu_mib, save
+from raydino.bench.measure import default_device, median_seconds, peak_gpu_mib
+from raydino.bench.record import header, save
 from raydino.config import PriorConfig, load_config
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import ProgressiveGenerator

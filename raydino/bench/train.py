@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raydino.bench.record import default_device, header, peak_gpu_mib, save, save_random_dino, seconds_per_call
+from raydino.bench.measure import default_device, peak_gpu_mib, save_random_dino, seconds_per_call
+from raydino.bench.record import header, save
 from raydino.config import Config, StageConfig, load_config
 from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import Noise, draw_noise
