@@ -75,7 +75,7 @@ def attribute_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: l
                       seed: int, prompts: list[str] | None = None) -> dict:
     """The ``attributes/...`` figures of ``raydino eval``; none when the run names no classifier.
 
-    ``sampler``: the run's :class:`raydino.sample.Sampler`; ``recon``: its
+    ``sampler``: the run's :class:`raydino.sampling.Sampler`; ``recon``: its
     reconstructions of the held-out rows whose source images are ``paths``;
     ``real``: those images at the reconstructions' resolution (the
     classifier's ceiling is measured where the generator is); ``prior``: the

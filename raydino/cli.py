@@ -97,7 +97,7 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from raydino.sample import sample
+    from raydino.sampling import sample
 
     require_run(args.run)
     rows = sample(args.run, args.out, from_image=args.from_image, vary=args.vary, prompts=args.prompt,

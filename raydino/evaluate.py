@@ -56,7 +56,7 @@ from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
 from raydino.pyramids.decode import read_image
-from raydino.sample import Sampler
+from raydino.sampling import Sampler
 
 SPREAD_DRAWS = 8    # noise draws per code for noise_spread
 SPREAD_CODES = 64   # held-out codes noise_spread averages over (at most)

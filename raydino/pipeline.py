@@ -121,7 +121,7 @@ def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | No
     for its comparison run, with the same images and seeds.
     """
     from raydino.pyramids import schema
-    from raydino.sample import noise_grid, sample
+    from raydino.sampling import noise_grid, sample
 
     images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed

@@ -5,7 +5,7 @@ import torch
 from raydino.metrics import colour_error, fd, frechet_distance
 from raydino.models.flow_prior import perturb
 from raydino.models.pca_prior import PCAGaussianPrior
-from raydino.sample import swap_region
+from raydino.sampling import swap_region
 
 
 def test_fd_of_a_set_with_itself_is_zero():

@@ -24,7 +24,7 @@ from raydino.layout import Run
 from raydino.models.generator import ProgressiveGenerator
 from raydino.models.tiny import write_tiny_clip
 from raydino.pyramids.batch import columns
-from raydino.sample import Sampler
+from raydino.sampling import Sampler
 from raydino.train import checkpoint, loop
 from raydino.train.prior_trainer import train_prior
 from raydino.train.session import LocalSession

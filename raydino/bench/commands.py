@@ -38,7 +38,7 @@ def cmd_bench_loss(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_sample(args: argparse.Namespace) -> None:
-    from raydino.bench.sampling import run_bench
+    from raydino.bench.sample import run_bench
 
     run_bench(preset=args.preset, batches=tuple(args.batches), dit_steps=args.dit_steps,
               dit_batches=tuple(args.dit_batches) if args.dit_batches else None, compile=args.compile,
