@@ -150,7 +150,8 @@ class Sweep:
 class Samples:
     """The sample grids ``raydino run`` draws, by file name in its samples folder."""
 
-    IMAGE, VARY, PROMPTS, PRIOR, PRIOR_PCA, MIX = "image.png", "vary.png", "prompts.png", "prior.png", "prior_pca.png", "mix.png"
+    IMAGE, VARY, PROMPTS, MIX = "image.png", "vary.png", "prompts.png", "mix.png"
+    PRIOR, PRIOR_PCA = "prior.png", "prior_pca.png"
     NOISE, NOISE_COMPARE = "noise.png", "noise-compare.png"  # the run's draws per code; its comparison run's
 
 

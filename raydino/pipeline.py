@@ -121,20 +121,21 @@ def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | No
     for its comparison run, with the same images and seeds.
     """
     from raydino.pyramids import schema
-    from raydino.sampling import noise_grid, sample
+    from raydino.sampling import Sampler, noise_grid, sample
 
     images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
     n, seed = cfg.sample.n, cfg.sample.seed
-    noise_grid(run.path, images, out / Samples.NOISE, n=8, seed=seed)
+    sampler = Sampler(run.path)  # one load of the generator, prior and encoders for every grid
+    noise_grid(sampler, images, out / Samples.NOISE, n=8, seed=seed)
     if compare:
         noise_grid(compare.path, images, out / Samples.NOISE_COMPARE, n=8, seed=seed)
-    sample(run.path, out / Samples.IMAGE, from_image=str(images[0]), n=n, seed=seed)
-    sample(run.path, out / Samples.VARY, from_image=str(images[0]), vary=0.5, n=n, seed=seed)
-    sample(run.path, out / Samples.PRIOR, prior="flow", n=n, seed=seed)
-    sample(run.path, out / Samples.PRIOR_PCA, prior="pca", n=n, seed=seed)
+    sample(sampler, out / Samples.IMAGE, from_image=str(images[0]), n=n, seed=seed)
+    sample(sampler, out / Samples.VARY, from_image=str(images[0]), vary=0.5, n=n, seed=seed)
+    sample(sampler, out / Samples.PRIOR, prior="flow", n=n, seed=seed)
+    sample(sampler, out / Samples.PRIOR_PCA, prior="pca", n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
-        sample(run.path, out / Samples.PROMPTS, prompts=cfg.sample.prompts, n=n, seed=seed)
-    sample(run.path, out / Samples.MIX, mix=[str(images[1]), str(images[2])], region="top", seed=seed)
+        sample(sampler, out / Samples.PROMPTS, prompts=cfg.sample.prompts, n=n, seed=seed)
+    sample(sampler, out / Samples.MIX, mix=[str(images[1]), str(images[2])], region="top", seed=seed)
 
 
 def _report(out: Output) -> None:

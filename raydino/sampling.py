@@ -226,9 +226,14 @@ def save_each(rows: list[Row], directory: str | Path) -> list[Path]:
     return paths
 
 
-def noise_grid(run_dir: str | Path, images: list[str], out: str | Path, n: int = 8, seed: int = 0) -> list[Row]:
+def _sampler(run: str | Path | Sampler) -> Sampler:
+    """A loaded run is reused: each grid of `raydino run` would otherwise load the generator and encoders again."""
+    return run if isinstance(run, Sampler) else Sampler(run)
+
+
+def noise_grid(run: str | Path | Sampler, images: list[str], out: str | Path, n: int = 8, seed: int = 0) -> list[Row]:
     """Per image a row: the input, then ``n`` draws for its one coarse code. What the noise decides, and what not."""
-    sampler = Sampler(run_dir)
+    sampler = _sampler(run)
     rows = [Row(f"{Path(path).name}: input, then {n} noise draws ({sampler.cfg.loss.kind} loss)",
                 sampler.from_image(path, n, seed)[0].images) for path in images]
     save_grid(rows, out)
@@ -254,7 +259,7 @@ def check_flags(*, from_image: str | None, vary: float | None, prompts: list[str
         raise ValueError(f"--prior: '{prior}' is not one of {', '.join(PRIORS)}")
 
 
-def sample(run_dir: str | Path, out: str | Path, *, from_image: str | None = None, vary: float | None = None,
+def sample(run: str | Path | Sampler, out: str | Path, *, from_image: str | None = None, vary: float | None = None,
            prompts: list[str] | None = None, cfg_scale: float | None = None, prior: str | None = None,
            mix: list[str] | None = None, region: str = "top", steps: int | None = None, n: int = 8, seed: int = 0,
            save_each_dir: bool = False) -> list[Row]:
@@ -266,7 +271,7 @@ def sample(run_dir: str | Path, out: str | Path, *, from_image: str | None = Non
     """
     check_flags(from_image=from_image, vary=vary, prompts=prompts, cfg_scale=cfg_scale, prior=prior, mix=mix,
                 steps=steps)
-    sampler = Sampler(run_dir)
+    sampler = _sampler(run)
     rows: list[Row] = []
     if from_image:
         rows += sampler.from_image(from_image, n, seed, vary=vary, steps=steps)

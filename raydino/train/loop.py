@@ -32,7 +32,8 @@ from raydino.train.session import Session
 from raydino.train.step import StepOutput, fade_alpha, requires_grad, train_step, update_ema
 
 
-def build_models(cfg: Config, dino: Dino, device: torch.device) -> tuple[ProgressiveGenerator, ProgressiveGenerator, torch.optim.Optimizer]:
+def build_models(cfg: Config, dino: Dino,
+                 device: torch.device) -> tuple[ProgressiveGenerator, ProgressiveGenerator, torch.optim.Optimizer]:
     """The generator (same initial weights on every rank), its frozen EMA copy and the optimizer."""
     torch.manual_seed(cfg.train.seed)
     model = ProgressiveGenerator(cfg.model, dino.dim, cfg.pyramids.sizes[0] // dino.patch_size).to(device)
