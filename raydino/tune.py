@@ -94,6 +94,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from raydino import placement
     from raydino.train.trainer import check_pyramid, training_dataset
 
     space = search_space(cfg)
@@ -116,8 +117,10 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     # (Tune refuses an empty request, hence a token fraction of a CPU)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})
     path = sweep.state
+    before = set(placement.live_groups())
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the sweep in %s (finished trials are not rerun)", path)
+        # the run config, GiveBack included, comes back from the sweep's saved state
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -133,9 +136,13 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
                                         reduction_factor=cfg.tune.reduction_factor,
                                         max_t=len(cfg.train.stages)),
             ),
-            run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir)),
+            run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir),
+                                          callbacks=[placement.GiveBack()]),
         )
     grid = tuner.fit()
+    held = placement.wait_released(before)
+    if held:
+        log.warning("placement groups %s made during the sweep are still held by live actors", sorted(held))
     return _write_results(cfg, grid, sweep)
 
 

@@ -25,6 +25,14 @@ def sweep_cfg(dino: str, **extra):
     return load_config("demo", overrides=overrides)
 
 
+def free_cpus(ray, expected: float, timeout_s: float = 10) -> float:
+    """The free CPUs once they equal ``expected``, or after ``timeout_s``: Ray's resource view lags a little."""
+    deadline = time.time() + timeout_s
+    while ray.available_resources().get("CPU", 0) != pytest.approx(expected) and time.time() < deadline:
+        time.sleep(0.2)
+    return ray.available_resources().get("CPU", 0)
+
+
 def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
     dino = str(tiny_models["dino"])
     with pytest.raises(ConfigError, match="must be"):
@@ -33,6 +41,37 @@ def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
         search_space(sweep_cfg(dino, **{"tune.search": "{loss.nope: [0.1, 2]}"}))
     with pytest.raises(ConfigError, match="not a number"):
         search_space(sweep_cfg(dino, **{"tune.search": "{pyramids.dino: [0.1, 2]}"}))
+
+
+def test_placement_groups_of_dead_actors_are_given_back_and_no_others(ray_local):
+    """What frees an early-stopped trial's CPUs: its Train controller died, its group stayed (see raydino.placement)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raydino import placement
+
+    @ray_local.remote(num_cpus=0)
+    class Owner:
+        def make(self) -> str:
+            pg = placement_group([{"CPU": 0.5}])
+            ray_local.get(pg.ready())
+            return pg.id.hex()
+
+    cpus = ray_local.available_resources().get("CPU", 0)
+    mine = placement_group([{"CPU": 0.25}])  # the driver's own (as Tune's per-trial groups are)
+    ray_local.get(mine.ready())
+    dead, alive = Owner.remote(), Owner.remote()
+    dead_pg, alive_pg = ray_local.get([dead.make.remote(), alive.make.remote()])
+    ray_local.kill(dead)
+    deadline = time.time() + 30
+    while not placement.live_groups().get(dead_pg) and time.time() < deadline:  # the GCS marks its creator dead
+        time.sleep(0.2)
+    assert placement.release_orphans() == [dead_pg]
+    assert set(placement.live_groups()) == {alive_pg}
+    assert free_cpus(ray_local, cpus - 0.75) == pytest.approx(cpus - 0.75)
+    ray_local.kill(alive)
+    remove_placement_group(mine)
+    assert placement.wait_released(set(), timeout_s=30) == set()
+    assert free_cpus(ray_local, cpus) == pytest.approx(cpus)
 
 
 def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
@@ -52,11 +91,8 @@ def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
     assert rows[0] in finished and summary["best_stages_done"] == 2
     assert float(rows[0]["heldout/eval_dist"]) == min(float(r["heldout/eval_dist"]) for r in finished)
     assert float(rows[0]["heldout/eval_dist"]) == pytest.approx(summary["best_value"])
-    # every trial's CPUs come back, early-stopped ones too (Ray Train's placement-group cleaner needs the state API)
-    deadline = time.time() + 60
-    while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(1)
-    assert ray_local.available_resources().get("CPU", 0) == 2
+    # every trial's CPUs are back once the sweep returns, early-stopped ones too
+    assert free_cpus(ray_local, 2) == 2
     for key in cfg.tune.search:
         assert float(rows[0][key]) == pytest.approx(summary["best"][key])
     assert list((sweep / "trials").glob("*/tb/events.out.tfevents.*"))

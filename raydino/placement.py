@@ -1,0 +1,80 @@
+"""Placement groups a dead actor left behind, given back without the dashboard.
+
+When ASHA stops a trial, Tune terminates the trial's actor, and with it the
+Ray Train controller that actor owns. The controller's placement group (the
+trial's training workers' CPUs) belongs to the job, not to the controller, so
+Ray keeps it until the driver exits. Ray Train starts a PlacementGroupCleaner
+for this, but the cleaner learns that the controller died by polling the state
+API, which the dashboard serves: a busy head (or one without a dashboard) can
+leave the group, and its CPUs, held for minutes while later trials wait.
+
+The GCS itself records each group's creating actor and whether that actor is
+dead, so the sweep asks it directly. Ray keeps that record only in its
+internal protobuf (``ray._private.state``, pinned by pyproject's ``ray<2.61``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from ray import tune
+from ray._private.state import state
+from ray.core.generated import gcs_pb2
+from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+log = logging.getLogger(__name__)
+
+
+def live_groups() -> dict[str, bool]:
+    """This job's live placement groups made by an actor: id (hex) -> is its creating actor dead.
+
+    Groups the driver made (Tune's per-trial groups) and detached ones are
+    left out: the GCS marks a driver's groups "creator dead" from the start.
+    """
+    job = ray.get_runtime_context().get_job_id()
+    groups = {}
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job
+                or ray.ActorID(pg.creator_actor_id).is_nil()):
+            continue
+        groups[pg.placement_group_id.hex()] = pg.creator_actor_dead
+    return groups
+
+
+def release_orphans() -> list[str]:
+    """Remove this job's placement groups whose creating actor is dead; return their ids."""
+    orphans = [pg for pg, creator_dead in live_groups().items() if creator_dead]
+    for pg in orphans:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg)))
+        log.info("gave back placement group %s: the actor that made it is gone", pg)
+    return orphans
+
+
+def wait_released(before: set[str], timeout_s: float = 30.0) -> set[str]:
+    """Release orphans until no group made since ``before`` is live; return those still held at the timeout.
+
+    A stopped trial's controller dies shortly after its trial actor, so its
+    group turns orphan a moment after the sweep itself has returned.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        release_orphans()
+        left = set(live_groups()) - before
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+class GiveBack(tune.Callback):
+    """Releases orphans every few seconds of a sweep, so later trials get the CPUs of stopped ones."""
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s, self.last = every_s, 0.0
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self.last > self.every_s:
+            self.last = time.monotonic()
+            release_orphans()
