@@ -69,9 +69,9 @@ def ray_local():
     """One local Ray instance for the whole session (starting Ray costs seconds).
 
     With the dashboard, as a plain ``ray.init`` has it: Ray Train's
-    placement-group cleaner asks the state API behind it whether a trial's
-    controller is gone, and without it an early-stopped trial's CPUs stay held.
-    The suite runs in two processes (pytest-xdist), each with its own Ray, so
+    placement-group cleaner (one detached actor per Train run) asks the state
+    API behind it whether its controller is gone, and without an answer it
+    never exits. The suite runs in two processes (pytest-xdist), each with its own Ray, so
     the dashboard gets a port of its own and every process of this instance
     (started from this environment) is told where it is: a process that looks
     for "the" cluster by scanning the machine would otherwise ask the other one.
