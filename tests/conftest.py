@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # training runs waited seconds to be seen starting and finishing (a 2-test sample: 104 s -> 82 s).
 # Every Ray process started from here (the tests' local Ray, the job tests' nodes) inherits this.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Two Ray Train extras that cost every short run CPU on two busy cores and that no test looks at:
+# a PreemptionWatcher actor (a process of its own, for spot-node preemption) and the metrics pushed
+# by the controller and each worker.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two xdist workers on two cores: one thread each (and in the Ray workers they
     # start) instead of two each, which oversubscribed the cores and slowed small-batch training

@@ -48,7 +48,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     cfg = load_config("demo", overrides=[
         f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
-        "train.ema_beta=0.98", "prior.steps=600", "prior.checkpoint_every=600"])
+        "train.ema_beta=0.98", "prior.steps=400", "prior.checkpoint_every=400"])
     run_dir = root / "run"
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")
