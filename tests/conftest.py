@@ -10,11 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray Train's controller looks at its workers every 2 s by default, so each of the suite's short
 # training runs waited seconds to be seen starting and finishing (a 2-test sample: 104 s -> 82 s).
-# Every Ray process started from here (the tests' local Ray, the job tests' nodes) inherits this.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # Two Ray Train extras that cost every short run CPU on two busy cores and that no test looks at:
 # a PreemptionWatcher actor (a process of its own, for spot-node preemption) and the metrics pushed
-# by the controller and each worker.
+# by the controller and each worker. Every Ray process started from here inherits these RAY_TRAIN_
+# settings: the tests' local Ray, and the job tests' nodes (which keep no other RAY_ variable).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):

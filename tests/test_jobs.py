@@ -70,7 +70,8 @@ class LocalCluster:
     def __init__(self, root: Path):
         self.root = root  # short: Ray's unix sockets live below it
         self.token = secrets.token_hex(32)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        # None of the test session's Ray settings but its Ray Train tuning (tests/conftest.py)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k.startswith("RAY_TRAIN_")}
         self.env.update(
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` in entrypoints is this environment's
             RAY_AUTH_MODE="token",
