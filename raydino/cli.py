@@ -32,8 +32,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
     from raydino.models.tiny import write_tiny_models
 
     cfg = _cfg(args)
-    paths = write_tiny_models(args.out, args.faces, seed=args.seed, clip_steps=cfg.tiny.clip_fit_steps,
-                              budget=cfg.tiny, sizes=cfg.pyramids.sizes)
+    paths = write_tiny_models(args.out, args.faces, seed=args.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes)
     for name, path in paths.items():
         print(f"{name}: {path}")
 

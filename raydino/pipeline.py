@@ -68,8 +68,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     if cfg.data.images:
         pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
         captions = (pairs, cfg.data.images)
-    write_tiny_models(out, faces, seed=cfg.data.seed, clip_steps=cfg.tiny.clip_fit_steps, budget=cfg.tiny,
-                      sizes=cfg.pyramids.sizes, captions=captions)
+    write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions)
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:

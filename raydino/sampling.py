@@ -46,9 +46,8 @@ class Sampler:
 
     def __init__(self, run_dir: str | Path, device: str | None = None):
         self.run = Run(run_dir)
-        self.run_dir = self.run.path
         if not self.run.generator.is_file():
-            raise FileNotFoundError(f"{self.run_dir}: not a finished run ({self.run.generator.name} missing; "
+            raise FileNotFoundError(f"{self.run.path}: not a finished run ({self.run.generator.name} missing; "
                                     "train it first)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.cfg = self.run.load_generator(self.device)
@@ -61,7 +60,7 @@ class Sampler:
     @cached_property
     def clip(self) -> Clip:
         if not self.cfg.pyramids.clip:
-            raise ValueError(f"{self.run_dir}: the run's config names no CLIP model (pyramids.clip)")
+            raise ValueError(f"{self.run.path}: the run's config names no CLIP model (pyramids.clip)")
         return load_clip(self.cfg.pyramids.clip, self.device)
 
     def noise(self, n: int, seed: int) -> Noise:
@@ -90,13 +89,13 @@ class Sampler:
     def flow(self, flag: str) -> FlowPrior:
         """The run's flow prior; ``flag`` is the option that needs it, named when there is none."""
         if self._flow is None:
-            raise FileNotFoundError(f"{flag}: {self.run_dir} has no prior ({self.run.prior.name} missing): {TRAIN_PRIOR_HINT}")
+            raise FileNotFoundError(f"{flag}: {self.run.path} has no prior ({self.run.prior.name} missing): {TRAIN_PRIOR_HINT}")
         return self._flow
 
     def pca(self) -> PCAGaussianPrior:
         pca = self.run.load_pca()
         if pca is None:
-            raise FileNotFoundError(f"--prior pca: {self.run_dir} has no PCA baseline ({self.run.prior_pca.name} "
+            raise FileNotFoundError(f"--prior pca: {self.run.path} has no PCA baseline ({self.run.prior_pca.name} "
                                     f"missing): {TRAIN_PRIOR_HINT}")
         return pca
 
@@ -105,7 +104,7 @@ class Sampler:
         """Unit CLIP text embeddings, checked against the CLIP the prior was conditioned on."""
         prior = self.flow("--prompt")
         if not prior.clip_dim:
-            raise ValueError(f"--prompt: the prior of {self.run_dir} is unconditional (its pyramid has no CLIP column)")
+            raise ValueError(f"--prompt: the prior of {self.run.path} is unconditional (its pyramid has no CLIP column)")
         emb = self.clip.encode_text(prompts)
         if emb.shape[1] != prior.clip_dim:
             raise ValueError(f"--prompt: {self.cfg.pyramids.clip} embeds in {emb.shape[1]} dimensions, the prior was "

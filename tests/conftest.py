@@ -31,7 +31,7 @@ def faces_dir(tmp_path_factory):
 
 
 # a shorter budget than the demo's (docs/encoders.md): the probes still clear the margins tests/test_encoders.py asserts
-TEST_BUDGET = dict(encoder_steps=200, fd_encoder_steps=150, classifier_steps=300, probe_faces=128)
+TEST_BUDGET = dict(encoder_steps=200, fd_encoder_steps=150, classifier_steps=300, probe_faces=128, clip_fit_steps=0)
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build):
@@ -64,7 +64,7 @@ def tiny_models(tmp_path_factory, worker_id):
 
     def build(out):
         faces = write_faces(out / "encoder_faces", count=128, seed=0, size=64)
-        return write_tiny_models(out / "models", faces, seed=0, clip_steps=0, budget=TinyModelsConfig(**TEST_BUDGET))
+        return write_tiny_models(out / "models", faces, seed=0, budget=TinyModelsConfig(**TEST_BUDGET))
 
     return built_once(tmp_path_factory, worker_id, "tiny_models", build)
 

@@ -71,13 +71,14 @@ def test_the_tiny_models_are_the_same_whatever_the_thread_count(tmp_path, faces_
     from raydino.models.loading import load_clip
     from raydino.models.tiny import write_tiny_models
 
-    budget = TinyModelsConfig(encoder_steps=0, fd_encoder_steps=0, classifier_steps=1, batch_size=8, probe_faces=8)
+    budget = TinyModelsConfig(encoder_steps=0, fd_encoder_steps=0, classifier_steps=1, batch_size=8, probe_faces=8,
+                              clip_fit_steps=8)
     hashes = []
     before = torch.get_num_threads()
     try:
         for threads in (1, 3):
             torch.set_num_threads(threads)
-            paths = write_tiny_models(tmp_path / f"t{threads}", faces_dir, clip_steps=8, budget=budget)
+            paths = write_tiny_models(tmp_path / f"t{threads}", faces_dir, budget=budget)
             assert torch.get_num_threads() == threads  # given back
             hashes.append(load_clip(str(paths["clip"])).hash)
     finally:

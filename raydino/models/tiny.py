@@ -198,8 +198,8 @@ def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) 
         (path / PROBES).write_text(json.dumps(figures, indent=1))
 
 
-def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_steps: int = 300,
-                      budget: TinyModelsConfig | None = None, sizes: list[int] | None = None,
+def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget: TinyModelsConfig | None = None,
+                      sizes: list[int] | None = None,
                       captions: tuple[list[tuple[str, str]], str] | None = None) -> dict[str, Path]:
     """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the attribute judge.
 
@@ -211,11 +211,11 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, clip_st
     Trained with :data:`TRAIN_THREADS` threads (:func:`fixed_threads`).
     """
     with fixed_threads():
-        return _write_tiny_models(Path(out), faces, seed, clip_steps, budget or TinyModelsConfig(),
+        return _write_tiny_models(Path(out), faces, seed, budget or TinyModelsConfig(),
                                   list(sizes or [56, 84, 112]), captions)
 
 
-def _write_tiny_models(out: Path, faces: str | Path, seed: int, clip_steps: int, budget: TinyModelsConfig,
+def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig,
                        sizes: list[int], captions: tuple[list[tuple[str, str]], str] | None) -> dict[str, Path]:
     seconds: dict[str, float] = {}
     t0 = time.time()
@@ -238,10 +238,10 @@ def _write_tiny_models(out: Path, faces: str | Path, seed: int, clip_steps: int,
     seconds["probes"] = time.time() - t0
     t0 = time.time()
     pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
-    paths["clip"] = write_tiny_clip(out / "clip-tiny", pairs, seed, clip_steps, source)
+    paths["clip"] = write_tiny_clip(out / "clip-tiny", pairs, seed, budget.clip_fit_steps, source)
     seconds["clip"] = time.time() - t0
     summary = {"faces": str(Path(faces).resolve()), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
-               "clip_steps": clip_steps, "captions": {"source": source, "count": len(pairs)},
+               "captions": {"source": source, "count": len(pairs)},
                "threads": TRAIN_THREADS, "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "paths": {k: str(v) for k, v in paths.items()}}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
