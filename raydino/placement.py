@@ -74,6 +74,9 @@ class GiveBack(tune.Callback):
     def __init__(self, every_s: float = 2.0):
         self.every_s, self.last = every_s, 0.0
 
+    def setup(self, **info) -> None:
+        self.last = 0.0  # a restored sweep brings its old clock reading, from another process or machine
+
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self.last > self.every_s:
             self.last = time.monotonic()
