@@ -128,9 +128,11 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.trials,
-                max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                # the same weights on every run of the same config: with train.seed, the same trials
-                search_alg=BasicVariantGenerator(random_state=cfg.train.seed),
+                # the same weights on every run of the same config: with train.seed, the same trials.
+                # The generator limits concurrency itself: TuneConfig's max_concurrent_trials only
+                # wraps a Searcher, and beside a generator Tune ignores it with a warning.
+                search_alg=BasicVariantGenerator(random_state=cfg.train.seed,
+                                                 max_concurrent=cfg.tune.max_concurrent_trials),
                 # time in finished stages: rungs fall on stage ends, where the held-out figure is fresh
                 scheduler=ASHAScheduler(time_attr="stages_done", grace_period=max(1, cfg.tune.grace_period),
                                         reduction_factor=cfg.tune.reduction_factor,

@@ -86,6 +86,10 @@ def test_sweep_stops_trials_early_writes_best_and_restores_without_rerunning(
     rows = list(csv.DictReader(open(sweep / "results.csv")))
     assert len(rows) == 4 and summary["trials"] == 4
     assert all(not r["error"] for r in rows)
+    # tune.max_concurrent_trials=1 holds: each trial reports only after the one before has ended
+    spans = sorted((min(ts), max(ts)) for ts in (
+        [int(r["timestamp"]) for r in csv.DictReader(open(p))] for p in (sweep / "tune").glob("*/progress.csv")))
+    assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
     assert summary["stopped_early"] >= 1, rows
     assert cfg.tune.metric == "heldout/eval_dist" and summary["set"] == "held-out"
     # ranked among the trials that finished every stage, by the figure measured at their end
