@@ -8,9 +8,9 @@ for this, but the cleaner learns that the controller died by polling the state
 API, which the dashboard serves: a busy head (or one without a dashboard) can
 leave the group, and its CPUs, held for minutes while later trials wait.
 
-The GCS itself records each group's creating actor and whether that actor is
-dead, so the sweep asks it directly. Ray keeps that record only in its
-internal protobuf (``ray._private.state``, pinned by pyproject's ``ray<2.61``).
+The GCS itself records each group's creating actor, so the sweep asks it
+directly. Ray keeps that record only in its internal protobuf
+(``ray._private.state``, pinned by pyproject's ``ray<2.61``).
 """
 
 from __future__ import annotations
@@ -32,15 +32,21 @@ def live_groups() -> dict[str, bool]:
 
     Groups the driver made (Tune's per-trial groups) and detached ones are
     left out: the GCS marks a driver's groups "creator dead" from the start.
+    The group's own flag is not enough: a Train controller that is already
+    exiting can still restart its worker group, and the group it makes then
+    was registered after the GCS buried its creator, so the flag never turns.
+    The actor table knows.
     """
     job = ray.get_runtime_context().get_job_id()
     groups = {}
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        creator = ray.ActorID(pg.creator_actor_id)
         if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job
-                or ray.ActorID(pg.creator_actor_id).is_nil()):
+                or creator.is_nil()):
             continue
-        groups[pg.placement_group_id.hex()] = pg.creator_actor_dead
+        groups[pg.placement_group_id.hex()] = (pg.creator_actor_dead
+                                               or state.actor_table(creator.hex()).get("State") == "DEAD")
     return groups
 
 
@@ -53,17 +59,24 @@ def release_orphans() -> list[str]:
     return orphans
 
 
-def wait_released(before: set[str], timeout_s: float = 30.0) -> set[str]:
-    """Release orphans until no group made since ``before`` is live; return those still held at the timeout.
+def wait_released(before: set[str], timeout_s: float = 30.0, quiet_s: float = 5.0) -> set[str]:
+    """Release orphans until no group made since ``before`` has been live for ``quiet_s``.
 
-    A stopped trial's controller dies shortly after its trial actor, so its
-    group turns orphan a moment after the sweep itself has returned.
+    Returns the groups still held at ``timeout_s``. A stopped trial's
+    controller dies a moment after its trial actor, and one that is exiting
+    can still make a new group (see :func:`live_groups`) after the sweep has
+    returned: seen 0.1 s after, hence the quiet time rather than one look.
     """
-    deadline = time.monotonic() + timeout_s
+    start = quiet_since = time.monotonic()
     while True:
         release_orphans()
         left = set(live_groups()) - before
-        if not left or time.monotonic() > deadline:
+        now = time.monotonic()
+        if left:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return set()
+        if now - start > timeout_s:
             return left
         time.sleep(0.5)
 
