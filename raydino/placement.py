@@ -45,8 +45,9 @@ def live_groups() -> dict[str, bool]:
         if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job
                 or creator.is_nil()):
             continue
+        # an actor the table no longer holds is long dead: the GCS keeps only so many dead ones
         groups[pg.placement_group_id.hex()] = (pg.creator_actor_dead
-                                               or state.actor_table(creator.hex()).get("State") == "DEAD")
+                                               or state.actor_table(creator.hex()).get("State", "DEAD") == "DEAD")
     return groups
 
 
