@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.set_defaults(func=cmd_synth_faces)
 
-    p = sub.add_parser("tiny-models", help="train tiny DINOv2/CLIP encoders and an attribute classifier on synthetic faces")
+    p = sub.add_parser("tiny-models", help="train tiny DINOv2/CLIP encoders, an attribute classifier and a part "
+                                          "segmenter on synthetic faces")
     _config_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

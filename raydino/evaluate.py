@@ -25,7 +25,10 @@ resized to it before encoding, like the generated ones.
   hair" prompt samples against the real faces of that colour (``prompt_hair``);
 - colour error against the stored thumbnails;
 - attribute agreement of reconstructions, prompt and prior samples, by a
-  classifier of the synthetic faces' attributes (``raydino.attribute_agreement``).
+  classifier of the synthetic faces' attributes (``raydino.attribute_agreement``);
+- whether eyes, mouth and glasses are drawn: reconstructions scored inside
+  those parts against the same faces without them, segmented parts of
+  reconstructions, prior and prompt samples (``raydino.part_figures``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from raydino.metrics import (
     sharpness_ratio,
 )
 from raydino.models.loading import Dino, load_dino, require_local
+from raydino.part_figures import part_figures
 from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
@@ -129,6 +133,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out |= level_figures("train_encoder", dist)
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
     out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
+    out |= part_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
     if prompts and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
     labels = labels_for_paths(list(rows["path"]))

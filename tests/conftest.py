@@ -31,7 +31,9 @@ def faces_dir(tmp_path_factory):
 
 
 # a shorter budget than the demo's (docs/encoders.md): the probes still clear the margins tests/test_encoders.py asserts
-TEST_BUDGET = dict(encoder_steps=200, fd_encoder_steps=150, classifier_steps=300, probe_faces=128, clip_fit_steps=0)
+# (200 encoder steps left the attribute probe 0.003 short of its margin on this machine, at HEAD too)
+TEST_BUDGET = dict(encoder_steps=300, fd_encoder_steps=150, classifier_steps=300, segmenter_steps=300, probe_faces=128,
+                   clip_fit_steps=0)
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build):
@@ -174,7 +176,7 @@ def messy_images(tmp_path_factory, faces_dir):
     return out, write_messy_folder(out, faces_dir)
 
 
-def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(56, 84, 112), shards: int = 2):
+def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(112, 84, 56), shards: int = 2):
     """A demo-like pyramid made without Ray Data: PyramidEncoder + schema, like an actor would."""
     from pathlib import Path
 
@@ -202,7 +204,7 @@ def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(56, 8
 
 @pytest.fixture(scope="session")
 def train_pyramids(tmp_path_factory, faces_dir, tiny_models):
-    """A demo-like pyramid (levels 56/84/112, two parquet shards) of the 48 faces, made without Ray Data."""
+    """A demo-like pyramid (levels 112/84/56, the 8x8 code first; two parquet shards) of the 48 faces, made without Ray Data."""
     return write_test_pyramid(tmp_path_factory.mktemp("train_pyramids"), faces_dir.glob("*.png"),
                               str(tiny_models["dino"]))
 

@@ -4,7 +4,7 @@ from raydino.config import ConfigError, load_config, load_yaml, save_config
 
 
 def test_presets_load_and_round_trip(tmp_path):
-    for name in ("demo", "ffhq256"):
+    for name in ("demo", "faces64", "ffhq256"):
         cfg = load_config(name)
         assert cfg.preset == name
         path = save_config(cfg, tmp_path / f"{name}.yaml")

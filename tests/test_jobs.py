@@ -48,7 +48,7 @@ JOB_TIMEOUT = 900  # a hung job fails the test; a loaded 2-core machine is slow
 # submission, not the stages.
 SMALL = ["train.stages.0.images=64", "train.stages.1.images=64", "train.val_count=8",
          "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20",
-         "prior.batch_size=16", "eval.compare_loss="]
+         "prior.batch_size=16", "prior.width=64", "eval.compare_loss=", "data.synth_count=48"]
 
 
 def _free_port() -> int:
@@ -257,7 +257,7 @@ def demo(cluster, tiny_models, faces_dir):
     outputs existed right after the first job.
     """
     out = cluster.root / "out" / "demo"
-    for key in ("dino", "fd", "clip", "attributes"):
+    for key in ("dino", "fd", "clip", "attributes", "segmenter"):
         shutil.copytree(tiny_models[key], out / "models" / tiny_models[key].name)
     shutil.copy(tiny_models["dino"].parent / "tiny-models.json", out / "models")
     # One 2-CPU training worker fits on the 2-CPU head and one on the 3-CPU node, whose spare
@@ -347,7 +347,7 @@ def test_failing_jobs_end_failed_with_the_error_and_write_nothing(cluster):
     for name, proc in results.items():
         assert proc.returncode != 0, name
         assert cluster.job(name)["status"] == "FAILED", name
-    assert "unknown preset 'no-such-preset' (known: demo, ffhq256)" in cluster.logs("bad-preset")
+    assert "unknown preset 'no-such-preset' (known: demo, faces64, ffhq256)" in cluster.logs("bad-preset")
     error = [line for line in cluster.logs("no-pyramids").splitlines() if "raydino train: error" in line]
     assert error and str(nowhere) in error[0] and "pyramid" in error[0], error
     assert not bad_preset.exists()

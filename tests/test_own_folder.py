@@ -36,7 +36,7 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     bad = {f"messy/{rel}": kind for rel, kind in expected.items() if kind} | {"messy/broken link.jpg": "dangling symlink",
                                                                              "messy/saved page 0.jpg": "not an image"}
     out = tmp_path / "out"
-    for key in ("dino", "fd", "clip", "attributes"):
+    for key in ("dino", "fd", "clip", "attributes", "segmenter"):
         shutil.copytree(tiny_models[key], out / "models" / tiny_models[key].name)
     shutil.copy(tiny_models["dino"].parent / "tiny-models.json", out / "models")
 

@@ -32,9 +32,10 @@ CENTRES = torch.randn(CLUSTERS, TOKENS, DIM, generator=torch.Generator().manual_
 def prior_cfg(**prior):
     settings = {"width": 64, "depth": 2, "heads": 4, "steps": 600, "batch_size": 64, "lr": 2e-3, "ema_beta": 0.98,
                 "checkpoint_every": 200, "log_every": 100, "fit_rows": 512, "sample_steps": 8,
-                "cond_dropout": 0.5} | prior
+                "cond_dropout": 0.5, "patch": 1} | prior
     return load_config("demo", overrides=[f"prior.{k}={v}" for k, v in settings.items()] + [
-        "train.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels"])  # the toy pyramid's encoders
+        "train.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels",  # the toy pyramid's encoders
+        "pyramids.sizes=[56,84,112]"])  # and levels: its 4x4 codes are the 56 px level
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,17 @@ def test_a_prior_without_clip_column_is_unconditional(toy_pyramid):
     model = FlowPrior(cfg.prior, shape["tokens"], shape["dim"], 0)
     assert model.sample(2, torch.Generator().manual_seed(0)).shape == (2, TOKENS, DIM)
     assert np.isfinite(model.sample(2, steps=1).numpy()).all()
+
+
+def test_patches_group_neighbouring_tokens_and_must_tile_the_grid():
+    cfg = load_config("demo", overrides=["prior.patch=2"]).prior
+    prior = FlowPrior(cfg, tokens=16, dim=3, clip_dim=0)  # a 4x4 code: four 2x2 patches
+    codes = torch.arange(16.0).view(1, 16, 1).repeat(1, 1, 3)
+    patches = prior.patchify(codes)
+    assert patches.shape == (1, 4, 12)
+    assert patches[0, 0, ::3].tolist() == [0, 1, 4, 5] and patches[0, 3, ::3].tolist() == [10, 11, 14, 15]
+    assert torch.equal(prior.unpatchify(patches), codes)
+    x = torch.randn(2, 16, 3)
+    assert prior(x, torch.rand(2), None, torch.zeros(2, dtype=torch.bool)).shape == x.shape
+    with pytest.raises(ValueError, match="prior.patch 2 does not tile the code's 9 tokens"):
+        FlowPrior(cfg, tokens=9, dim=3, clip_dim=0)

@@ -37,7 +37,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     root = tmp_path_factory.mktemp("text")
     faces = write_faces(root / "faces", count=96, seed=5, size=128)
     models = {key: shutil.copytree(tiny_models[key], root / "models" / tiny_models[key].name)
-              for key in ("dino", "fd", "attributes")}
+              for key in ("dino", "fd", "attributes", "segmenter")}
     models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", caption_pairs(faces), seed=0, steps=300,
                                      source=str(faces))
     (root / "pyr").mkdir()
@@ -48,7 +48,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     cfg = load_config("demo", overrides=[
         f"out={root}", "train.stages=[{resolution: 16, images: 1600, batch_size: 16, lr: 0.004}]",
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.val_count=8", "train.num_workers=1",
-        "train.ema_beta=0.98", "prior.steps=400", "prior.checkpoint_every=400"])
+        "train.ema_beta=0.98", "prior.steps=400", "prior.checkpoint_every=400", "prior.width=64"])
     run_dir = root / "run"
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")
@@ -56,7 +56,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     untrained.mkdir()
     save_config(cfg, untrained / "config.yaml")
     torch.manual_seed(cfg.train.seed)
-    g = ProgressiveGenerator(cfg.model, 48, 4)
+    g = ProgressiveGenerator(cfg.model, 48, cfg.pyramids.sizes[0] // 14)  # the code grid of the preset
     from safetensors.torch import save_file
     save_file(g.state_dict(), str(untrained / Run.GENERATOR), metadata=checkpoint.generator_metadata(g))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from raydino.config import load_config
@@ -48,7 +49,8 @@ class PoisonedSession(LocalSession):
         for batch in super().batches(epoch, batch_size):
             self.served += 1
             if self.served in self.bad:
-                batch = dict(batch, **{schema.tokens_col(56): torch.full_like(batch[schema.tokens_col(56)], math.nan)})
+                code = schema.tokens_col(112)  # the demo's coarse code
+                batch = dict(batch, **{code: torch.full_like(batch[code], math.nan)})
             yield batch
 
 
@@ -244,3 +246,20 @@ def test_a_stopped_run_resumes_bitwise(switch_run, train_pyramids, tmp_path):
     for name in (Checkpoint.OPTIMIZER, Checkpoint.rng(0)):
         assert_same(torch.load(final / name, weights_only=True), torch.load(ref / name, weights_only=True), name)
     assert json.loads((final / Checkpoint.STATE).read_text()) == json.loads((ref / Checkpoint.STATE).read_text())
+
+
+def test_faces64_preset_trains_its_stages_to_64px_on_the_8x8_code(train_pyramids, tiny_models, tmp_path):
+    """The longer CPU preset's own config (levels, code, stages to 64 px), a few steps per stage."""
+    cfg = load_config("faces64", overrides=[
+        f"pyramids.dino={tiny_models['dino']}", "model.channels=[16,8,8]", "model.code_dim=8",
+        "train.stages.0.images=8", "train.stages.1.images=8", "train.stages.2.images=8",
+        "train.stages.0.batch_size=8", "train.stages.1.batch_size=8", "train.stages.2.batch_size=8",
+        "train.num_workers=1", "train.checkpoint_every=100", "train.val_count=4"])
+    session = LocalSession(train_pyramids, columns(cfg.pyramids.sizes), checkpoints=tmp_path / "ckpt")
+    metrics = loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session)
+    assert metrics["stage"] == 64 and metrics["step"] == 3
+    newest = next(session.checkpoint_dirs())
+    with safe_open(str(newest / Checkpoint.EMA), "pt") as f:
+        assert f.metadata()["grid"] == "8"  # pyramids.sizes[0] = 112 px: 8x8 tokens
+        assert "blocks.2.conv2.spade.weight" in f.keys()  # the 64 px block, modulated by the code
+    assert (tmp_path / "run" / "grids" / "stage_64.png").is_file()

@@ -20,7 +20,7 @@ def sweep_cfg(dino: str, **extra):
         " {resolution: 32, images: 32, batch_size: 8, lr: 0.003, fade_images: 16}]",
         "train.num_workers=1", "train.checkpoint_every=2", "train.sample_every=1000", "train.val_count=8",
         "train.materialize=true", "tune.trials=4", "tune.max_concurrent_trials=1", "tune.cpus_per_trial=0.5",
-        "tune.grace_period=1", "tune.reduction_factor=2", "tune.overrides=[]",
+        "tune.grace_period=1", "tune.reduction_factor=2", "tune.overrides=[]", "train.seed=1",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config("demo", overrides=overrides)
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # keys that moved to the section of their consumer: old config files and run folders still load
 MOVED = {"sample.fd_encoder": "eval.fd_encoder", "sample.attribute_classifier": "eval.attribute_classifier",
          "data.clip_fit_steps": "tiny.clip_fit_steps"}
-MODEL_PATHS = ("pyramids.dino", "pyramids.clip", "eval.fd_encoder", "eval.attribute_classifier")
+MODEL_PATHS = ("pyramids.dino", "pyramids.clip", "eval.fd_encoder", "eval.attribute_classifier", "eval.part_segmenter")
 
 
 class ConfigError(ValueError):

@@ -29,18 +29,21 @@ class TinyModelsConfig:
     synthetic faces they learn from) before anything else; the demo preset
     sets it, a config for real models leaves it off. Each tiny DINOv2 stand-in trains for its steps (``encoder_steps: 0`` keeps
     random weights, and says so: the baseline the trained ones are measured
-    against), the attribute classifier for ``classifier_steps``; the probes
-    are scored on ``probe_faces`` held-out faces (docs/encoders.md).
+    against), the attribute classifier for ``classifier_steps``, the part
+    segmenter for ``segmenter_steps``; the probes are scored on
+    ``probe_faces`` held-out faces (docs/encoders.md).
     """
 
     build: bool = False
     encoder_steps: int = 600
     fd_encoder_steps: int = 400
     classifier_steps: int = 400
+    segmenter_steps: int = 300  # the part segmenter (raydino.part_figures): ~5 s on one thread
     batch_size: int = 32
     lr: float = 5e-3
     probe_faces: int = 192
     clip_fit_steps: int = 300  # the tiny CLIP: contrastive steps on the run's captions
+    processes: int = 2  # models trained at once, one thread each (the same weights with any count)
 
 
 @dataclass
@@ -177,7 +180,7 @@ class PriorConfig:
     """The flow-matching prior over the coarse code (docs/prior.md): its size, training and sampling.
 
     A transformer of ``depth`` adaLN blocks, ``width`` wide, over the
-    coarsest level's ``g*g`` tokens, trained for ``steps`` optimizer steps of
+    code's ``g*g`` tokens taken ``patch`` x ``patch`` at a time, trained for ``steps`` optimizer steps of
     ``batch_size`` codes (global) through the generator's machinery.
     ``clip_noise``: LAFITE's perturbation level of the CLIP image embedding;
     ``cond_dropout``: the share of codes trained without their condition
@@ -191,6 +194,7 @@ class PriorConfig:
     depth: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
+    patch: int = 1  # p x p neighbouring code tokens form one transformer token (DiT's patch size)
     steps: int = 600
     batch_size: int = 64
     lr: float = 1e-3
@@ -231,13 +235,16 @@ class EvalConfig:
     ``fd_encoder``: the DINOv2 that FD and the held-out distance use, by
     default not the training encoder (empty: the training one, and the
     figures say so); ``attribute_classifier``: a synthetic-face attribute
-    classifier (``raydino tiny-models``) for attribute agreement.
+    classifier (``raydino tiny-models``) for attribute agreement;
+    ``part_segmenter``: a synthetic-face part segmenter (``raydino
+    tiny-models``) for the parts figures' IoU and found shares.
     """
 
     n: int = 256
     compare_loss: str = ""
     fd_encoder: str = ""
     attribute_classifier: str = ""
+    part_segmenter: str = ""
 
 
 @dataclass

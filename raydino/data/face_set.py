@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from raydino.data.synth_faces import (
-    METADATA,
     BACKGROUNDS,
     HAIR_COLOURS,
     HAIR_STYLES,
+    METADATA,
     SKIN_TONES,
     FaceAttributes,
     render_face,
@@ -122,11 +122,11 @@ def from_seed(seed: int, count: int, size: int) -> FaceSet:
     return render_set([sample_attributes(np.random.default_rng([seed, i])) for i in range(count)], size)
 
 
-def labels_for_paths(paths: list[str]) -> np.ndarray | None:
-    """The attribute labels of image files, joined by file name with their folders' ``metadata.parquet``.
+def attributes_for_paths(paths: list[str]) -> list[FaceAttributes] | None:
+    """The attributes of image files, joined by file name with their folders' ``metadata.parquet``.
 
-    ``None`` when any folder has no metadata (the images are not synthetic
-    faces, so nothing knows their attributes).
+    ``None`` when any folder has no metadata or any file no row (the images
+    are not synthetic faces, so nothing knows their attributes).
     """
     folders: dict[Path, dict[str, FaceAttributes]] = {}
     out = []
@@ -138,6 +138,11 @@ def labels_for_paths(paths: list[str]) -> np.ndarray | None:
         attrs = folders[p.parent].get(p.name)
         if attrs is None:
             return None
-        out.append(attribute_labels(attrs))
-    return np.array(out, dtype=np.int64)
+        out.append(attrs)
+    return out
 
+
+def labels_for_paths(paths: list[str]) -> np.ndarray | None:
+    """The attribute labels of image files (:func:`attributes_for_paths`); ``None`` without metadata."""
+    attrs = attributes_for_paths(paths)
+    return None if attrs is None else np.array([attribute_labels(a) for a in attrs], dtype=np.int64)

@@ -9,7 +9,7 @@ them. Everything is deterministic in ``(seed, index)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,12 +156,25 @@ def _layout(attrs: FaceAttributes, s: int, paint: Callable[..., None]) -> tuple[
     return cx, cy
 
 
-def render_face(attrs: FaceAttributes, size: int = 256) -> Image.Image:
-    """Draw one face at ``SUPERSAMPLE`` times the size, then blur and downsample (antialiasing)."""
+def render_face(attrs: FaceAttributes, size: int = 256, omit: Collection[str] = ()) -> Image.Image:
+    """Draw one face at ``SUPERSAMPLE`` times the size, then blur and downsample (antialiasing).
+
+    ``omit``: parts whose shapes are not drawn, so what lies under them shows
+    (skin where the eyes were): the same face without its eyes, mouth and
+    glasses is what a reconstruction that leaves them out would look like
+    (``raydino.part_figures``).
+    """
+    if unknown := set(omit) - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(unknown)}: parts are {PARTS}")
     s = size * SUPERSAMPLE
     img = Image.new("RGB", (s, s), BACKGROUNDS[attrs.background])
     draw = ImageDraw.Draw(img)
-    centre = _layout(attrs, s, lambda shape, xy, part, colour, **kw: _paint(draw, shape, xy, colour, **kw))
+
+    def paint(shape: str, xy: object, part: str, colour: object, **kw) -> None:
+        if part not in omit:
+            _paint(draw, shape, xy, colour, **kw)
+
+    centre = _layout(attrs, s, paint)
     img = img.rotate(attrs.angle, resample=Image.BILINEAR, center=centre, fillcolor=BACKGROUNDS[attrs.background])
     img = img.filter(ImageFilter.GaussianBlur(SUPERSAMPLE * 0.6)).resize((size, size), Image.LANCZOS)
     return _light(img, attrs)

@@ -89,17 +89,20 @@ class FlowPrior(nn.Module):
             raise ValueError(f"prior.width {cfg.width} is not a multiple of prior.heads {cfg.heads}")
         if cfg.solver not in SOLVERS:
             raise ValueError(f"prior.solver '{cfg.solver}' is not one of {', '.join(SOLVERS)}")
+        self.grid, p = math.isqrt(tokens), cfg.patch
+        if self.grid ** 2 != tokens or self.grid % p:
+            raise ValueError(f"prior.patch {p} does not tile the code's {tokens} tokens (a square grid is needed)")
         self.cfg, self.tokens, self.dim, self.clip_dim = cfg, tokens, dim, clip_dim
         w = cfg.width
-        self.x_in = nn.Linear(dim, w)
-        self.pos = nn.Parameter(torch.randn(1, tokens, w) * 0.02)
+        self.x_in = nn.Linear(dim * p * p, w)
+        self.pos = nn.Parameter(torch.randn(1, tokens // (p * p), w) * 0.02)
         self.t_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.c_in = nn.Linear(clip_dim, w) if clip_dim else None
         self.null = nn.Parameter(torch.zeros(w))  # the dropped condition
         self.blocks = nn.ModuleList([Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(w, elementwise_affine=False)
         self.ada = nn.Linear(w, 2 * w)
-        self.out = nn.Linear(w, dim)
+        self.out = nn.Linear(w, dim * p * p)
         for layer in (self.ada, self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -122,17 +125,28 @@ class FlowPrior(nn.Module):
 
     # --- the velocity field -----------------------------------------------------------------
 
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, g*g, D]`` -> ``[B, (g/p)^2, p*p*D]``: each p x p group of neighbouring tokens becomes one (DiT's patches)."""
+        b, g, p = len(x), self.grid, self.cfg.patch
+        x = x.view(b, g // p, p, g // p, p, self.dim).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (g // p) ** 2, p * p * self.dim)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p = len(x), self.grid, self.cfg.patch
+        x = x.view(b, g // p, g // p, p, p, self.dim).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, g * g, self.dim)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
         """Velocity at ``x_t`` (standardised); ``keep[i]``: sample ``i`` sees its condition, else the null one."""
         c = self.t_mlp(time_embedding(t, self.cfg.width))
         null = self.null.expand(len(x), -1)
         c = c + (torch.where(keep[:, None], self.c_in(cond), null) if self.c_in is not None and cond is not None
                  else null)
-        h = self.x_in(x) + self.pos
+        h = self.x_in(self.patchify(x)) + self.pos
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada(F.silu(c))[:, None].chunk(2, dim=-1)
-        return self.out(self.norm(h) * (1 + scale) + shift)
+        return self.unpatchify(self.out(self.norm(h) * (1 + scale) + shift))
 
     def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None, guidance: float) -> torch.Tensor:
         """The guided velocity: conditional and null in one batch when there is a condition."""

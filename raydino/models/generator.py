@@ -1,8 +1,12 @@
 """The progressive generator: coarse DINOv2 code + noise -> image, 16 to 256 px.
 
 One pass, no discriminator, no iterative sampling. The coarse code (the
-coarsest pyramid level's patch tokens, ``[B, g*g, D]``) is projected to a small
-width and laid out on its ``g x g`` grid, which fixes the layout. What the code
+first pyramid level's patch tokens, ``[B, g*g, D]``) is projected to a small
+width and laid out on its ``g x g`` grid, which fixes the layout. It is the
+generator's input at 16 px and, resized, modulates every block after the
+norm (SPADE, Park et al. 2019): a block at 32 px or more otherwise sees the
+code only through what 16 px features kept of it, and learned to draw eyes
+and mouths far more slowly (docs/training.md#the-code-and-the-generator). What the code
 leaves open (eyes, strands of hair, glasses) comes from the :class:`Noise`:
 a global style vector (noise + pooled code) modulates every block, and a
 per-pixel noise map per resolution, scaled per channel by learned strengths
@@ -73,43 +77,50 @@ def resolutions(max_resolution: int) -> list[int]:
 
 
 class ModulatedConv(nn.Module):
-    """3x3 conv -> GroupNorm -> + strength * noise map -> FiLM from the style vector -> SiLU.
+    """3x3 conv -> GroupNorm -> + strength * noise map -> FiLM (style) and SPADE (code map) -> SiLU.
 
     Normalising then re-scaling per sample (AdaGN) lets the style vector
     change contrast and colour of every feature map without a discriminator
-    to push it there. The noise enters after the norm, so its learned
-    per-channel strength is in units of the normalised features.
+    to push it there; the per-pixel scale and shift from the code map say
+    where each part goes, at this block's own resolution. The noise enters
+    after the norm, so its learned per-channel strength is in units of the
+    normalised features.
     """
 
-    def __init__(self, cin: int, cout: int, style_dim: int, noise_strength: float):
+    def __init__(self, cin: int, cout: int, style_dim: int, code_dim: int, noise_strength: float):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)  # GroupNorm would cancel a bias
         self.norm = nn.GroupNorm(min(8, cout), cout, affine=False)
         self.noise_strength = nn.Parameter(torch.full((cout,), noise_strength))
         self.film = nn.Linear(style_dim, 2 * cout)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)  # starts as a plain conv block
+        self.spade = nn.Conv2d(code_dim, 2 * cout, 3, padding=1)
+        for layer in (self.film, self.spade):  # starts as a plain conv block
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, code_map: torch.Tensor,
+                noise_map: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(style)[:, :, None, None].chunk(2, dim=1)
+        local_scale, local_shift = self.spade(code_map).chunk(2, dim=1)
         h = self.norm(self.conv(x)) + self.noise_strength[:, None, None] * noise_map.to(x.dtype)
-        return F.silu(h * (1 + scale) + shift)
+        return F.silu(h * (1 + scale + local_scale) + shift + local_shift)
 
 
 class Block(nn.Module):
     """Two modulated convs at one resolution, after an optional 2x upsampling."""
 
-    def __init__(self, cin: int, cout: int, style_dim: int, upsample: bool, noise_strength: float):
+    def __init__(self, cin: int, cout: int, style_dim: int, code_dim: int, upsample: bool, noise_strength: float):
         super().__init__()
         self.upsample = upsample
-        self.conv1 = ModulatedConv(cin, cout, style_dim, noise_strength)
-        self.conv2 = ModulatedConv(cout, cout, style_dim, noise_strength)
+        self.conv1 = ModulatedConv(cin, cout, style_dim, code_dim, noise_strength)
+        self.conv2 = ModulatedConv(cout, cout, style_dim, code_dim, noise_strength)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
-        """Both convs read the same map at their own learned strengths."""
+    def forward(self, x: torch.Tensor, style: torch.Tensor, code: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
+        """Both convs read the same noise map at their own learned strengths, and the code ``[B, C, g, g]`` resized."""
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv2(self.conv1(x, style, noise_map), style, noise_map)
+        code_map = F.interpolate(code, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv2(self.conv1(x, style, code_map, noise_map), style, code_map, noise_map)
 
 
 class ProgressiveGenerator(nn.Module):
@@ -133,8 +144,8 @@ class ProgressiveGenerator(nn.Module):
         self.code_in = nn.Sequential(nn.LayerNorm(code_tokens_dim), nn.Linear(code_tokens_dim, cfg.code_dim))
         self.style = nn.Sequential(nn.Linear(style_dim, style_dim), nn.SiLU(), nn.Linear(style_dim, style_dim))
         self.blocks = nn.ModuleList(
-            [Block(cfg.code_dim, ch[0], style_dim, upsample=False, noise_strength=cfg.noise_strength)]
-            + [Block(ch[i - 1], ch[i], style_dim, upsample=True, noise_strength=cfg.noise_strength)
+            [Block(cfg.code_dim, ch[0], style_dim, cfg.code_dim, upsample=False, noise_strength=cfg.noise_strength)]
+            + [Block(ch[i - 1], ch[i], style_dim, cfg.code_dim, upsample=True, noise_strength=cfg.noise_strength)
                for i in range(1, len(ch))]
         )
         self.to_rgb = nn.ModuleList([nn.Conv2d(c, 3, 1) for c in ch])
@@ -155,11 +166,11 @@ class ProgressiveGenerator(nn.Module):
                              f"the generator runs at {resolution} px")
         c = self.code_in(code)                                          # [B, T, code_dim]
         style = self.style(torch.cat([c.mean(1), noise.z.to(c.dtype)], dim=1))
-        x = c.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
-        x = F.interpolate(x, size=BASE_RESOLUTION, mode="bilinear", align_corners=False)
+        code_map = c.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
+        x = F.interpolate(code_map, size=BASE_RESOLUTION, mode="bilinear", align_corners=False)
         prev = x
         for block, noise_map in zip(self.blocks[: stage + 1], noise.maps, strict=False):
-            prev, x = x, block(x, style, noise_map)
+            prev, x = x, block(x, style, code_map, noise_map)
         image = torch.sigmoid(self.to_rgb[stage](x))
         if stage > 0 and alpha < 1.0:
             skip = torch.sigmoid(self.to_rgb[stage - 1](prev))

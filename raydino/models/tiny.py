@@ -4,8 +4,9 @@ They let tests and the offline demo run the exact loading and feature code
 that a real run uses; only the sizes differ. A random ViT is not a
 perceptual space, so the two DINOv2 stand-ins are trained to see the faces
 (``encoder_training``), the CLIP is fitted to their captions, and a small
-attribute classifier is trained to judge generated faces. Each is saved with
-a ``RAYDINO_TINY.txt`` marker saying what its weights are, which every load
+attribute classifier and a part segmenter are trained to judge generated
+faces. Each is saved with a ``RAYDINO_TINY.txt`` marker (the judges: a note
+in their weights' header) saying what its weights are, which every load
 logs, so nobody mistakes them for pretrained weights; the linear probes of
 both encoders against a random one are written beside them (``probes.json``).
 """
@@ -36,6 +37,7 @@ from raydino.models.encoder_training import (
 )
 from raydino.models.face_attributes import save_classifier, train_classifier
 from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
+from raydino.models.part_segmenter import save_segmenter, train_segmenter
 from raydino.models.probes import majority_baseline, probe_encoder
 from raydino.pyramids.decode import BadImage, decode_image
 
@@ -201,45 +203,70 @@ def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) 
 def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget: TinyModelsConfig | None = None,
                       sizes: list[int] | None = None,
                       captions: tuple[list[tuple[str, str]], str] | None = None) -> dict[str, Path]:
-    """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the attribute judge.
+    """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the two judges.
 
     ``dino`` (the training DINOv2), ``fd`` (another seed and objective mix, so
     that the evaluation space is not the training space), ``clip`` (fitted to
     ``captions``: ``(image path, caption)`` pairs and where they come from;
-    default: the faces' own), ``attributes`` (the attribute classifier).
+    default: the faces' own), ``attributes`` (the attribute classifier),
+    ``segmenter`` (the part segmenter).
     ``sizes``: the pyramid levels the encoders will see (default: the demo's).
-    Trained with :data:`TRAIN_THREADS` threads (:func:`fixed_threads`).
+    Trained with :data:`TRAIN_THREADS` threads each (:func:`fixed_threads`), ``budget.processes`` at once.
     """
     with fixed_threads():
         return _write_tiny_models(Path(out), faces, seed, budget or TinyModelsConfig(),
                                   list(sizes or [56, 84, 112]), captions)
 
 
+def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsConfig, sizes: list[int],
+               captions: tuple[list[tuple[str, str]], str] | None) -> tuple[str, Path, float]:
+    """Train and save one tiny model (``key`` as in :func:`write_tiny_models`); a process pool's job.
+
+    Each job seeds itself and runs on :data:`TRAIN_THREADS` threads, so its
+    weights do not depend on which process, or in which order, it ran.
+    """
+    t0 = time.time()
+    with fixed_threads():
+        if key == "clip":
+            pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
+            return key, write_tiny_clip(out / "clip-tiny", pairs, seed, budget.clip_fit_steps, source), time.time() - t0
+        train = from_folder(faces, max(sizes))
+        note = f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}"
+        if key == "dino":
+            path = write_tiny_encoder(out / "dinov2-tiny", train, faces, sizes, TRAINING_OBJECTIVE,
+                                      budget.encoder_steps, budget, seed)
+        elif key == "fd":
+            path = write_tiny_encoder(out / "dinov2-tiny-fd", train, faces, sizes, FD_OBJECTIVE,
+                                      budget.fd_encoder_steps, budget, seed + 1)
+        elif key == "attributes":
+            path = save_classifier(train_classifier(train, budget.classifier_steps, seed=seed), out / "face-attributes",
+                                   note)
+        else:
+            path = save_segmenter(train_segmenter(train, budget.segmenter_steps, seed=seed), out / "part-segmenter",
+                                  f"{note}, {budget.segmenter_steps} steps")
+    return key, path, time.time() - t0
+
+
+JOBS = ("dino", "fd", "clip", "attributes", "segmenter")  # longest first: two processes finish together
+
+
 def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig,
                        sizes: list[int], captions: tuple[list[tuple[str, str]], str] | None) -> dict[str, Path]:
-    seconds: dict[str, float] = {}
-    t0 = time.time()
-    train = from_folder(faces, max(sizes))
-    seconds["faces"] = time.time() - t0
-    paths = {}
-    for key, name, objective, steps, s in (("dino", "dinov2-tiny", TRAINING_OBJECTIVE, budget.encoder_steps, seed),
-                                           ("fd", "dinov2-tiny-fd", FD_OBJECTIVE, budget.fd_encoder_steps, seed + 1)):
-        t0 = time.time()
-        paths[key] = write_tiny_encoder(out / name, train, faces, sizes, objective, steps, budget, s)
-        seconds[key] = time.time() - t0
-        log.info("tiny DINOv2 %s: %d steps in %.1fs", name, steps, seconds[key])
-    t0 = time.time()
-    paths["attributes"] = save_classifier(train_classifier(train, budget.classifier_steps, seed=seed),
-                                          out / "face-attributes",
-                                          f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}")
-    seconds["attributes"] = time.time() - t0
+    """Every model as its own job on ``tiny.processes`` processes (spawned: no Ray or thread state inherited)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths, seconds = {}, {}
+    with ProcessPoolExecutor(max_workers=budget.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_train_one, key, out, str(faces), seed, budget, sizes, captions) for key in JOBS]
+        for job in jobs:
+            key, paths[key], seconds[key] = job.result()
+            log.info("tiny model %s: %.1fs -> %s", key, seconds[key], paths[key])
     t0 = time.time()
     write_probes([paths["dino"], paths["fd"]], sizes, budget.probe_faces, seed)
     seconds["probes"] = time.time() - t0
-    t0 = time.time()
     pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
-    paths["clip"] = write_tiny_clip(out / "clip-tiny", pairs, seed, budget.clip_fit_steps, source)
-    seconds["clip"] = time.time() - t0
     summary = {"faces": str(Path(faces).resolve()), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
                "captions": {"source": source, "count": len(pairs)},
                "threads": TRAIN_THREADS, "seconds": {k: round(v, 1) for k, v in seconds.items()},

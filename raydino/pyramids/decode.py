@@ -43,6 +43,11 @@ class BadImage(Exception):
         self.kind = kind
 
 
+def relative_path(root: str, path: str) -> str:
+    """``path`` under the source's folder ``root``, ``/``-separated (its name when it is not under it)."""
+    return path[len(root):].lstrip("/") if root and path.startswith(root) else PurePosixPath(path).name
+
+
 @dataclass
 class Listing:
     """The files a source names: image candidates, what was skipped by extension, and what could not be listed.
@@ -63,7 +68,7 @@ class Listing:
         return self.prefix + path
 
     def relative(self, path: str) -> str:
-        return path[len(self.root):].lstrip("/") if self.root and path.startswith(self.root) else PurePosixPath(path).name
+        return relative_path(self.root, path)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,16 @@ from raydino.config import PyramidConfig
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
 from raydino.progress import CountFile, Tracker, read_done, watch
 from raydino.pyramids import schema
-from raydino.pyramids.decode import BACKGROUND, BadImage, Listing, Split, decode_image, list_images, source_uri
+from raydino.pyramids.decode import (
+    BACKGROUND,
+    BadImage,
+    Listing,
+    Split,
+    decode_image,
+    list_images,
+    relative_path,
+    source_uri,
+)
 from raydino.pyramids.features import PyramidEncoder
 
 log = logging.getLogger(__name__)
@@ -64,12 +73,15 @@ class PyramidError(ValueError):
     """A pyramid that could not be built: no readable image, or too many failures."""
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, prefix: str, size: int,
+def decode_batch(batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, prefix: str, root: str, size: int,
                  min_side: int, max_pixels: int, failures_dir: str) -> dict[str, np.ndarray]:
     """Ray Data decode stage: paths -> ``id``, ``path``, ``image`` of the files that decode.
 
-    Each file that does not decode is written to ``failures_dir`` with its
-    reason instead; no file can fail the job.
+    The id hashes the path relative to the source's ``root``, so a copy of
+    the same folder anywhere (a clone elsewhere, another mount) gets the same
+    ids, and with them the same rows in every ordered read. Each file that
+    does not decode is written to ``failures_dir`` with its reason instead;
+    no file can fail the job.
     """
     ids, paths, images, failures = [], [], [], []
     for shown in batch["path"]:
@@ -88,7 +100,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, p
         except Exception as exc:  # noqa: BLE001 - a crafted file can raise anything inside a PIL plugin
             failures.append({"path": shown, "reason": f"corrupt: {type(exc).__name__}: {exc}"})
             continue
-        ids.append(schema.stable_id(shown))
+        ids.append(schema.stable_id(relative_path(root, shown[len(prefix):])))
         paths.append(shown)
     if failures:
         name = hashlib.sha1("\n".join(map(str, batch["path"])).encode()).hexdigest()[:16]
@@ -165,7 +177,7 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
     ds = ray.data.from_items(paths, override_num_blocks=max(1, math.ceil(len(paths) / cfg.batch_size)))
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs=dict(filesystem=listing.filesystem, prefix=listing.prefix, size=max(cfg.sizes),
+        fn_kwargs=dict(filesystem=listing.filesystem, prefix=listing.prefix, root=listing.root, size=max(cfg.sizes),
                        min_side=cfg.min_side, max_pixels=cfg.max_pixels, failures_dir=str(failures_dir)),
         batch_size=cfg.batch_size,
         compute=ray.data.TaskPoolStrategy(size=cfg.decode_concurrency or None),

@@ -25,7 +25,13 @@ from importlib.resources import files
 from pathlib import Path
 
 from raydino.layout import Output
-from raydino.report.figures import section_attributes, section_detail, section_figures, section_prior
+from raydino.report.figures import (
+    section_attributes,
+    section_detail,
+    section_figures,
+    section_parts,
+    section_prior,
+)
 from raydino.report.inputs import Context, find_inputs
 from raydino.report.markup import esc, missing
 from raydino.report.media import section_pyramid, section_samples, section_stages
@@ -38,6 +44,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [  # id, title, what
     ("figures", "Key figures", section_figures),
     ("detail", "Detail: noise and sharpness", section_detail),
     ("attributes", "Attribute agreement", section_attributes),
+    ("parts", "Parts: are eyes, mouth and glasses drawn?", section_parts),
     ("prior-figures", "The prior: flow against PCA, and prompts", section_prior),
     ("stages", "Validation grids per stage", section_stages),
     ("samples", "Samples", section_samples),

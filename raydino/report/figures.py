@@ -1,4 +1,4 @@
-"""Sections of the run's evaluation figures: key figures, detail, attribute agreement, the prior.
+"""Sections of the run's evaluation figures: key figures, detail, attribute agreement, parts, the prior.
 
 Every figure comes with what it means and which way is better, since the
 page is read by people who did not write the evaluation.
@@ -157,6 +157,38 @@ def section_attributes(ctx: Context) -> str:
             + table(["attribute"] + [t for _, t in columns], rows)
             + f'<p class="small">Classifier <code>{esc(ev["attribute_classifier"])}</code>; '
               f'{fmt(ev.get("n"))} held-out images.</p>')
+
+
+def section_parts(ctx: Context) -> str:
+    """Whether eyes, mouth and glasses are drawn (``raydino.part_figures``), beside the real faces' figures and n."""
+    ev = ctx.evaluation or {}
+    if "parts/note" in ev:
+        return missing(ev["parts/note"])
+    if "parts/n" not in ev:
+        return missing(f"No parts figures in {ctx.run.eval.name}.", "raydino eval --run RUN --pyramids HELD_OUT")
+    n = ev["parts/n"]
+    rows = [[esc(title), fmt(ev.get(f"parts/reconstructions/error_ratio{key}")),
+             fmt(ev.get(f"parts/reconstructions/iou{key}")), fmt(ev.get(f"parts/real/iou{key}")),
+             fmt(ev["parts/n/glasses"] if key == "/glasses" else n)]
+            for key, title in (("/eyes", "eyes"), ("/mouth", "mouth"), ("/glasses", "glasses"), ("", "all three"))]
+    found = [[esc(title), f'<b>{fmt(ev[f"parts/{key}/found"])}</b>', fmt(ev.get("parts/real/found")),
+              fmt(ev.get(f"parts/{key}/n", n))]
+             for key, title in (("reconstructions", "reconstructions"), ("prior", "prior samples"),
+                                ("prompts", "prompt samples")) if f"parts/{key}/found" in ev]
+    parts = ['<p class="lead">Reconstructions of the held-out faces, inside each part\'s mask: the error ratio is '
+             'their mean absolute error there over that of the same face drawn without eyes, mouth and glasses (real '
+             'faces 0, parts left out 1; lower is better; blur and speckle score high, docs/judgement.md). IoU: '
+             'the parts a segmenter trained on real faces finds, against the true part map; on real faces it is the '
+             'ceiling. Mean IoU of the three in the last row.</p>',
+             table(["part", "error ratio ↓", "IoU, reconstructions", "IoU, real faces (ceiling)", "n"], rows)]
+    if found:
+        parts.append('<p class="lead">Share of images in which the segmenter finds two eyes (one on each side of the '
+                     'face\'s midline) and a mouth: what can be asked of samples that have no target.</p>'
+                     + table(["images", "found", "real faces (ceiling)", "n"], found))
+    if "part_segmenter" in ev:
+        parts.append(f'<p class="small">Segmenter <code>{esc(ev["part_segmenter"])}</code>; all at '
+                     f'{fmt(ev.get("resolution"))} px.</p>')
+    return "".join(parts)
 
 
 def section_prior(ctx: Context) -> str:
