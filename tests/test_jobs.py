@@ -48,7 +48,8 @@ JOB_TIMEOUT = 900  # a hung job fails the test; a loaded 2-core machine is slow
 # submission, not the stages.
 SMALL = ["train.stages.0.images=64", "train.stages.1.images=64", "train.val_count=8",
          "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20",
-         "prior.batch_size=16", "prior.width=64", "eval.compare_loss=", "data.synth_count=48"]
+         "prior.batch_size=16", "prior.width=64", "eval.compare_loss=", "data.synth_count=48",
+         "model.channels=[16,8]", "model.code_dim=8"]  # what the jobs are tested for is Ray's part, not the images
 
 
 def _free_port() -> int:

@@ -93,7 +93,7 @@ class ModulatedConv(nn.Module):
         self.norm = nn.GroupNorm(min(8, cout), cout, affine=False)
         self.noise_strength = nn.Parameter(torch.full((cout,), noise_strength))
         self.film = nn.Linear(style_dim, 2 * cout)
-        self.spade = nn.Conv2d(code_dim, 2 * cout, 3, padding=1)
+        self.spade = nn.Conv2d(code_dim, 2 * cout, 1)  # 1x1 on the resized code: 3x3 drew no better, 1.45x slower
         for layer in (self.film, self.spade):  # starts as a plain conv block
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
