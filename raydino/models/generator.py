@@ -6,7 +6,8 @@ width and laid out on its ``g x g`` grid, which fixes the layout. It is the
 generator's input at 16 px and, resized, modulates every block after the
 norm (SPADE, Park et al. 2019): a block at 32 px or more otherwise sees the
 code only through what 16 px features kept of it, and learned to draw eyes
-and mouths far more slowly (docs/training.md#the-code-and-the-generator). What the code
+and mouths far more slowly (docs/training.md#the-code-and-the-generator-drawing-the-parts).
+What the code
 leaves open (eyes, strands of hair, glasses) comes from the :class:`Noise`:
 a global style vector (noise + pooled code) modulates every block, and a
 per-pixel noise map per resolution, scaled per channel by learned strengths
