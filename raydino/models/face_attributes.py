@@ -12,7 +12,6 @@ Saved as safetensors with its attribute lists in the header.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -21,13 +20,10 @@ from torch import nn
 
 from raydino.data.face_set import ATTRIBUTES, FaceSet
 from raydino.models.encoder_training import speckle
-from raydino.models.loading import ModelNotFoundError, weights_hash
+from raydino.models.loading import load_judge, save_judge
 from raydino.pyramids.features import resize
 
-log = logging.getLogger(__name__)
-
 SIZE = 32
-WEIGHTS = "model.safetensors"
 
 
 class AttributeClassifier(nn.Module):
@@ -81,28 +77,9 @@ def train_classifier(faces: FaceSet, steps: int, batch_size: int = 64, lr: float
 
 
 def save_classifier(model: AttributeClassifier, out: str | Path, note: str) -> Path:
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS),
-              metadata={"attributes": json.dumps(model.attributes), "size": str(SIZE), "note": note})
-    return out
+    return save_judge(model, out, {"attributes": json.dumps(model.attributes), "size": str(SIZE), "note": note})
 
 
 def load_classifier(path: str | Path) -> tuple[AttributeClassifier, str]:
-    """The classifier in ``path`` and a description naming its source and weights hash."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    file = Path(path).expanduser() / WEIGHTS
-    if not file.is_file():
-        raise ModelNotFoundError(f"attribute classifier not found: {file} (written by `raydino tiny-models --faces DIR`)")
-    with safe_open(str(file), "pt") as f:
-        meta = f.metadata()
-    model = AttributeClassifier({k: tuple(v) for k, v in json.loads(meta["attributes"]).items()})
-    model.load_state_dict(load_file(str(file)))
-    model.eval().requires_grad_(False)
-    description = f"{file.parent.resolve()} (hash {weights_hash(model)}; {meta.get('note', '')})"
-    log.info("attribute classifier: %s", description)
-    return model, description
+    """The attribute classifier in ``path`` and a description naming its source and weights hash."""
+    return load_judge(path, "attribute classifier", lambda h: AttributeClassifier({k: tuple(v) for k, v in json.loads(h["attributes"]).items()}))

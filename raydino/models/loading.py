@@ -221,3 +221,34 @@ def bind_encoders(pyramids, manifest: dict, where: str) -> None:
     if named and is_local(named) and Path(named).expanduser().is_dir():
         named = clip_model_name(named)[0]  # the spelling the manifest uses: local-dir:/absolute/path
     pyramids.clip = _bind("CLIP", "pyramids.clip", named, clip, load_clip, where)
+
+
+JUDGE_WEIGHTS = "model.safetensors"
+
+
+def save_judge(model: nn.Module, out: str | Path, header: dict[str, str]) -> Path:
+    """A synthetic-face judge (attribute classifier, part segmenter): its weights, with what rebuilds it in the header."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / JUDGE_WEIGHTS), metadata=header)
+    return out
+
+
+def load_judge(path: str | Path, what: str, build) -> tuple[nn.Module, str]:
+    """The judge in ``path``, built by ``build(header)``, frozen, and a description naming its source and hash."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    file = Path(path).expanduser() / JUDGE_WEIGHTS
+    if not file.is_file():
+        raise ModelNotFoundError(f"{what} not found: {file} (written by `raydino tiny-models --faces DIR`)")
+    with safe_open(str(file), "pt") as f:
+        header = f.metadata()
+    model = build(header)
+    model.load_state_dict(load_file(str(file)))
+    model.eval().requires_grad_(False)
+    description = f"{file.parent.resolve()} (hash {weights_hash(model)}; {header.get('note', '')})"
+    log.info("%s: %s", what, description)
+    return model, description

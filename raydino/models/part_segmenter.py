@@ -14,7 +14,6 @@ the header.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -24,13 +23,10 @@ from torch import nn
 from raydino.data.face_set import FaceSet
 from raydino.data.synth_faces import PARTS
 from raydino.models.encoder_training import speckle
-from raydino.models.loading import ModelNotFoundError, weights_hash
+from raydino.models.loading import load_judge, save_judge
 from raydino.pyramids.features import resize
 
-log = logging.getLogger(__name__)
-
 SIZE = 32
-WEIGHTS = "model.safetensors"
 
 
 def soft_parts(parts: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,28 +107,9 @@ def train_segmenter(faces: FaceSet, steps: int, batch_size: int = 16, lr: float 
 
 
 def save_segmenter(model: PartSegmenter, out: str | Path, note: str) -> Path:
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS),
-              metadata={"parts": json.dumps(model.parts), "size": str(SIZE), "note": note})
-    return out
+    return save_judge(model, out, {"parts": json.dumps(model.parts), "size": str(SIZE), "note": note})
 
 
 def load_segmenter(path: str | Path) -> tuple[PartSegmenter, str]:
-    """The segmenter in ``path`` and a description naming its source and weights hash."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    file = Path(path).expanduser() / WEIGHTS
-    if not file.is_file():
-        raise ModelNotFoundError(f"part segmenter not found: {file} (written by `raydino tiny-models --faces DIR`)")
-    with safe_open(str(file), "pt") as f:
-        meta = f.metadata()
-    model = PartSegmenter(tuple(json.loads(meta["parts"])))
-    model.load_state_dict(load_file(str(file)))
-    model.eval().requires_grad_(False)
-    description = f"{file.parent.resolve()} (hash {weights_hash(model)}; {meta.get('note', '')})"
-    log.info("part segmenter: %s", description)
-    return model, description
+    """The part segmenter in ``path`` and a description naming its source and weights hash."""
+    return load_judge(path, "part segmenter", lambda h: PartSegmenter(tuple(json.loads(h["parts"]))))
