@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
+from pathlib import Path
 
 from raydino.bench.commands import add_bench_parser, int_list
 from raydino.config import ConfigError, load_config
-from raydino.errors import require_pyramid, require_run
+from raydino.data_fit import fit_to_rows
+from raydino.errors import UserError, require_images, require_pyramid, require_run, require_writable
+from raydino.lock import hold
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -53,8 +58,8 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
 
     from raydino.models.loading import ModelNotFoundError, load_clip
     from raydino.pipeline import init_ray
-    from raydino.pyramids.decode import Split
-    from raydino.pyramids.extract import build_pyramids
+    from raydino.pyramids.decode import Split, list_images
+    from raydino.pyramids.extract import build_pyramids, finished_output
 
     run_cfg = _cfg(args)
     flags = {"dino": args.dino, "clip": args.clip, "sizes": args.sizes, "batch_size": args.batch_size,
@@ -68,8 +73,13 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
-    init_ray(args.address, data_progress=args.ray_progress)
-    build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
+    require_writable(args.out)
+    require_images(args.images, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+    out = Path(args.out).expanduser().absolute()
+    finished_output(cfg, out, args.images, args.overwrite, split.apply(list_images(args.images)) if split else None)
+    with hold(args.out, "raydino pyramids"):
+        init_ray(args.address, data_progress=args.ray_progress)
+        build_pyramids(cfg, args.images, args.out, overwrite=args.overwrite, split=split)
 
 
 RAY_PROGRESS_HELP = ("also show Ray Data's own per-operator progress bars (default: one done/total, rate and "
@@ -78,19 +88,30 @@ RAY_PROGRESS_HELP = ("also show Ray Data's own per-operator progress bars (defau
 
 def cmd_train_prior(args: argparse.Namespace) -> None:
     from raydino.layout import Run
+    from raydino.models.loading import bind_encoders
     from raydino.pipeline import init_ray
     from raydino.train.prior_trainer import train_prior
-    from raydino.train.trainer import TrainingError, resume_config
+    from raydino.train.trainer import TrainingError, resume_config, run_exists
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite: choose one (continue the prior in --run, or train it again)")
     require_run(args.run)
-    require_pyramid(args.pyramids)
+    require_writable(args.run, "--run")
+    manifest = require_pyramid(args.pyramids)
     cfg = resume_config(args.run, args.overrides)  # the run's config: its encoders, its prior.* settings
-    init_ray(args.address)
-    try:
-        figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
-    except TrainingError as exc:
-        sys.exit(f"raydino train-prior: error: {exc}")
     run = Run(args.run)
+    if not args.overwrite:
+        run_exists(run, "prior", args.resume, flag="--run")
+    bind_encoders(cfg.pyramids, manifest, args.pyramids)
+    fit_to_rows(cfg, manifest["rows"], where=f"--pyramids {args.pyramids}", quiet=True)
+    with hold(args.run, "raydino train-prior", "--run"):
+        if args.overwrite:
+            run.clear("prior")
+        init_ray(args.address)
+        try:
+            figures = train_prior(cfg, args.pyramids, args.run, resume=args.resume)
+        except TrainingError as exc:  # a failure on the workers, not in what was asked: exit 1
+            sys.exit(f"raydino train-prior: error: {exc}")
     print(f"flow prior: {run.prior} ({figures['step']} steps, loss {figures.get('loss', float('nan')):.4f}); "
           f"PCA baseline: {run.prior_pca}; TensorBoard: tensorboard --logdir {run.tb_prior}")
 
@@ -107,37 +128,53 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from raydino.pipeline import init_ray
-    from raydino.tune import tune_sweep
+    from raydino.train.trainer import bind_pyramid
+    from raydino.tune import check_sweep, tune_sweep
 
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
-    require_pyramid(args.pyramids)
+    require_writable(args.out)
+    manifest = require_pyramid(args.pyramids)
     if args.holdout:
         require_pyramid(args.holdout, "--holdout")
-    init_ray(args.address)
-    tune_sweep(cfg, args.pyramids, args.out, holdout=args.holdout)
+    check_sweep(cfg, args.holdout)
+    bind_pyramid(cfg, args.pyramids)
+    fit_to_rows(cfg, manifest["rows"], where=f"--pyramids {args.pyramids}", quiet=True)
+    with hold(args.out, "raydino tune"):
+        init_ray(args.address)
+        tune_sweep(cfg, args.pyramids, args.out, holdout=args.holdout)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from raydino.layout import Run
     from raydino.pipeline import init_ray
-    from raydino.train.trainer import TrainingError, resume_config, train
+    from raydino.train.trainer import TrainingError, bind_pyramid, resume_config, run_exists, train
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")
+    require_writable(args.out)
     cfg = resume_config(args.out, args.overrides) if args.resume else _cfg(args)
-    require_pyramid(args.pyramids)
+    manifest = require_pyramid(args.pyramids)
     if args.holdout:
         require_pyramid(args.holdout, "--holdout")
-    init_ray(args.address)
-    try:
-        metrics = train(cfg, args.pyramids, args.out, resume=args.resume, holdout=args.holdout)
-    except TrainingError as exc:
-        sys.exit(f"raydino train: error: {exc}")
+    run = Run(args.out)
+    if not args.overwrite:
+        run_exists(run, "generator", args.resume)
+    bind_pyramid(cfg, args.pyramids)  # its encoders: a mismatch is refused here, not on a worker
+    fit_to_rows(cfg, manifest["rows"], where=f"--pyramids {args.pyramids}", quiet=True)
+    with hold(args.out, "raydino train"):
+        if args.overwrite:
+            run.clear("generator")
+        init_ray(args.address)
+        try:
+            metrics = train(cfg, args.pyramids, args.out, resume=args.resume, holdout=args.holdout)
+        except TrainingError as exc:  # a failure on the workers, not in what was asked: exit 1
+            sys.exit(f"raydino train: error: {exc}")
     print(f"training rows, training encoder: val/dist_unweighted {metrics['val/dist_unweighted']:.4f} "
           f"(step 0: {metrics['step0/dist_unweighted']:.4f}, mean image: {metrics['mean_image/dist_unweighted']:.4f})")
     if "heldout/eval_dist" in metrics:
         print(f"held-out ({metrics['heldout_set']}), evaluation encoder: heldout/eval_dist "
               f"{metrics['heldout/eval_dist']:.4f}")
-    run = Run(args.out)
     print(f"generator: {run.generator}, TensorBoard: tensorboard --logdir {run.tb}, grids: {run.grids}")
 
 
@@ -219,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a finished training run directory (its config.yaml holds prior.*)")
     p.add_argument("--pyramids", required=True, help="the pyramid the run was trained on")
     p.add_argument("--resume", action="store_true", help="continue the prior run in --run")
+    p.add_argument("--overwrite", action="store_true", help="train the prior again from scratch, removing the old one")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.add_argument("overrides", nargs="*", help="prior.key=value overrides (e.g. prior.steps=2000)")
     p.set_defaults(func=cmd_train_prior)
@@ -259,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", default=None,
                    help="held-out pyramids: heldout/* figures at each stage end (evaluation encoder)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its config.yaml + overrides)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove the run in --out (checkpoints, prior, figures) and train again from scratch")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=cmd_train)
 
@@ -280,16 +320,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same unwinding runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """Where a stopped command picks up again, as the command to type."""
+    again = shlex.join(["raydino", *argv])
+    if args.command in ("train", "train-prior", "fit-codes"):
+        return f"resume from the last checkpoint with: {again}" + ("" if args.resume else " --resume")
+    if args.command in ("run", "tune"):
+        return f"resume with the same command (finished {'steps' if args.command == 'run' else 'trials'} are kept): {again}"
+    if args.command == "pyramids":
+        return f"nothing was published; run it again: {again}"
+    return f"nothing to resume; run it again: {again}"
+
+
 def main(argv: list[str] | None = None) -> int:
     # raydino's own progress at INFO; libraries (open_clip logs every config lookup) only from WARNING
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("raydino").setLevel(logging.INFO)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"raydino {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"raydino {args.command}: interrupted (Ctrl-C); {resume_hint(args, argv)}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"raydino {args.command}: terminated (SIGTERM); {resume_hint(args, argv)}", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

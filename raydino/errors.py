@@ -7,6 +7,8 @@ and since nothing has been written yet, nothing is left half-written.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from raydino.config import MODEL_PATHS, Config, is_local, lookup
@@ -38,8 +40,34 @@ def require_run(path: str | Path, flag: str = "--run", finished: bool = True) ->
     return run
 
 
-def require_pyramid(path: str | Path, flag: str = "--pyramids") -> Path:
-    """A finished feature pyramid (:func:`raydino.pyramids.schema.finished_manifest`)."""
+def require_writable(path: str | Path, flag: str = "--out") -> Path:
+    """A folder this process can create or write in: probed with a temporary file that is removed at once."""
+    folder = Path(path).expanduser().absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder: choose another {flag}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".raydino-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in {probe} ({exc.strerror}): choose a folder you can "
+                        "write to") from None
+    return folder
+
+
+def require_pyramid(path: str | Path, flag: str = "--pyramids") -> dict:
+    """A finished feature pyramid (:func:`raydino.pyramids.schema.finished_manifest`) whose shards open; its manifest.
+
+    Each shard's parquet footer is read (a few ms each): a truncated or
+    overwritten shard is named here, before Ray starts, rather than by a
+    reader on a worker. Bytes corrupted inside a shard's pages are found
+    while training reads them (:func:`raydino.train.runtime.check_inputs`).
+    """
+    import pyarrow.parquet as pq
+
     from raydino.pyramids import schema
 
     pyramid = Path(path)
@@ -59,11 +87,22 @@ def require_pyramid(path: str | Path, flag: str = "--pyramids") -> Path:
     if schema.finished_manifest(pyramid) is None:
         raise UserError(f"{flag} {pyramid} is a pyramid whose extraction failed (see the failures in {manifest}): "
                         "fix or remove the bad images and run `raydino pyramids` again")
-    return pyramid
+    done = schema.read_manifest(pyramid)
+    rows = 0
+    for shard in schema.shard_files(pyramid):
+        try:
+            rows += pq.read_metadata(shard).num_rows
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{flag} {pyramid}: shard {shard} cannot be read ({str(exc).splitlines()[0]}): recompute "
+                            "the pyramid with `raydino pyramids --overwrite`") from None
+    if rows != done["rows"]:
+        raise UserError(f"{flag} {pyramid}: its shards hold {rows} rows, its {manifest.name} says {done['rows']}: "
+                        "recompute the pyramid with `raydino pyramids --overwrite`")
+    return done
 
 
-def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixels: int = 89_478_485) -> None:
-    """An image source with at least one image that decodes.
+def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixels: int = 89_478_485) -> int:
+    """An image source with at least one image that decodes; returns how many image files it lists.
 
     Local folders are checked fully here (the first file that decodes ends
     the check, so a good folder costs one decode); a URI is listed, and its
@@ -84,12 +123,12 @@ def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixe
         what = f"only {ignored} other {'entry' if ignored == 1 else 'entries'}" if ignored else "nothing"
         raise UserError(f"{flag} {src} holds no image file ({what}): {hint}")
     if local is None:
-        return
+        return len(listing.images)
     reasons: dict[str, int] = {}
     for path in listing.images:
         try:
             decode_image(Path(path).read_bytes(), 16, min_side=min_side, max_pixels=max_pixels)
-            return
+            return len(listing.images)
         except (OSError, BadImage) as exc:
             kind = exc.kind if isinstance(exc, BadImage) else "unreadable"
             reasons[kind] = reasons.get(kind, 0) + 1

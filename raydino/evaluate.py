@@ -97,9 +97,8 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     cfg, sizes = s.cfg, s.cfg.pyramids.sizes
     manifest = schema.read_manifest(pyramids)
     schema.check_manifest(manifest, levels=sizes, dim=s.dino.dim, where=str(pyramids))
-    if manifest["dino"]["hash"] != s.dino.hash:  # its codes must be in the space the generator was trained on
-        raise schema.ManifestMismatch(f"{pyramids}: made with DINOv2 {manifest['dino']['source']} (hash "
-                                      f"{manifest['dino']['hash']}), the run with {s.dino.source} (hash {s.dino.hash})")
+    # its codes must be in the space the generator was trained on
+    schema.check_encoder(manifest, s.dino.source, s.dino.hash, str(pyramids), f"the encoder of {run_dir}")
     rows = schema.read_first_rows(pyramids, [*columns(sizes), "path"], n or cfg.eval.n)
     n = len(rows["path"])
     if n < 4:

@@ -8,6 +8,7 @@ through this module, without importing any training code.
 ```
 OUT/                      Output
   config.yaml
+  fitted.json             sizes lowered to the pyramids' rows (raydino.data_fit)
   faces/ faces-val/       synthetic faces (no --images)
   models/                 the offline demo's tiny encoders
   pyramids/ pyramids-val/ training and held-out pyramids
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -101,6 +103,16 @@ class Run:
         """Whether Ray Train has recorded a run of ``model`` here (a crashed attempt to resume)."""
         return (self.path / self.experiment(model) / "checkpoint_manager_snapshot.json").exists()
 
+    def clear(self, model: str) -> None:
+        """Remove what training ``model`` wrote here (``--overwrite``); the generator's is the whole run."""
+        if model == "generator":  # the prior, the figures and the samples all come from it
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for path in (self.prior, self.prior_pca, self.prior_figures, self.prior_progress):
+            path.unlink(missing_ok=True)
+        for folder in (self.tb_prior, self.path / self.experiment("prior")):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def config_of(self) -> Config:
         """The config the run was made with."""
         if not self.config.is_file():
@@ -164,6 +176,7 @@ class Output:
         self.root = Path(root)
 
     config = property(lambda self: self.root / CONFIG)
+    fitted = property(lambda self: self.root / "fitted.json")  # sizes lowered to what the data holds
     faces = property(lambda self: self.root / "faces")
     faces_val = property(lambda self: self.root / "faces-val")
     models = property(lambda self: self.root / "models")

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from raydino.config import LossConfig
+from raydino.config.checks import check_loss
 from raydino.models.loading import Dino
 from raydino.pyramids.batch import Targets
 from raydino.pyramids.features import dino_levels, resize
@@ -119,18 +120,9 @@ class DinoPyramidLoss:
     """
 
     def __init__(self, dino: Dino, sizes: list[int], cfg: LossConfig):
+        check_loss(cfg, len(sizes))
         self.dino, self.sizes, self.cfg = dino, list(sizes), cfg
         self.dino.model.eval().requires_grad_(False)
-        for key, weights in cfg.stage_level_weights.items():
-            if len(weights) != len(self.sizes):
-                raise ValueError(f"loss.stage_level_weights.{key} has {len(weights)} weights for {len(self.sizes)} levels")
-        if len(cfg.level_weights) != len(self.sizes):
-            raise ValueError(f"loss.level_weights has {len(cfg.level_weights)} weights for {len(self.sizes)} levels")
-        if cfg.kind not in ("energy", "regression"):
-            raise ValueError(f"loss.kind '{cfg.kind}' is not one of energy, regression")
-        if cfg.kind == "energy" and (cfg.draws < 2 or not 0 < cfg.beta < 2):
-            raise ValueError(f"loss.kind energy needs loss.draws >= 2 (got {cfg.draws}) and 0 < loss.beta < 2 "
-                             f"(got {cfg.beta}): one draw has no spread, beta = 2 is a regression again")
 
     @property
     def draws(self) -> int:

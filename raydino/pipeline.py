@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +20,9 @@ from pathlib import Path
 
 from raydino.config import Config, save_config
 from raydino.data.synth_faces import METADATA as FACES_METADATA
+from raydino.data_fit import MIN_EVAL_ROWS, fit_to_rows
 from raydino.layout import Output, Run, Samples, Sweep, read_json
+from raydino.lock import hold
 from raydino.progress import Tracker, read_done, watch
 from raydino.pyramids import schema
 
@@ -44,7 +50,10 @@ def init_ray(address: str | None = None, data_progress: bool = False) -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = data_progress
     if not ray.is_initialized():
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=address)
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # ray.init installs sys.exit(15); the CLI says where to resume
 
 
 def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = None) -> Path:
@@ -110,6 +119,9 @@ def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
 def _eval(cfg: Config, run: Run, pyramids: Path) -> None:
     from raydino.evaluate import evaluate
 
+    if cfg.eval.n < MIN_EVAL_ROWS:  # fitted.json and the report say why
+        log.warning("evaluation skipped: %d held-out rows, the figures need at least %d", cfg.eval.n, MIN_EVAL_ROWS)
+        return
     evaluate(run.path, pyramids, n=cfg.eval.n, seed=cfg.sample.seed, prompts=cfg.sample.prompts)
 
 
@@ -123,6 +135,7 @@ def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | No
     from raydino.sampling import Sampler, noise_grid, sample
 
     images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
+    images += images[:1] * (3 - len(images))  # a held-out side of one or two images: the mix reuses them
     n, seed = cfg.sample.n, cfg.sample.seed
     sampler = Sampler(run.path)  # one load of the generator, prior and encoders for every grid
     noise_grid(sampler, images, out / Samples.NOISE, n=8, seed=seed)
@@ -141,6 +154,15 @@ def _report(out: Output) -> None:
     from raydino.report import write_report
 
     write_report(out.run.path, sweep=out.sweep.path, pyramids=out.pyramids, samples=out.samples, out=out.report)
+
+
+def fitted(cfg: Config, out: Output) -> Config:
+    """``cfg`` with its batches and ``eval.n`` fitted to the pyramids' rows; the changes go to ``OUT/fitted.json``."""
+    rows = schema.read_manifest(out.pyramids)["rows"]
+    held_out = schema.read_manifest(out.pyramids_val)["rows"]
+    sized, notes = fit_to_rows(cfg, rows, held_out)
+    out.fitted.write_text(json.dumps({"training_rows": rows, "held_out_rows": held_out, "changes": notes}, indent=1))
+    return sized
 
 
 def _images(cfg: Config) -> int:
@@ -183,46 +205,62 @@ def plan(cfg: Config) -> list[Step]:
                       lambda: _pyramids(cfg, val_source, val_pyramids, val_part), needs_ray=True,
                       complete=lambda m: schema.finished_manifest(m.parent) is not None))
     run, sweep = out.run, out.sweep
-    steps.append(Step("progressive training", run.generator, lambda: _train(cfg, pyramids, run, val_pyramids),
-                      needs_ray=True, progress=lambda: Tracker("training", _images(cfg), "images",
+    sized = functools.cache(lambda: fitted(cfg, out))  # read once the pyramids exist
+    steps.append(Step("progressive training", run.generator, lambda: _train(sized(), pyramids, run, val_pyramids),
+                      needs_ray=True, progress=lambda: Tracker("training", _images(sized()), "images",
                                                                lambda: read_done(run.path, Run.PROGRESS))))
     kind = cfg.eval.compare_loss
     compare = out.compare(kind) if kind and kind != cfg.loss.kind else None
     if compare:
         steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare.eval,
-                          lambda: _compare(cfg, kind, pyramids, val_pyramids, compare), needs_ray=True,
-                          progress=lambda: Tracker("comparison training", _images(cfg), "images",
+                          lambda: _compare(sized(), kind, pyramids, val_pyramids, compare), needs_ray=True,
+                          progress=lambda: Tracker("comparison training", _images(sized()), "images",
                                                    lambda: read_done(compare.path, Run.PROGRESS))))
     steps.append(Step("flow prior", run.prior, lambda: _train_prior(pyramids, run), needs_ray=True,
                       progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
                                                lambda: read_done(run.path, Run.PRIOR_PROGRESS))))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
-        steps.append(Step("loss-weight sweep", sweep.best, lambda: _tune(cfg, pyramids, val_pyramids, sweep.path),
+        steps.append(Step("loss-weight sweep", sweep.best, lambda: _tune(sized(), pyramids, val_pyramids, sweep.path),
                           needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
     steps += [
-        Step("evaluation", run.eval, lambda: _eval(cfg, run, val_pyramids)),
-        Step("samples", out.samples / Samples.MIX, lambda: _samples(cfg, run, val_pyramids, out.samples, compare)),
+        Step("evaluation", run.eval, lambda: _eval(sized(), run, val_pyramids)),
+        Step("samples", out.samples / Samples.MIX, lambda: _samples(sized(), run, val_pyramids, out.samples, compare)),
         Step("report", out.report, lambda: _report(out)),
     ]
     return steps
 
 
-def preflight(cfg: Config) -> None:
-    """Everything the user named is usable, and whether the run conditions on text, before anything is written.
+def preflight(cfg: Config) -> Config:
+    """Everything the run will need is there and fits, before anything is written or Ray starts.
 
-    Raises :class:`~raydino.errors.UserError`. Empties ``pyramids.clip`` when
-    :func:`~raydino.data.captions.text_plan` turns text control off, and says so.
+    The output folder is writable; the images decode; the data can fill at
+    least one batch per worker once batches are fitted to it
+    (:mod:`raydino.data_fit`, here from the file count, later from the
+    pyramids' rows); the models are there; the sweep's search space is
+    valid. Raises :class:`~raydino.errors.UserError` or
+    :class:`~raydino.config.ConfigError`. Returns ``cfg``, without the CLIP
+    column when :func:`~raydino.data.captions.text_plan` turns text control
+    off, and says so.
     """
     from raydino.data.captions import text_plan
-    from raydino.errors import require_images, require_models
+    from raydino.errors import require_images, require_models, require_writable
+    from raydino.pyramids.decode import Split
+    from raydino.tune import check_sweep
 
+    require_writable(cfg.out, "--out")
     if cfg.data.images:
-        require_images(cfg.data.images, min_side=cfg.pyramids.min_side, max_pixels=cfg.pyramids.max_pixels)
+        files = require_images(cfg.data.images, min_side=cfg.pyramids.min_side, max_pixels=cfg.pyramids.max_pixels)
+        held_out = Split("holdout", cfg.data.holdout_fraction, cfg.eval.n).held_out_count(files)
+        fit_to_rows(cfg, files - held_out, held_out, where=f"--images {cfg.data.images}", quiet=True)
+    else:
+        fit_to_rows(cfg, cfg.data.synth_count, cfg.eval.n, where=f"data.synth_count={cfg.data.synth_count}",
+                    quiet=True)
     require_models(cfg)
+    if cfg.tune.trials > 0:
+        check_sweep(cfg, holdout=Output(cfg.out).pyramids_val)
     text = text_plan(cfg)
     log.info("text control: %s", text.reason)
-    if not text.on:
-        cfg.pyramids.clip = ""
+    return cfg if text.on else dataclasses.replace(cfg, pyramids=dataclasses.replace(cfg.pyramids, clip=""))
 
 
 def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> None:
@@ -234,11 +272,16 @@ def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> 
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = ray_progress
-    preflight(cfg)
+    cfg = preflight(cfg)
     out = Output(cfg.out)
-    save_config(cfg, out.config)
+    with hold(out.root, "raydino run"):
+        save_config(cfg, out.config)
+        _run_steps(plan(cfg), address, ray_progress)
+    print_summary(out)
+
+
+def _run_steps(steps: list[Step], address: str | None, ray_progress: bool) -> None:
     start = time.time()
-    steps = plan(cfg)
     for i, step in enumerate(steps, 1):
         if step.complete(step.marker):
             print(f"[{i}/{len(steps)}] {step.name}: done already ({step.marker.parent})", flush=True)
@@ -250,13 +293,12 @@ def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> 
         with watch(step.progress()) if step.progress else contextlib.nullcontext():
             step.action()
         print(f"[{i}/{len(steps)}] {step.name}: {time.time() - t0:.1f}s -> {step.marker.parent}", flush=True)
-    print(f"raydino run finished in {time.time() - start:.1f}s; outputs under {out.root.resolve()}")
-    print_summary(out)
+    print(f"raydino run finished in {time.time() - start:.1f}s", flush=True)
 
 
 def print_summary(out: Output) -> None:
     """Where everything is, the key figures, and how to look at them."""
-    lines = [f"  pyramids     {out.pyramids}", f"  run          {out.run.path}", f"  sweep        {out.sweep.path}",
+    lines = [f"outputs under {out.root.resolve()}", f"  pyramids     {out.pyramids}", f"  run          {out.run.path}", f"  sweep        {out.sweep.path}",
              f"  samples      {out.samples}", f"  report       {out.report.resolve()}"]
     figures = out.run.figures() or {}
     for key in ("train_encoder/dist_unweighted", "fd_dinov2/reconstructions", "fd_dinov2/prior", "fd_dinov2/prior_pca",

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from raydino.config import Config, ConfigError, from_dict, lookup, override, save_config, to_dict
+from raydino.data_fit import fit_to_rows
 from raydino.layout import Sweep
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,15 @@ def search_space(cfg: Config) -> dict:
     return space
 
 
+def check_sweep(cfg: Config, holdout: str | Path | None) -> dict:
+    """The sweep's search space, refused before Ray starts when a key, a bound or the metric's input is missing."""
+    space = search_space(cfg)
+    if cfg.tune.metric.startswith("heldout/") and holdout is None:
+        raise ConfigError(f"tune.metric={cfg.tune.metric} is measured on held-out images: pass --holdout "
+                          "HELD_OUT_PYRAMIDS (a pyramid of images the trials do not train on)")
+    return space
+
+
 def trial_config(cfg: Config, params: dict) -> Config:
     """The base config with one trial's sampled values and the per-trial resources."""
     tc = cfg.tune
@@ -95,13 +105,12 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     from ray.tune.search import BasicVariantGenerator
 
     from raydino import placement
-    from raydino.train.trainer import check_pyramid, training_dataset
+    from raydino.train.trainer import bind_pyramid, interruptible, training_dataset
 
-    space = search_space(cfg)
-    if cfg.tune.metric.startswith("heldout/") and holdout is None:
-        raise ConfigError(f"tune.metric={cfg.tune.metric} is measured on held-out images: pass --holdout "
-                          "HELD_OUT_PYRAMIDS (a pyramid of images the trials do not train on)")
-    rows = check_pyramid(cfg, pyramids)["rows"]
+    space = check_sweep(cfg, holdout)
+    cfg, manifest = bind_pyramid(cfg, pyramids)
+    rows = manifest["rows"]
+    cfg, _ = fit_to_rows(cfg, rows)
     sweep_dir = Path(sweep_dir).resolve()
     sweep = Sweep(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +150,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
             run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir),
                                           callbacks=[placement.GiveBack()]),
         )
-    grid = tuner.fit()
+    grid = interruptible(tuner.fit)
     held = placement.wait_released(before)
     if held:
         log.warning("placement groups %s made during the sweep are still held by live actors", sorted(held))

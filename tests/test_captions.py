@@ -71,8 +71,8 @@ def test_the_tiny_models_are_the_same_whatever_the_thread_count(tmp_path, faces_
     from raydino.models.loading import load_clip
     from raydino.models.tiny import write_tiny_models
 
-    budget = TinyModelsConfig(encoder_steps=0, fd_encoder_steps=0, classifier_steps=1, batch_size=8, probe_faces=8,
-                              clip_fit_steps=8)
+    budget = TinyModelsConfig(encoder_steps=0, fd_encoder_steps=0, classifier_steps=1, segmenter_steps=1, batch_size=8,
+                              probe_faces=8, clip_fit_steps=8)
     hashes = []
     before = torch.get_num_threads()
     try:

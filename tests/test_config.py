@@ -21,7 +21,8 @@ def test_real_preset_names_real_models():
 
 def test_overrides_nested_lists_and_types():
     cfg = load_config("demo", overrides=["train.num_workers=1", "loss.level_weights.1=2.5",
-                                          "train.stages.0.images=64", "pyramids.sizes=[28,56]"])
+                                          "train.stages.0.images=64", "pyramids.sizes=[28,56]",
+                                          "loss.level_weights=[1.0,2.5]"])
     assert cfg.train.num_workers == 1
     assert cfg.loss.level_weights[1] == 2.5
     assert cfg.train.stages[0].images == 64

@@ -11,7 +11,7 @@ from raydino.metrics import fd_with_floor
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids import schema
 from raydino.pyramids.decode import Split, list_images
-from raydino.train.trainer import check_pyramid
+from raydino.train.trainer import bind_pyramid
 from raydino.tune import search_space
 
 
@@ -47,17 +47,17 @@ def test_a_file_keeps_its_side_when_the_folder_moves(faces_dir, tmp_path):
 def test_encoders_come_from_the_pyramid_unless_the_config_names_others(train_pyramids, tiny_models):
     manifest = schema.read_manifest(train_pyramids)
     cfg = load_config("demo", overrides=["pyramids.dino=/nowhere/dinov2-tiny", "pyramids.clip=/nowhere/clip-tiny"])
-    check_pyramid(cfg, train_pyramids)
-    assert cfg.pyramids.dino == manifest["dino"]["source"]
-    assert cfg.pyramids.clip == ""  # the pyramid has no CLIP column: no text conditioning
+    bound, _ = bind_pyramid(cfg, train_pyramids)
+    assert bound.pyramids.dino == manifest["dino"]["source"]
+    assert bound.pyramids.clip == ""  # the pyramid has no CLIP column: no text conditioning
+    assert cfg.pyramids.dino == "/nowhere/dinov2-tiny"  # the config given is not changed
 
     same = load_config("demo", overrides=[f"pyramids.dino={tiny_models['dino']}"])
-    check_pyramid(same, train_pyramids)
-    assert same.pyramids.dino == str(tiny_models["dino"])
+    assert bind_pyramid(same, train_pyramids)[0].pyramids.dino == str(tiny_models["dino"])
 
     other = load_config("demo", overrides=[f"pyramids.dino={tiny_models['fd']}"])  # same shape, other weights
     with pytest.raises(EncoderMismatch) as info:
-        check_pyramid(other, train_pyramids)
+        bind_pyramid(other, train_pyramids)
     assert str(tiny_models["fd"]) in str(info.value) and manifest["dino"]["hash"] in str(info.value)
 
 

@@ -21,7 +21,7 @@ from raydino.cli import main
 
 SMALL = ["data.synth_count=8", "train.num_workers=1", "train.stages.0.images=32", "train.stages.1.images=32",
          "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.compare_loss=",
-         "sample.n=2", "prior.steps=20", "prior.batch_size=8", "prior.num_workers=1", "prior.width=64",
+         "sample.n=2", "prior.steps=20", "prior.num_workers=1", "prior.width=64",
          "model.channels=[16,8]", "model.code_dim=8"]
 
 
@@ -46,6 +46,10 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     stdout = capsys.readouterr().out
 
     assert "text control: off for this run" in caplog.text and "has no captions" in caplog.text
+    # the prior's 64 codes per step do not fit in this folder: lowered, said, recorded (it once died here)
+    fitted = json.loads((out / "fitted.json").read_text())
+    assert any(c.startswith(f"prior.batch_size 64 -> {fitted['training_rows']}:") for c in fitted["changes"])
+    assert f"fitted to the data: prior.batch_size 64 -> {fitted['training_rows']}" in caplog.text
     assert yaml.safe_load((out / "config.yaml").read_text())["pyramids"]["clip"] == ""
     manifests = [json.loads((out / p / "manifest.json").read_text()) for p in ("pyramids", "pyramids-val")]
     failed = {f["path"]: f["reason"] for m in manifests for f in m["failures"]}
@@ -57,6 +61,7 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     for rel in bad:
         assert str(images / rel) in run_section, rel
     assert "has no captions" in run_section
+    assert "could not fill every size the preset asks for" in run_section and "prior.batch_size 64 -&gt;" in run_section
     for label in ("extraction", "training"):  # the steps' own progress, as log lines (not a terminal here), all done
         assert any(re.match(rf"{label}  \[#+\]  (\d+)/\1 images  100%.* in ", line) for line in stdout.splitlines()), label
 

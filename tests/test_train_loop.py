@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.layout import Checkpoint, CheckpointError, load_generator
+from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import ProgressiveGenerator
 from raydino.pyramids import schema
 from raydino.pyramids.batch import columns
@@ -39,7 +40,7 @@ def local_cfg(dino: str, **train):
 
 
 class PoisonedSession(LocalSession):
-    """Batches whose coarse code is NaN at the given global batch numbers."""
+    """Batches whose coarse code is NaN at the given global batch numbers (a damaged shard)."""
 
     def __init__(self, *args, bad: set[int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,9 +55,24 @@ class PoisonedSession(LocalSession):
             yield batch
 
 
-def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models, tmp_path):
+def poisoned_loss(monkeypatch, bad: set[int]) -> None:
+    """The loop's loss is NaN at the given step numbers: a blow-up the step guard must absorb."""
+    calls = iter(range(1, 10_000))
+
+    class PoisonedLoss(DinoPyramidLoss):
+        def __call__(self, *args, **kwargs):
+            terms = super().__call__(*args, **kwargs)
+            if next(calls) in bad:
+                terms.total = terms.total * math.nan
+            return terms
+
+    monkeypatch.setattr(loop, "DinoPyramidLoss", PoisonedLoss)
+
+
+def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models, tmp_path, monkeypatch):
     cfg = local_cfg(str(tiny_models["dino"]))
-    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2}, checkpoints=tmp_path / "ckpt")
+    poisoned_loss(monkeypatch, bad={2})
+    session = LocalSession(train_pyramids, columns(cfg.pyramids.sizes), checkpoints=tmp_path / "ckpt")
     metrics = loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session)
     assert metrics["step"] == 5 and metrics["bad_steps"] == 1 and metrics["images_seen"] == 40
     assert [r["step"] for r in session.reports] == [3, 4, 5]  # every 4 steps and at each stage end
@@ -64,9 +80,10 @@ def test_local_run_checkpoints_and_skips_a_nan_step(train_pyramids, tiny_models,
     assert (tmp_path / "run" / "grids" / "stage_32.png").is_file()
 
 
-def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_models, tmp_path):
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(train_pyramids, tiny_models, tmp_path, monkeypatch):
     cfg = local_cfg(str(tiny_models["dino"]), max_bad_steps=2)
-    session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={2, 3}, checkpoints=tmp_path)
+    poisoned_loss(monkeypatch, bad={2, 3})
+    session = LocalSession(train_pyramids, columns(cfg.pyramids.sizes), checkpoints=tmp_path)
     with pytest.raises(NonFiniteLossError, match="2 steps in a row .* train.max_bad_steps=2"):
         loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session)
 

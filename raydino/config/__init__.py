@@ -3,8 +3,9 @@
 A run is described by a tree of plain dataclasses. Presets are YAML files
 shipped inside the package (``raydino/configs/<name>.yaml``); a user file can
 replace a preset, and ``key.sub=value`` overrides go on top. Every key and
-every value type is checked, so a typo fails before any Ray work starts
-instead of being silently ignored.
+every value type is checked, and every value rule that needs no data
+(:mod:`raydino.config.checks`), so a typo fails before any Ray work starts
+instead of being silently ignored or retried on a worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from raydino.config.checks import ConfigError, check
 from raydino.config.sections import (
     Config,
     DataConfig,
@@ -44,10 +46,6 @@ log = logging.getLogger(__name__)
 MOVED = {"sample.fd_encoder": "eval.fd_encoder", "sample.attribute_classifier": "eval.attribute_classifier",
          "data.clip_fit_steps": "tiny.clip_fit_steps"}
 MODEL_PATHS = ("pyramids.dino", "pyramids.clip", "eval.fd_encoder", "eval.attribute_classifier", "eval.part_segmenter")
-
-
-class ConfigError(ValueError):
-    """A config key or value that does not fit the schema."""
 
 
 def _check(tp: Any, value: Any, key: str) -> Any:
@@ -183,7 +181,7 @@ def override(cfg: Config, overrides: list[str] = (), values: dict[str, Any] | No
     data = apply_overrides(to_dict(cfg), list(overrides))
     for key, value in (values or {}).items():
         _set(data, key, value)
-    return from_dict(data)
+    return check(from_dict(data))
 
 
 def _moved(key: str) -> str:
@@ -210,7 +208,7 @@ def load_config(preset: str = "demo", config_file: str | None = None, overrides:
     _validate_keys(layer)
     merged = _merge(base, layer)
     merged = apply_overrides(merged, list(overrides or []))
-    return resolve_paths(from_dict(merged))
+    return check(resolve_paths(from_dict(merged)))
 
 
 def is_local(spec: str) -> bool:

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydino.config import PriorConfig
-
-SOLVERS = ("euler", "heun")
+from raydino.config.checks import check_prior
 
 
 def perturb(emb: torch.Tensor, noise: float, rng: torch.Generator | None = None) -> torch.Tensor:
@@ -85,13 +84,10 @@ class FlowPrior(nn.Module):
 
     def __init__(self, cfg: PriorConfig, tokens: int, dim: int, clip_dim: int):
         super().__init__()
-        if cfg.width % cfg.heads:
-            raise ValueError(f"prior.width {cfg.width} is not a multiple of prior.heads {cfg.heads}")
-        if cfg.solver not in SOLVERS:
-            raise ValueError(f"prior.solver '{cfg.solver}' is not one of {', '.join(SOLVERS)}")
         self.grid, p = math.isqrt(tokens), cfg.patch
-        if self.grid ** 2 != tokens or self.grid % p:
-            raise ValueError(f"prior.patch {p} does not tile the code's {tokens} tokens (a square grid is needed)")
+        if self.grid ** 2 != tokens:
+            raise ValueError(f"the code's {tokens} tokens are not a square grid")
+        check_prior(cfg, self.grid)
         self.cfg, self.tokens, self.dim, self.clip_dim = cfg, tokens, dim, clip_dim
         w = cfg.width
         self.x_in = nn.Linear(dim * p * p, w)

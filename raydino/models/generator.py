@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydino.config import ModelConfig
-
-BASE_RESOLUTION = 16
+from raydino.config.checks import BASE_RESOLUTION, check_model
+from raydino.config.checks import stage_resolutions as resolutions
 
 
 @dataclass
@@ -65,16 +65,6 @@ def draw_noise(n: int, noise_dim: int, resolution: int, rng: torch.Generator | N
     z = torch.randn(n, noise_dim, generator=rng, device=where)
     maps = [torch.randn(n, 1, r, r, generator=rng, device=where) for r in resolutions(resolution)]
     return Noise(z, maps).to(device)
-
-
-def resolutions(max_resolution: int) -> list[int]:
-    """The stage resolutions 16, 32, ... up to ``max_resolution`` (a power-of-two multiple of 16)."""
-    out = [BASE_RESOLUTION]
-    while out[-1] < max_resolution:
-        out.append(out[-1] * 2)
-    if out[-1] != max_resolution:
-        raise ValueError(f"model.max_resolution {max_resolution} is not 16 * 2**k")
-    return out
 
 
 class ModulatedConv(nn.Module):
@@ -134,10 +124,7 @@ class ProgressiveGenerator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, code_tokens_dim: int, grid: int):
         super().__init__()
-        self.resolutions = resolutions(cfg.max_resolution)
-        if len(cfg.channels) < len(self.resolutions):
-            raise ValueError(f"model.channels needs {len(self.resolutions)} widths for 16..{cfg.max_resolution} px, "
-                             f"got {cfg.channels}")
+        self.resolutions = check_model(cfg)
         self.grid, self.noise_dim, self.code_tokens_dim = grid, cfg.noise_dim, code_tokens_dim
         ch = cfg.channels[: len(self.resolutions)]
         style_dim = cfg.code_dim + cfg.noise_dim

@@ -8,6 +8,7 @@ so a run can never silently train against random weights.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raydino.config import is_local
+from raydino.config import PyramidConfig, is_local
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,8 @@ def _bind(kind: str, key: str, named: str, made: dict, load, where: str) -> str:
     return made["source"]
 
 
-def bind_encoders(pyramids, manifest: dict, where: str) -> None:
-    """Point a run's ``PyramidConfig`` at the DINOv2 and CLIP its pyramid was made with.
+def bind_encoders(pyramids: PyramidConfig, manifest: dict, where: str) -> PyramidConfig:
+    """A copy of a run's ``PyramidConfig`` pointing at the DINOv2 and CLIP its pyramid was made with.
 
     The manifest names each encoder's source and weights hash. A configured
     encoder that holds the same weights is kept; one that is not there (the
@@ -210,17 +211,16 @@ def bind_encoders(pyramids, manifest: dict, where: str) -> None:
     manifest's, said in the log; one with other weights is an error naming
     both. A pyramid without a CLIP column turns text conditioning off.
     """
-    pyramids.dino = _bind("DINOv2", "pyramids.dino", pyramids.dino, manifest["dino"], load_dino, where)
+    dino = _bind("DINOv2", "pyramids.dino", pyramids.dino, manifest["dino"], load_dino, where)
     clip = manifest.get("clip")
     if not clip:
         if pyramids.clip:
             log.info("%s has no CLIP column: text conditioning is off for this run", where)
-        pyramids.clip = ""
-        return
+        return dataclasses.replace(pyramids, dino=dino, clip="")
     named = pyramids.clip
     if named and is_local(named) and Path(named).expanduser().is_dir():
         named = clip_model_name(named)[0]  # the spelling the manifest uses: local-dir:/absolute/path
-    pyramids.clip = _bind("CLIP", "pyramids.clip", named, clip, load_clip, where)
+    return dataclasses.replace(pyramids, dino=dino, clip=_bind("CLIP", "pyramids.clip", named, clip, load_clip, where))
 
 
 JUDGE_WEIGHTS = "model.safetensors"

@@ -244,6 +244,17 @@ def _check_same_request(manifest: dict, cfg: PyramidConfig, images: str, out: Pa
                                       "pass --overwrite to recompute it")
 
 
+def remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders a killed extraction into ``out`` left behind.
+
+    The caller holds ``out``'s lock (:mod:`raydino.lock`), so no live
+    extraction is writing into them.
+    """
+    for leftover in sorted([*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]):
+        log.warning("removing %s, left by an extraction into %s that did not finish", leftover, out)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` folder to ``out``, replacing what was there."""
     old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -302,6 +313,23 @@ def _verdict(manifest: dict, cfg: PyramidConfig, images: str) -> str:
     return ""
 
 
+def finished_output(cfg: PyramidConfig, out: Path, images: str, overwrite: bool, split: dict | None) -> dict | None:
+    """The manifest of a finished ``out`` made from the same request (nothing to do), else None.
+
+    A finished pyramid of another source or split, or a folder that is not a
+    pyramid, is refused unless ``overwrite``; the CLI asks this before Ray starts.
+    """
+    if overwrite:
+        return None
+    done = schema.finished_manifest(out)
+    if done:
+        _check_same_request(done, cfg, images, out, split)
+        return done
+    if out.exists() and not (out / schema.MANIFEST).exists() and (out.is_file() or any(out.iterdir())):
+        raise PyramidError(f"{out} exists and is not a pyramid: choose another --out, or pass --overwrite to replace it")
+    return None
+
+
 def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: bool = False,
                    split: Split | None = None) -> dict:
     """Compute the pyramids of every image under ``images`` (or of one ``split`` side of them) into ``out``.
@@ -320,13 +348,10 @@ def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: 
     split_info = split.apply(listing) if split else None
     if split and split.part == "holdout":  # the training side's manifest accounts for these
         listing.failures, listing.ignored = [], type(listing.ignored)()
-    done = schema.finished_manifest(out)
-    if done and not overwrite:
-        _check_same_request(done, cfg, images, out, split_info)
+    done = finished_output(cfg, out, images, overwrite, split_info)
+    if done:
         print(f"pyramids: {out} is finished already ({done['rows']} rows); nothing to do (--overwrite recomputes)")
         return done
-    if not overwrite and out.exists() and not (out / schema.MANIFEST).exists() and (out.is_file() or any(out.iterdir())):
-        raise PyramidError(f"{out} exists and is not a pyramid: choose another --out, or pass --overwrite to replace it")
 
     dino = load_dino(cfg.dino)  # fail before any Ray work on a model that is not there
     clip = load_clip(cfg.clip) if cfg.clip else None
@@ -335,6 +360,7 @@ def build_pyramids(cfg: PyramidConfig, images: str, out: str | Path, overwrite: 
         raise ValueError(f"pyramid sizes {bad} are not multiples of the patch size {dino.patch_size}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()

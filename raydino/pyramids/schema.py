@@ -119,26 +119,53 @@ class ManifestMismatch(ValueError):
     """A pyramid that was made with other settings than the run expects."""
 
 
-def check_manifest(manifest: dict, *, levels: list[int], dino_source: str | None = None,
-                   dim: int | None = None, need_clip: bool = False, where: str = "") -> None:
+def check_manifest(manifest: dict, *, levels: list[int], dim: int | None = None, need_clip: bool = False,
+                   where: str = "") -> None:
     """Refuse a pyramid that does not match the config, naming the field."""
     where = f"{where}: " if where else ""
     if list(manifest.get("levels", [])) != list(levels):
         raise ManifestMismatch(f"{where}pyramid field 'levels' is {manifest.get('levels')}, config expects {levels}")
     if dim is not None and manifest.get("dim") != dim:
         raise ManifestMismatch(f"{where}pyramid field 'dim' is {manifest.get('dim')}, the DINOv2 model has {dim}")
-    if dino_source is not None and manifest.get("dino", {}).get("source") != dino_source:
-        raise ManifestMismatch(
-            f"{where}pyramid field 'dino' is {manifest.get('dino', {}).get('source')}, config uses {dino_source}"
-        )
     if need_clip and not manifest.get("clip"):
         raise ManifestMismatch(f"{where}pyramid field 'clip' is empty: recompute the pyramid with a CLIP model")
     if not manifest.get("rows"):
         raise ManifestMismatch(f"{where}pyramid field 'rows' is 0: the pyramid holds no images")
 
 
+def check_encoder(manifest: dict, source: str, weights_hash: str, where: str, whose: str) -> None:
+    """Refuse a pyramid made with other DINOv2 weights than ``whose`` (``source``, ``weights_hash``).
+
+    The weights hash is the encoder's identity: the same weights under
+    another path are the same encoder; the one check every reader of a
+    pyramid (training, held-out figures, evaluation) makes.
+    """
+    made = manifest.get("dino") or {}
+    if made.get("hash") != weights_hash:
+        raise ManifestMismatch(f"{where}: made with DINOv2 {made.get('source')} (hash {made.get('hash')}), but "
+                               f"{whose} is {source} (hash {weights_hash}): use pyramids of one encoder")
+
+
 def shard_files(pyramid_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(pyramid_dir).glob("*.parquet"))
+
+
+def damaged_shards(pyramid_dir: str | Path, columns: list[str]) -> dict[str, str]:
+    """What is wrong with each shard whose ``columns`` cannot be read or hold NaN/inf: a full read.
+
+    Called only after a run failed or met non-finite rows, to name the files.
+    """
+    found = {}
+    for f in shard_files(pyramid_dir):
+        try:
+            table = pq.read_table(f, columns=columns)
+        except (OSError, ValueError) as exc:
+            found[f] = f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            continue
+        bad = sum(int((~np.isfinite(to_numpy(table[c]).astype(np.float32))).sum()) for c in columns)
+        if bad:
+            found[f] = f"{bad} non-finite values"
+    return found
 
 
 def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> dict[str, np.ndarray]:

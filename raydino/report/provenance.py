@@ -52,7 +52,18 @@ def section_run(ctx: Context) -> str:
             ("loss weights", ", ".join(fmt(w) for w in cfg.loss.level_weights) + f"; colour {fmt(cfg.loss.color_weight)}"),
             ("images", cfg.data.images or "synthetic faces (no --images)"), ("text control", describe_text(cfg))]
     facts = '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows) + "</dl>"
-    return facts + unused_files(ctx)
+    return facts + fitted_sizes(ctx) + unused_files(ctx)
+
+
+def fitted_sizes(ctx: Context) -> str:
+    """The sizes ``raydino run`` lowered because the data could not fill them (:mod:`raydino.data_fit`)."""
+    root = Output.of(ctx.run.path)
+    fitted = read_json(root.fitted) if root else None
+    if not fitted or not fitted["changes"]:
+        return ""
+    return (f'<p class="lead">The data could not fill every size the preset asks for ({fitted["training_rows"]} '
+            f'training rows, {fitted["held_out_rows"]} held-out rows), so the run used smaller ones:</p><ul>'
+            + "".join(f"<li>{esc(note)}</li>" for note in fitted["changes"]) + "</ul>")
 
 
 def unused_files(ctx: Context, shown: int = 200) -> str:

@@ -27,7 +27,7 @@ from raydino.pyramids.batch import Targets
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import HeldOutScore, RunLog, Validator
-from raydino.train.runtime import check_bad_steps, data_stream, inject_fault
+from raydino.train.runtime import check_bad_steps, data_stream, inject_fault, inputs_finite
 from raydino.train.session import Session
 from raydino.train.step import StepOutput, fade_alpha, requires_grad, train_step, update_ema
 
@@ -69,6 +69,9 @@ def stage_line(resolution: int, progress: Progress, metrics: dict[str, float]) -
 def fit_generator(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, session: Session, fail_at_step: int = 0,
         holdout: dict | None = None) -> dict:
     """Train through every stage; returns rank 0's final metrics (others return ``{}``).
+
+    Pyramid rows with non-finite values end the run on every rank at once,
+    returning ``nonfinite_input_step``: the driver names the shard.
 
     ``holdout`` (``rows``, ``images``, ``encoder``, ``set``; from
     ``trainer.holdout_payload``) adds the held-out figures at step 0 and at
@@ -137,6 +140,9 @@ def fit_generator(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, ses
         for _ in range(progress.stage_step, steps):
             alpha = fade_alpha(stage, progress.stage_step, first)
             targets = Targets.from_batch(next(stream), sizes, device)
+            if not inputs_finite([*targets.tokens, *targets.cls]):
+                stream.close()
+                return {"nonfinite_input_step": progress.step + 1}
             noise = model.draw_noise(len(targets.code) * loss_fn.draws, stage.resolution, rng, device)
             out = train_step(net, opt, loss_fn, targets, noise, stage.resolution, alpha, grad_clip=tc.grad_clip,
                              bf16=tc.bf16, rng=rng)

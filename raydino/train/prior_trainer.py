@@ -11,6 +11,7 @@ with checkpoints, failure retries and resume, and the EMA weights land in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from raydino.config import Config, from_dict, to_dict
+from raydino.data_fit import fit_to_rows
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.loading import bind_encoders
@@ -71,12 +73,9 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     run = Run(run_dir)
     run_exists(run, "prior", resume)
     manifest = schema.read_manifest(pyramids_dir)
-    bind_encoders(cfg.pyramids, manifest, str(pyramids_dir))
+    cfg = dataclasses.replace(cfg, pyramids=bind_encoders(cfg.pyramids, manifest, str(pyramids_dir)))
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(pyramids_dir))
-    workers, batch = cfg.prior.num_workers, cfg.prior.batch_size
-    if batch % workers or batch // workers > manifest["rows"] // workers:
-        raise ValueError(f"prior.batch_size {batch} must be a multiple of prior.num_workers={workers} and at most "
-                         f"{manifest['rows'] // workers} per worker ({manifest['rows']} rows)")
+    cfg, _ = fit_to_rows(cfg, manifest["rows"])
     shape, sample = code_shape(cfg, pyramids_dir, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
     PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run.prior_pca)

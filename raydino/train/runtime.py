@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 FAULT_MARKER = ".fault_injected"
 
 
+def inputs_finite(values: list[torch.Tensor]) -> bool:
+    """Whether this step's pyramid rows are finite on every rank (one tiny all-reduce).
+
+    Rows with NaN/inf can only come from a shard damaged after extraction;
+    every rank learns it at the same step, so all of them stop together and
+    the driver names the shard (:func:`raydino.pyramids.schema.nonfinite_shards`)
+    instead of the failure policy retrying a run that would meet the same rows.
+    """
+    from raydino.train.step import all_finite
+
+    return all_finite(*values)
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
 

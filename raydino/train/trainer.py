@@ -17,12 +17,15 @@ batches an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import ray.data
@@ -42,6 +45,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from raydino.config import Config, TrainConfig, from_dict, load_config, save_config, to_dict
+from raydino.data_fit import fit_to_rows
 from raydino.layout import Run
 from raydino.pyramids import schema
 from raydino.pyramids.batch import columns
@@ -54,6 +58,7 @@ with contextlib.suppress(ImportError):
     import fsspec.implementations.http  # noqa: F401
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FAIL_ENV = "RAYDINO_FAIL_AT_STEP"
 
@@ -121,32 +126,22 @@ def _train_fn(loop_config: dict) -> dict:
                     fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
 
-def check_pyramid(cfg: Config, pyramid_dir: str | Path) -> dict:
-    """Refuse a pyramid whose manifest does not match the config, before any worker starts.
+def bind_pyramid(cfg: Config, pyramid_dir: str | Path) -> tuple[Config, dict]:
+    """``cfg`` bound to the encoders its pyramid was made with, and the pyramid's manifest.
 
-    First binds ``cfg.pyramids`` to the encoders the manifest names (see
-    :func:`~raydino.models.loading.bind_encoders`), then loads that DINOv2
-    once on the driver: the manifest must name the same weights (source and
-    hash), levels and token width.
+    The encoders come from :func:`~raydino.models.loading.bind_encoders` (a
+    copy; ``cfg`` is not changed); that DINOv2 is loaded once on the driver,
+    and the manifest must name its weights, levels and token width. The CLI
+    calls this before Ray starts, so a mismatch never reaches a worker.
     """
     from raydino.models.loading import bind_encoders, load_dino
 
     manifest = schema.read_manifest(pyramid_dir)
-    bind_encoders(cfg.pyramids, manifest, str(pyramid_dir))
+    cfg = dataclasses.replace(cfg, pyramids=bind_encoders(cfg.pyramids, manifest, str(pyramid_dir)))
     dino = load_dino(cfg.pyramids.dino)
-    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dino_source=dino.source, dim=dino.dim,
-                          where=str(pyramid_dir))
-    stored_hash = manifest.get("dino", {}).get("hash")
-    if stored_hash and stored_hash != dino.hash:
-        raise schema.ManifestMismatch(f"{pyramid_dir}: pyramid field 'dino.hash' is {stored_hash}, "
-                                      f"the weights at {dino.source} hash to {dino.hash}")
-    rows_per_worker = manifest["rows"] // cfg.train.num_workers
-    for stage in cfg.train.stages:
-        if stage.batch_size % cfg.train.num_workers or stage.batch_size // cfg.train.num_workers > rows_per_worker:
-            raise ValueError(f"stage {stage.resolution}px: batch_size {stage.batch_size} must be a multiple of "
-                             f"train.num_workers={cfg.train.num_workers} and at most {rows_per_worker} per worker "
-                             f"({manifest['rows']} rows)")
-    return manifest
+    schema.check_manifest(manifest, levels=cfg.pyramids.sizes, dim=dino.dim, where=str(pyramid_dir))
+    schema.check_encoder(manifest, dino.source, dino.hash, str(pyramid_dir), "the training encoder")
+    return cfg, manifest
 
 
 def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str) -> dict | None:
@@ -165,9 +160,8 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
     require_local(cfg.eval.fd_encoder, "eval.fd_encoder")
     manifest = schema.read_manifest(holdout_dir)
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(holdout_dir))
-    if manifest["dino"]["hash"] != dino_hash:  # its codes must be in the training encoder's space
-        raise schema.ManifestMismatch(f"{holdout_dir}: held-out pyramid made with DINOv2 {manifest['dino']['source']} "
-                                      f"(hash {manifest['dino']['hash']}), the training pyramid with hash {dino_hash}")
+    # its codes must be in the training encoder's space
+    schema.check_encoder(manifest, cfg.pyramids.dino, dino_hash, str(holdout_dir), "the training pyramid's encoder")
     rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
     images = np.stack([read_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
     return {"rows": rows, "images": images, "encoder": cfg.eval.fd_encoder or cfg.pyramids.dino,
@@ -185,7 +179,8 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     once and shared, as a sweep's trials do. ``holdout``: a held-out
     pyramid, for the ``heldout/*`` figures at each stage end.
     """
-    manifest = check_pyramid(cfg, pyramids_dir)
+    cfg, manifest = bind_pyramid(cfg, pyramids_dir)
+    cfg, _ = fit_to_rows(cfg, manifest["rows"], quiet=True)  # its caller logged the changes
     run_dir = Path(run_dir).resolve()
     loop_config = {"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
                    "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])}
@@ -227,10 +222,37 @@ def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: 
     )
 
 
+def interruptible(call: Callable[[], T]) -> T:
+    """``call()`` in a helper thread while the main thread waits, so Ctrl-C and SIGTERM reach raydino.
+
+    Ray Train and Ray Tune install their own SIGINT handlers when they run in
+    the main thread: Train's aborts the run and ends the process with
+    ``sys.exit``, past the CLI's one line saying how to resume; Tune's ends
+    the sweep early and returns, as if it had finished. From a helper thread
+    they install none; the workers end with the driver, and a rerun resumes
+    from the last committed checkpoint or trial state.
+    """
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="ray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def fit(trainer: TorchTrainer) -> ray.train.Result:
-    """Run a trainer; a failure on the workers becomes a :class:`TrainingError` naming each worker's error."""
+    """Run a trainer (:func:`interruptible`); a failure on the workers becomes a :class:`TrainingError`."""
     try:
-        return trainer.fit()
+        return interruptible(trainer.fit)
     except WorkerGroupError as exc:
         failures = "; ".join(f"worker {rank}: {str(err).strip()[:300]}" for rank, err in sorted(exc.worker_failures.items()))
         raise TrainingError(f"training failed ({failures})") from exc
@@ -238,14 +260,30 @@ def fit(trainer: TorchTrainer) -> ray.train.Result:
         raise TrainingError(f"training failed: {exc}") from exc
 
 
-def run_exists(run: Run, model: str, resume: bool) -> bool:
-    """Whether ``run`` holds Ray Train's record of training ``model``; refuses a mix-up either way."""
+def corrupt_pyramid(pyramids_dir: str | Path, damaged: dict[str, str], what: str) -> Exception:
+    """The error naming each damaged shard of a pyramid and what is wrong with it."""
+    from raydino.errors import UserError
+
+    shards = "; ".join(f"{path}: {problem}" for path, problem in damaged.items())
+    return UserError(f"--pyramids {pyramids_dir}: {what} ({shards}): recompute the pyramid with "
+                     "`raydino pyramids --overwrite`, then train with --overwrite")
+
+
+def run_exists(run: Run, model: str, resume: bool, flag: str = "--out") -> bool:
+    """Whether ``run`` holds Ray Train's record of training ``model``; refuses a mix-up either way.
+
+    The CLI calls this before Ray starts (a :class:`~raydino.errors.UserError`, exit 2).
+    """
+    from raydino.errors import UserError
+
     started, experiment = run.started(model), run.experiment(model)
-    if started and not resume:
-        raise FileExistsError(f"{run.path} already holds a training run ({experiment}/): pass --resume to continue "
-                              "it, or choose another --out")
+    done = run.generator if model == "generator" else run.prior
+    if (started or done.exists()) and not resume:
+        raise UserError(f"{flag} {run.path} already holds a {model} run ({experiment}/): pass --resume to continue "
+                        f"it, --overwrite to start it again, or choose another {flag}")
     if resume and not started:
-        raise FileNotFoundError(f"nothing to resume in {run.path}: no Ray Train record in {experiment}/")
+        raise UserError(f"{flag} {run.path}: nothing to resume (no Ray Train record in {experiment}/): leave out "
+                        "--resume to start the run")
     return started
 
 
@@ -293,11 +331,22 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
     run_dir = Path(run_dir).resolve()
     run = Run(run_dir)
     run_exists(run, "generator", resume)
-    trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config)
-    start = time.time()
-    result = fit(trainer)
+    cfg, manifest = bind_pyramid(cfg, pyramids_dir)
+    cfg, _ = fit_to_rows(cfg, manifest["rows"])
+    names = columns(cfg.pyramids.sizes)
+    try:
+        trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids first
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+        start = time.time()
+        result = fit(trainer)
+    except Exception as exc:  # a shard whose pages do not decode fails in Ray Data: say which one
+        if damaged := schema.damaged_shards(pyramids_dir, names):
+            raise corrupt_pyramid(pyramids_dir, damaged, "its shards cannot be trained on") from exc
+        raise
+    if step := (result.return_value or {}).get("nonfinite_input_step"):
+        raise corrupt_pyramid(pyramids_dir, schema.damaged_shards(pyramids_dir, names) or {"no shard": "re-read clean"},
+                              f"training met rows with non-finite values at step {step}")
     with result.checkpoint.as_directory() as d:
         checkpoint.export_generator(d, run_dir)
     metrics = dict(result.return_value or {}) | {"time_s": round(time.time() - start, 1),
