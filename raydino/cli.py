@@ -11,6 +11,7 @@ from pathlib import Path
 
 from raydino.bench.commands import add_bench_parser, int_list
 from raydino.config import ConfigError, load_config
+from raydino.config.checks import check_sizes
 from raydino.data_fit import fit_to_rows
 from raydino.errors import UserError, require_images, require_pyramid, require_run, require_writable
 from raydino.lock import hold
@@ -56,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_pyramids(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from raydino.models.loading import ModelNotFoundError, load_clip
+    from raydino.models.loading import ModelNotFoundError, load_clip, require_local
     from raydino.pipeline import init_ray
     from raydino.pyramids.decode import Split, list_images
     from raydino.pyramids.extract import build_pyramids, finished_output
@@ -73,6 +74,8 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
+    check_sizes(cfg.sizes, "--sizes" if args.sizes else "pyramids.sizes")
+    require_local(cfg.dino, "--dino" if args.dino else "pyramids.dino")
     require_writable(args.out)
     require_images(args.images, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
     out = Path(args.out).expanduser().absolute()

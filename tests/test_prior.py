@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
+from raydino.errors import UserError
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.pca_prior import PCAGaussianPrior
@@ -127,7 +128,7 @@ def test_killed_prior_training_resumes_bitwise(ray_local, toy_pyramid, tmp_path,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "killed" / "prior_pca.safetensors").is_file()
     assert (tmp_path / "killed" / "tb" / "prior").is_dir()
-    with pytest.raises(FileExistsError, match=Run.EXPERIMENTS["prior"]):
+    with pytest.raises(UserError, match=Run.EXPERIMENTS["prior"]):
         train_prior(cfg, toy_pyramid, tmp_path / "killed")
 
 
@@ -151,5 +152,5 @@ def test_patches_group_neighbouring_tokens_and_must_tile_the_grid():
     assert torch.equal(prior.unpatchify(patches), codes)
     x = torch.randn(2, 16, 3)
     assert prior(x, torch.rand(2), None, torch.zeros(2, dtype=torch.bool)).shape == x.shape
-    with pytest.raises(ValueError, match="prior.patch 2 does not tile the code's 9 tokens"):
+    with pytest.raises(ValueError, match="prior.patch=2 does not tile the 3x3 code"):
         FlowPrior(cfg, tokens=9, dim=3, clip_dim=0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -140,7 +139,7 @@ def test_rerun_is_a_noop_and_other_settings_are_refused(built, messy_images, cap
         schema.check_manifest(manifest, levels=[56, 84, 112])
     with pytest.raises(schema.ManifestMismatch, match="field 'dim'"):
         schema.check_manifest(manifest, levels=SIZES, dim=768)
-    schema.check_manifest(manifest, levels=SIZES, dino_source=manifest["dino"]["source"], dim=48, need_clip=True)
+    schema.check_manifest(manifest, levels=SIZES, dim=48, need_clip=True)
 
 
 def test_overwrite_replaces_and_too_many_failures_exit_nonzero_with_a_manifest(built, messy_images, tiny_models,
@@ -166,25 +165,29 @@ def test_overwrite_replaces_and_too_many_failures_exit_nonzero_with_a_manifest(b
         schema.check_manifest(manifest, levels=SIZES)
 
 
-def test_empty_input_unknown_model_and_missing_source_are_clear_errors(tiny_models, tmp_path):
+def test_empty_input_unknown_model_and_missing_source_are_clear_errors(tiny_models, faces_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here\n")
     out = tmp_path / "out"
     rc, _, stderr = run_cli(["pyramids", "--images", str(empty), "--out", str(out),
                              "--dino", str(tiny_models["dino"]), *ARGS])
-    assert rc == 2 and "no readable image" in stderr
-    assert json.loads((out / schema.MANIFEST).read_text())["status"] == "failed"
+    assert rc == 2 and "holds no image file" in stderr  # refused before Ray starts: nothing written
+    assert not out.exists()
 
-    rc, _, stderr = run_cli(["pyramids", "--images", str(empty), "--out", str(tmp_path / "o2"),
+    one = tmp_path / "one"  # a usable folder: what is wrong below is the model, the source or the sizes
+    one.mkdir()
+    shutil.copy(next(faces_dir.glob("*.png")), one)
+    rc, _, stderr = run_cli(["pyramids", "--images", str(one), "--out", str(tmp_path / "o2"),
                              "--dino", str(tmp_path / "no-such-model"), *ARGS])
     assert rc == 2 and "tiny-models" in stderr and not (tmp_path / "o2").exists()
     rc, _, stderr = run_cli(["pyramids", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "o3"),
                              "--dino", str(tiny_models["dino"]), *ARGS])
-    assert rc == 2 and "image source not found" in stderr
-    rc, _, stderr = run_cli(["pyramids", "--images", str(empty), "--out", str(tmp_path / "o4"),
+    assert rc == 2 and "--images" in stderr and "no such folder" in stderr
+    rc, _, stderr = run_cli(["pyramids", "--images", str(one), "--out", str(tmp_path / "o4"),
                              "--dino", str(tiny_models["dino"]), "--sizes", "50,100", "pyramids.clip="])
-    assert rc == 2 and "not multiples of the patch size 14" in stderr
+    assert rc == 2 and "--sizes 50,100: every level must be a positive multiple of 14" in stderr
+    assert not (tmp_path / "o4").exists()
 
 
 def test_pipeline_computes_pyramids_after_the_tiny_models():

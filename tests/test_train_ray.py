@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from raydino.config import load_config
+from raydino.errors import UserError
 from raydino.layout import Checkpoint, Run, load_generator
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids.schema import ManifestMismatch
@@ -81,7 +82,7 @@ def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_p
     with pytest.raises(TrainingError, match="training failed"):
         train(cfg, train_pyramids, run_dir)
     monkeypatch.delenv(FAIL_ENV)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UserError, match="--resume"):
         train(cfg, train_pyramids, run_dir)
 
     newest = sorted((run_dir / Run.EXPERIMENTS["generator"]).glob("step_*"))[-1]

@@ -46,6 +46,15 @@ def stage_resolutions(max_resolution: int) -> list[int]:
     return out
 
 
+def check_sizes(sizes: list[int], key: str = "pyramids.sizes") -> list[int]:
+    """The pyramid's levels: distinct positive multiples of DINOv2's patch."""
+    shown = ",".join(map(str, sizes))
+    _need(bool(sizes) and all(s > 0 and s % DINO_PATCH == 0 for s in sizes),
+          f"{key} {shown}: every level must be a positive multiple of {DINO_PATCH} (DINOv2's patch), e.g. 56,112,224")
+    _need(len(set(sizes)) == len(sizes), f"{key} {shown} names a level twice")
+    return sizes
+
+
 def check_model(model: ModelConfig) -> list[int]:
     """The generator's sizes; returns its stage resolutions."""
     res = stage_resolutions(model.max_resolution)
@@ -109,10 +118,7 @@ def check_train(train: TrainConfig, resolutions: list[int]) -> None:
 
 def check(cfg: Config) -> Config:
     """Every value rule of ``cfg`` that needs no data; returns ``cfg`` unchanged."""
-    sizes = cfg.pyramids.sizes
-    _need(bool(sizes) and all(s > 0 and s % DINO_PATCH == 0 for s in sizes),
-          f"pyramids.sizes={sizes}: every level must be a positive multiple of {DINO_PATCH} (DINOv2's patch)")
-    _need(len(set(sizes)) == len(sizes), f"pyramids.sizes={sizes} names a level twice")
+    sizes = check_sizes(cfg.pyramids.sizes)
     _need(cfg.pyramids.actors >= 1 and cfg.pyramids.batch_size >= 1,
           "pyramids.actors and pyramids.batch_size must be at least 1")
     _need(0 <= cfg.pyramids.max_failure_fraction <= 1,
