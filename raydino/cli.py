@@ -57,9 +57,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_pyramids(args: argparse.Namespace) -> None:
     import dataclasses
 
+    from raydino.data.images import Split, list_images
     from raydino.models.loading import ModelNotFoundError, load_clip, require_local
     from raydino.pipeline import init_ray
-    from raydino.pyramids.decode import Split, list_images
     from raydino.pyramids.extract import build_pyramids, finished_output
 
     run_cfg = _cfg(args)

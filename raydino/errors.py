@@ -108,7 +108,7 @@ def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixe
     the check, so a good folder costs one decode); a URI is listed, and its
     files are judged by the extraction.
     """
-    from raydino.pyramids.decode import BadImage, decode_image, list_images
+    from raydino.data.images import UnreadableImage, list_images, read_image
 
     hint = "point it at a folder of JPEG, PNG, WebP, BMP, GIF or TIFF images"
     local = _local(src)
@@ -127,11 +127,10 @@ def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixe
     reasons: dict[str, int] = {}
     for path in listing.images:
         try:
-            decode_image(Path(path).read_bytes(), 16, min_side=min_side, max_pixels=max_pixels)
+            read_image(path, 16, min_side=min_side, max_pixels=max_pixels)
             return len(listing.images)
-        except (OSError, BadImage) as exc:
-            kind = exc.kind if isinstance(exc, BadImage) else "unreadable"
-            reasons[kind] = reasons.get(kind, 0) + 1
+        except UnreadableImage as exc:
+            reasons[exc.kind] = reasons.get(exc.kind, 0) + 1
     counts = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
     raise UserError(f"{flag} {src}: none of its {len(listing.images)} image files can be read ({counts}): {hint}")
 

@@ -41,6 +41,7 @@ import torch
 
 from raydino.attribute_agreement import attribute_figures
 from raydino.data.face_set import labels_for_paths
+from raydino.data.images import read_image
 from raydino.layout import Run
 from raydino.metrics import (
     clip_score,
@@ -59,7 +60,6 @@ from raydino.part_figures import part_figures
 from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
-from raydino.pyramids.decode import read_image
 from raydino.sampling import Sampler
 
 SPREAD_DRAWS = 8    # noise draws per code for noise_spread
@@ -99,8 +99,9 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     schema.check_manifest(manifest, levels=sizes, dim=s.dino.dim, where=str(pyramids))
     # its codes must be in the space the generator was trained on
     schema.check_encoder(manifest, s.dino.source, s.dino.hash, str(pyramids), f"the encoder of {run_dir}")
-    rows = schema.read_first_rows(pyramids, [*columns(sizes), "path"], n or cfg.eval.n)
-    n = len(rows["path"])
+    rows = schema.read_first_rows(pyramids, [*columns(sizes), schema.PATH], n or cfg.eval.n)
+    paths = [str(p) for p in rows[schema.PATH]]
+    n = len(paths)
     if n < 4:
         raise ValueError(f"{pyramids}: eval needs at least 4 held-out rows, found {n}")
     if _overlaps_training(s.run, Path(pyramids), manifest):
@@ -109,7 +110,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     targets = Targets.from_batch(rows, sizes, s.device)
     recon = s.generate(targets.code, s.noise(n, seed))
     res, size = s.resolution, max(sizes)
-    real = match_resolution(np.stack([read_image(str(p), size) for p in rows["path"]]), res)
+    real = match_resolution(np.stack([read_image(p, size) for p in paths]), res)
     out: dict = {"run": str(run_dir), "pyramids": str(pyramids), "set": schema.describe_set(manifest),
                  "n": n, "resolution": res, "training_encoder": f"{s.dino.source} (hash {s.dino.hash})"}
 
@@ -131,11 +132,11 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
     out |= level_figures("train_encoder", dist)
     out["colour_error"] = colour_error(recon, targets.thumb.cpu())
-    out |= attribute_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
-    out |= part_figures(s, recon, real, list(rows["path"]), prior, seed, prompts)
+    out |= attribute_figures(s, recon, real, paths, prior, seed, prompts)
+    out |= part_figures(s, recon, real, paths, prior, seed, prompts)
     if prompts and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
-    labels = labels_for_paths(list(rows["path"]))
+    labels = labels_for_paths(paths)
     if labels is not None and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= hair_colour_figures(s, real, labels, HAIR_SAMPLES, seed)
     s.run.eval.write_text(json.dumps(out, indent=1))

@@ -1,9 +1,9 @@
-"""Where things are: the folders of a run, a sweep and ``raydino run``'s output, and the loaders of what they hold.
+"""Where things are: the folders of a run, a sweep and ``raydino run``'s output.
 
 Every file and folder name of these layouts is written here and nowhere
 else, so the code that writes a file and the code that reads it cannot
-drift apart. Sampling, evaluation and the report load a finished run
-through this module, without importing any training code.
+drift apart. This module only names paths (and reads the JSON and config
+files at them); :mod:`raydino.models.saved` loads the models they hold.
 
 ```
 OUT/                      Output
@@ -24,22 +24,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from torch import nn
 
 from raydino.config import Config, load_config
-from raydino.models.flow_prior import FlowPrior, prior_from_header
-from raydino.models.generator import ProgressiveGenerator
-from raydino.models.pca_prior import PCAGaussianPrior
 
 CONFIG = "config.yaml"  # the resolved config, in every run, trial, sweep, checkpoint and output folder
-T = TypeVar("T")
 
 
 class Checkpoint:
@@ -51,6 +40,11 @@ class Checkpoint:
     def rng(rank: int) -> str:
         """Each worker's noise/shift generator state."""
         return f"rng_rank{rank}.pt"
+
+    @staticmethod
+    def folder(step: int | str) -> str:
+        """A checkpoint's folder name in its run's checkpoint folder (Ray Train's or the local session's); ``"*"``: a glob."""
+        return f"step_{step}" if step == "*" else f"step_{int(step):08d}"
 
 
 class Run:
@@ -100,8 +94,13 @@ class Run:
         return Run.EXPERIMENTS[model]
 
     def started(self, model: str = "generator") -> bool:
-        """Whether Ray Train has recorded a run of ``model`` here (a crashed attempt to resume)."""
-        return (self.path / self.experiment(model) / "checkpoint_manager_snapshot.json").exists()
+        """Whether a run of ``model`` here has reported a checkpoint (a crashed attempt to resume).
+
+        The checkpoint folders are named by raydino (:meth:`Checkpoint.folder`,
+        passed to Ray Train as ``checkpoint_dir_name``), so this reads none of
+        Ray Train's own bookkeeping files.
+        """
+        return any((self.path / self.experiment(model)).glob(Checkpoint.folder("*")))
 
     def clear(self, model: str) -> None:
         """Remove what training ``model`` wrote here (``--overwrite``); the generator's is the whole run."""
@@ -122,22 +121,6 @@ class Run:
     def figures(self, name: str = "eval") -> dict | None:
         """A JSON file of the run (``eval``, ``metrics`` or ``prior_figures``), None when absent."""
         return read_json(getattr(self, name))
-
-    def load_generator(self, device: str | torch.device = "cpu") -> tuple[ProgressiveGenerator, Config]:
-        """The finished (EMA) generator and its config, without Ray."""
-        return load_generator(self.path, device)
-
-    def load_prior(self, device: str | torch.device = "cpu") -> FlowPrior | None:
-        """The trained flow prior, None when the run has none."""
-        if not self.prior.is_file():
-            return None
-        model = prior_from_header(read_file(self.prior, header))
-        load_weights(self.prior, model)
-        return model.eval().requires_grad_(False).to(device)
-
-    def load_pca(self) -> PCAGaussianPrior | None:
-        """The PCA Gaussian baseline, None when the run has none."""
-        return PCAGaussianPrior.load(self.prior_pca) if self.prior_pca.is_file() else None
 
 
 class Sweep:
@@ -200,49 +183,6 @@ class Output:
         """The output folder ``run`` sits in, None for a run made outside ``raydino run``."""
         run = Path(run)
         return Output(run.parent.parent) if run.parent.name == "runs" else None
-
-
-# --- reading what the layouts hold ---------------------------------------------------------
-
-
-class CheckpointError(RuntimeError):
-    """A weights, state or config file that is missing, truncated or corrupt."""
-
-
-def read_file(path: Path, reader: Callable[[Path], T]) -> T:
-    """``reader(path)``; a missing or unreadable file is a :class:`CheckpointError` naming it."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return reader(path)
-    except Exception as exc:  # safetensors, zip and json each raise their own types
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
-
-
-def header(path: Path) -> dict[str, str]:
-    """A safetensors file's header: what the model is rebuilt from."""
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
-
-
-def load_weights(path: Path, model: nn.Module) -> None:
-    state = read_file(path, lambda p: load_file(str(p)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint file {path} does not fit this model ({exc})") from exc
-
-
-def load_generator(directory: str | Path, device: str | torch.device = "cpu",
-                   weights: str = Run.GENERATOR) -> tuple[ProgressiveGenerator, Config]:
-    """A generator and its config from a finished run, or from a checkpoint with ``weights=Checkpoint.EMA``."""
-    directory = Path(directory)
-    path = directory / weights
-    cfg = load_config(config_file=str(directory / CONFIG))
-    meta = read_file(path, header)
-    model = ProgressiveGenerator(cfg.model, int(meta["code_tokens_dim"]), int(meta["grid"]))
-    load_weights(path, model)
-    return model.eval().requires_grad_(False).to(device), cfg
 
 
 def read_json(path: Path) -> dict | None:

@@ -36,10 +36,10 @@ from PIL import Image
 
 from raydino.attribute_agreement import PROMPT_SAMPLES
 from raydino.data.face_set import attributes_for_paths
+from raydino.data.images import square_crop
 from raydino.data.synth_faces import PARTS, FaceAttributes, render_face, render_parts
 from raydino.metrics import match_resolution
 from raydino.models.part_segmenter import SIZE, PartSegmenter, load_segmenter, soft_parts
-from raydino.pyramids.features import square_crop
 
 SCORED = ("eyes", "mouth", "glasses")  # what the figures ask about, and what the reference face leaves out
 FACE = ("skin", "eyes", "mouth", "glasses")  # where a segmented face is, for its midline

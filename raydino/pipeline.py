@@ -70,8 +70,8 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     held-out split applies), or none (text control is off, :func:`text_plan`).
     """
     from raydino.data.captions import caption_pairs
+    from raydino.data.images import Split
     from raydino.models.tiny import write_tiny_models
-    from raydino.pyramids.decode import Split
 
     captions = None
     if cfg.data.images:
@@ -82,7 +82,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
     """One pyramid of ``images``; ``part`` picks a side of the deterministic held-out split."""
-    from raydino.pyramids.decode import Split
+    from raydino.data.images import Split
     from raydino.pyramids.extract import build_pyramids
 
     split = Split(part, cfg.data.holdout_fraction, cfg.eval.n) if part else None
@@ -134,7 +134,7 @@ def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | No
     from raydino.pyramids import schema
     from raydino.sampling import Sampler, noise_grid, sample
 
-    images = [str(p) for p in schema.read_first_rows(held_out, ["path"], 4)["path"]]
+    images = [str(p) for p in schema.read_first_rows(held_out, [schema.PATH], 4)[schema.PATH]]
     images += images[:1] * (3 - len(images))  # a held-out side of one or two images: the mix reuses them
     n, seed = cfg.sample.n, cfg.sample.seed
     sampler = Sampler(run.path)  # one load of the generator, prior and encoders for every grid
@@ -243,8 +243,8 @@ def preflight(cfg: Config) -> Config:
     off, and says so.
     """
     from raydino.data.captions import text_plan
+    from raydino.data.images import Split
     from raydino.errors import require_images, require_models, require_writable
-    from raydino.pyramids.decode import Split
     from raydino.tune import check_sweep
 
     require_writable(cfg.out, "--out")

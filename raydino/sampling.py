@@ -19,13 +19,14 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
+from raydino.data.images import read_image
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
 from raydino.models.pca_prior import PCAGaussianPrior
-from raydino.pyramids.decode import read_image
-from raydino.pyramids.features import dino_levels, to_float
+from raydino.models.saved import load_generator, load_pca, load_prior
+from raydino.pyramids.features import dino_levels, resize, to_float
 
 REGIONS = ("top", "bottom", "left", "right")
 PRIORS = ("flow", "pca")
@@ -50,7 +51,7 @@ class Sampler:
             raise FileNotFoundError(f"{self.run.path}: not a finished run ({self.run.generator.name} missing; "
                                     "train it first)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.cfg = self.run.load_generator(self.device)
+        self.model, self.cfg = load_generator(self.run.path, self.device)
         self.resolution = self.cfg.train.stages[-1].resolution
 
     @cached_property
@@ -84,7 +85,7 @@ class Sampler:
 
     @cached_property
     def _flow(self) -> FlowPrior | None:
-        return self.run.load_prior(self.device)
+        return load_prior(self.run, self.device)
 
     def flow(self, flag: str) -> FlowPrior:
         """The run's flow prior; ``flag`` is the option that needs it, named when there is none."""
@@ -93,7 +94,7 @@ class Sampler:
         return self._flow
 
     def pca(self) -> PCAGaussianPrior:
-        pca = self.run.load_pca()
+        pca = load_pca(self.run)
         if pca is None:
             raise FileNotFoundError(f"--prior pca: {self.run.path} has no PCA baseline ({self.run.prior_pca.name} "
                                     f"missing): {TRAIN_PRIOR_HINT}")
@@ -127,7 +128,7 @@ class Sampler:
         """
         image = self.load_image(path)
         code = self.code_from_image(image)
-        source = torch.nn.functional.interpolate(image, size=self.resolution, mode="bilinear", antialias=True)
+        source = resize(image, self.resolution)
         if vary is None:
             out = self.generate(code.expand(n, -1, -1), self.noise(n, seed))
             return [Row(f"image: {Path(path).name}", torch.cat([source, out]),

@@ -15,6 +15,7 @@ trials read the same pyramid files; none copies them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -105,7 +106,8 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     from ray.tune.search import BasicVariantGenerator
 
     from raydino import placement
-    from raydino.train.trainer import bind_pyramid, interruptible, training_dataset
+    from raydino.train.ray_data import training_dataset
+    from raydino.train.trainer import bind_pyramid, interruptible
 
     space = check_sweep(cfg, holdout)
     cfg, manifest = bind_pyramid(cfg, pyramids)
@@ -179,8 +181,7 @@ def _write_results(cfg: Config, grid, sweep: Sweep) -> dict:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    best_cfg = trial_config(cfg, configs[0])
-    best_cfg.train = cfg.train  # the preset's own resources, not the trial's
+    best_cfg = dataclasses.replace(trial_config(cfg, configs[0]), train=cfg.train)  # the preset's resources
     save_config(best_cfg, sweep.best_config)
     summary = {"metric": metric, "best_trial": best["trial_id"], "best_value": best[metric],
                "best_stages_done": best["stages_done"], "set": "held-out" if metric.startswith("heldout/") else "",

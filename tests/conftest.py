@@ -184,21 +184,21 @@ def write_test_pyramid(out, image_paths, dino: str, clip: str = "", sizes=(112, 
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from raydino.data.images import square_crop
     from raydino.pyramids import schema
-    from raydino.pyramids.features import PyramidEncoder, square_crop
+    from raydino.pyramids.features import PyramidEncoder
 
     out, sizes = Path(out), list(sizes)
     encoder = PyramidEncoder(dino, sizes, clip=clip, device="cpu", bf16=False)
     paths = sorted(str(p) for p in image_paths)
     images = np.stack([square_crop(Image.open(p).convert("RGB"), max(sizes)) for p in paths])
     for i, part in enumerate(np.array_split(np.arange(len(paths)), shards)):
-        batch = {"image": images[part], "id": [schema.stable_id(paths[j]) for j in part],
-                 "path": [paths[j] for j in part]}
+        batch = {schema.IMAGE: images[part], schema.ID: [schema.stable_id(paths[j]) for j in part],
+                 schema.PATH: [paths[j] for j in part]}
         pq.write_table(schema.make_table(encoder(batch)), out / f"part-{i:05d}.parquet")
-    schema.write_manifest(out, {"source": str(Path(paths[0]).parent), "rows": len(paths), "failures": [],
-                                "levels": sizes, "dim": encoder.dino.dim,
-                                "dtype": "float16", "dino": encoder.dino.describe(),
-                                "clip": encoder.clip.describe() if encoder.clip else None})
+    schema.write_manifest(out, schema.new_manifest(source=str(Path(paths[0]).parent), rows=len(paths), levels=sizes,
+                                                   dim=encoder.dino.dim, dino=encoder.dino.describe(),
+                                                   clip=encoder.clip.describe() if encoder.clip else None))
     return out
 
 

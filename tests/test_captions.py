@@ -11,7 +11,7 @@ import torch
 
 from raydino.config import TinyModelsConfig, load_config
 from raydino.data.captions import CaptionsError, caption_pairs, describe_text, find_captions, read_captions, text_plan
-from raydino.pyramids.decode import Split
+from raydino.data.images import Split
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydino.pyramids.decode import BACKGROUND, BadImage, decode_image, list_images
+from raydino.data.images import BACKGROUND, BadImage, decode_image, list_images
 
 LIMITS = dict(min_side=32, max_pixels=4_000_000)
 

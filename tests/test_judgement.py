@@ -7,10 +7,10 @@ import pytest
 
 from raydino.cli import main
 from raydino.config import ConfigError, load_config
+from raydino.data.images import Split, list_images
 from raydino.metrics import fd_with_floor
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids import schema
-from raydino.pyramids.decode import Split, list_images
 from raydino.train.trainer import bind_pyramid
 from raydino.tune import search_space
 

@@ -19,6 +19,7 @@ from raydino.errors import UserError
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.pca_prior import PCAGaussianPrior
+from raydino.models.saved import load_prior
 from raydino.pyramids import schema
 from raydino.train import checkpoint, prior_loop
 from raydino.train.prior_trainer import code_shape, train_prior
@@ -52,9 +53,9 @@ def toy_pyramid(tmp_path_factory):
         rows = slice(part * len(ids) // 2, (part + 1) * len(ids) // 2)
         pq.write_table(schema.make_table({"id": ids[rows], schema.tokens_col(56): codes[rows].numpy(),
                                           schema.CLIP: clip[rows].numpy()}), out / f"part-{part:05d}.parquet")
-    schema.write_manifest(out, {"rows": len(ids), "levels": [56, 84, 112], "dim": DIM,
-                                "clip": {"source": "one-hot cluster labels", "hash": "-", "dim": CLUSTERS},
-                                "dino": {"source": "toy", "hash": "-"}})
+    schema.write_manifest(out, schema.new_manifest(
+        source="toy clusters", rows=len(ids), levels=[56, 84, 112], dim=DIM, dino={"source": "toy", "hash": "-"},
+        clip={"source": "one-hot cluster labels", "hash": "-", "dim": CLUSTERS}))
     return out
 
 
@@ -84,7 +85,7 @@ def toy_prior(toy_pyramid, tmp_path_factory) -> tuple[FlowPrior, torch.Tensor]:
     metrics = prior_loop.fit_prior(cfg, out, session, shape)
     assert metrics["step"] == cfg.prior.steps and metrics["bad_steps"] == 0
     checkpoint.export_ema(next(session.checkpoint_dirs()), Run(out).prior)
-    return Run(out).load_prior(), codes
+    return load_prior(Run(out)), codes
 
 
 def test_flow_prior_samples_land_in_the_clusters_a_gaussian_misses(toy_prior):

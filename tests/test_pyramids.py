@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from raydino.cli import main
 from raydino.config import PyramidConfig, load_config
+from raydino.data.images import decode_image
 from raydino.pipeline import plan
 from raydino.pyramids import schema
-from raydino.pyramids.decode import decode_image
 from raydino.pyramids.extract import build_pyramids
 
 SIZES = [56, 112]

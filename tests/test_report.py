@@ -64,8 +64,8 @@ def _pyramid(out: Path, n: int = 4, dim: int = 8) -> None:
         batch[schema.tokens_col(size)] = rng.standard_normal((n, g * g, dim)).astype(np.float16)
         batch[schema.cls_col(size)] = rng.standard_normal((n, dim)).astype(np.float16)
     pq.write_table(schema.make_table(batch), out / "part-0.parquet")
-    schema.write_manifest(out, {"rows": n, "levels": [56, 84], "dim": dim, "failures": [],
-                                "dino": {"source": "/m/dinov2-tiny", "hash": "83aa6a7a7883"}})
+    schema.write_manifest(out, schema.new_manifest(source="/m/faces", rows=n, levels=[56, 84], dim=dim,
+                                                   dino={"source": "/m/dinov2-tiny", "hash": "83aa6a7a7883"}))
 
 
 def _events(tb: Path, tags: dict[str, list[float]], images: bool = False) -> None:

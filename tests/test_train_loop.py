@@ -18,9 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from raydino.config import load_config
-from raydino.layout import Checkpoint, CheckpointError, load_generator
+from raydino.layout import Checkpoint
 from raydino.losses import DinoPyramidLoss
 from raydino.models.generator import ProgressiveGenerator
+from raydino.models.saved import CheckpointError, load_generator
 from raydino.pyramids import schema
 from raydino.pyramids.batch import columns
 from raydino.train import checkpoint, loop

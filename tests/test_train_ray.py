@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.errors import UserError
-from raydino.layout import Checkpoint, Run, load_generator
+from raydino.layout import Checkpoint, Run
 from raydino.models.loading import EncoderMismatch
+from raydino.models.saved import load_generator
 from raydino.pyramids.schema import ManifestMismatch
 from raydino.train.trainer import FAIL_ENV, TrainingError, train
 

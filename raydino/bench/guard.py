@@ -28,12 +28,13 @@ import pyarrow.parquet as pq
 import torch
 
 from raydino.config import Config, load_config
-from raydino.layout import Checkpoint, load_generator
+from raydino.data.images import read_image
+from raydino.layout import Checkpoint
 from raydino.metrics import level_distances
 from raydino.models.loading import load_dino
+from raydino.models.saved import load_generator
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
-from raydino.pyramids.decode import read_image
 from raydino.pyramids.features import dino_levels, resize, to_float
 from raydino.train import loop
 from raydino.train.monitor import Validator
@@ -55,8 +56,8 @@ def high_frequency(images: torch.Tensor, size: int) -> float:
 
 def real_images(pyramid_dir: str, count: int, resolution: int) -> torch.Tensor:
     """The first ``count`` source images by id (the validation rows), cropped as extraction crops them."""
-    table = pa.concat_tables([pq.read_table(f, columns=["id", "path"]) for f in schema.shard_files(pyramid_dir)])
-    paths = table.sort_by("id")["path"].to_pylist()[:count]
+    table = pa.concat_tables([pq.read_table(f, columns=[schema.ID, schema.PATH]) for f in schema.shard_files(pyramid_dir)])
+    paths = table.sort_by(schema.ID)[schema.PATH].to_pylist()[:count]
     return to_float(np.stack([read_image(p, resolution) for p in paths]))
 
 

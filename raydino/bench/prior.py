@@ -44,9 +44,9 @@ def write_codes(out: Path, rows: int, shard_rows: int = 1000) -> Path:
             schema.tokens_col(56): rng.standard_normal((n, TOKENS, DIM), dtype=np.float32).astype(np.float16),
             schema.CLIP: rng.standard_normal((n, CLIP_DIM), dtype=np.float32).astype(np.float16)}),
             out / f"part-{start // shard_rows:05d}.parquet")
-    schema.write_manifest(out, {"rows": rows, "levels": [56, 112, 224], "dim": DIM, "dtype": "float16",
-                                "clip": {"source": "random", "hash": "-", "dim": CLIP_DIM},
-                                "dino": {"source": "random", "hash": "-"}})
+    schema.write_manifest(out, schema.new_manifest(source="random", rows=rows, levels=[56, 112, 224], dim=DIM,
+                                                   dino={"source": "random", "hash": "-"},
+                                                   clip={"source": "random", "hash": "-", "dim": CLIP_DIM}))
     return out
 
 

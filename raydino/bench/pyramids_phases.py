@@ -116,7 +116,7 @@ def naive(dino_dir: str, sizes: list[int], files: list[str], device: str) -> dic
 def decode(sizes: list[int], files: list[str]) -> dict[str, Any]:
     """One core's images/s of the decode stage (read, decode, crop): how many cores feed the encoder."""
     from raydino.config import PyramidConfig
-    from raydino.pyramids.decode import decode_image
+    from raydino.data.images import decode_image
 
     cfg = PyramidConfig()
 

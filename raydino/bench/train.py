@@ -223,7 +223,7 @@ def ray_phase(cfg: Config, dino_dir: str, rows: int, epochs: int, workdir: Path)
 
     from raydino.config import to_dict
     from raydino.data.synth_faces import write_faces
-    from raydino.train.trainer import ordered_ingest, training_dataset
+    from raydino.train.ray_data import ordered_ingest, training_dataset
 
     pyramid = workdir / "pyramid"
     pyramid.mkdir()
@@ -252,8 +252,8 @@ def _write_pyramid(faces: Path, out: Path, dino_dir: str, sizes: list[int]) -> N
     import numpy as np
     import pyarrow.parquet as pq
 
+    from raydino.data.images import read_image
     from raydino.pyramids import schema
-    from raydino.pyramids.decode import read_image
     from raydino.pyramids.features import PyramidEncoder
 
     encoder = PyramidEncoder(dino_dir, sizes)

@@ -11,6 +11,7 @@ instead of being silently ignored or retried on a worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import types
 import typing
@@ -241,13 +242,24 @@ def _validate_keys(layer: dict) -> None:
     from_dict(_merge(to_dict(Config()), layer))
 
 
-def _merge(base: Any, layer: Any) -> Any:
-    if isinstance(base, dict) and isinstance(layer, dict):
+@functools.cache
+def _mappings(cls: type = Config, prefix: str = "") -> frozenset[str]:
+    """The key paths of the free-form mapping fields (``tune.search``, ``loss.stage_level_weights``)."""
+    out = set()
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out |= _mappings(tp, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict:
+            out.add(prefix + name)
+    return frozenset(out)
+
+
+def _merge(base: Any, layer: Any, prefix: str = "") -> Any:
+    """``layer`` over ``base``; a free-form mapping in ``layer`` replaces the base's whole, it is not merged."""
+    if isinstance(base, dict) and isinstance(layer, dict) and prefix.rstrip(".") not in _mappings():
         out = dict(base)
         for key, value in layer.items():
-            # free-form mappings (search spaces, per-stage weights) are replaced whole
-            replace_whole = key in ("search", "stage_level_weights")
-            out[key] = value if replace_whole or key not in base else _merge(base[key], value)
+            out[key] = _merge(base[key], value, f"{prefix}{key}.") if key in base else value
         return out
     return layer
 

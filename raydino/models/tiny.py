@@ -27,6 +27,7 @@ import torch
 from raydino.config import PyramidConfig, TinyModelsConfig
 from raydino.data.captions import caption_pairs
 from raydino.data.face_set import FaceSet, from_folder, from_seed
+from raydino.data.images import UnreadableImage, read_image
 from raydino.models.encoder_training import (
     FD_OBJECTIVE,
     IMAGENET_MEAN,
@@ -39,7 +40,7 @@ from raydino.models.face_attributes import save_classifier, train_classifier
 from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
 from raydino.models.part_segmenter import save_segmenter, train_segmenter
 from raydino.models.probes import majority_baseline, probe_encoder
-from raydino.pyramids.decode import BadImage, decode_image
+from raydino.pyramids.features import normalise, to_float
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
 TINY_CLIP = {
@@ -117,16 +118,13 @@ def fit_tiny_clip(model: torch.nn.Module, pairs: list[tuple[str, str]], steps: i
     crops, captions = [], []
     for path, caption in pairs:
         try:
-            crops.append(decode_image(Path(path).read_bytes(), size, min_side=1, max_pixels=PyramidConfig.max_pixels))
+            crops.append(read_image(path, size, max_pixels=PyramidConfig.max_pixels))
             captions.append(caption)
-        except (OSError, BadImage) as exc:
-            log.info("tiny CLIP fit: skipping %s (%s)", path, exc)
+        except UnreadableImage as exc:
+            log.info("tiny CLIP fit: skipping (%s)", exc)
     if not crops:
         raise ValueError("none of the captioned images can be read: the tiny CLIP has nothing to fit to")
-    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    images = (images - mean) / std
+    images = normalise(to_float(np.stack(crops)), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
     tokens = open_clip.get_tokenizer("ViT-B-32", context_length=TINY_CLIP["text_cfg"]["context_length"])(captions)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = open_clip.ClipLoss()

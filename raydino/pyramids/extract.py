@@ -37,10 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydino.config import PyramidConfig
-from raydino.models.loading import Clip, Dino, load_clip, load_dino
-from raydino.progress import CountFile, Tracker, read_done, watch
-from raydino.pyramids import schema
-from raydino.pyramids.decode import (
+from raydino.data.images import (
     BACKGROUND,
     BadImage,
     Listing,
@@ -50,6 +47,9 @@ from raydino.pyramids.decode import (
     relative_path,
     source_uri,
 )
+from raydino.models.loading import Clip, Dino, load_clip, load_dino
+from raydino.progress import CountFile, Tracker, read_done, watch
+from raydino.pyramids import schema
 from raydino.pyramids.features import PyramidEncoder
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ SHARD_BYTES = 128 * 2**20
 # float16 column's dictionary, at most 65,536 values, never outgrows the limit
 # at which pyarrow gives it up), snappy, and min/max statistics of every page.
 # Without them one core of an H200's host writes 2.6x as fast; files grow 6%.
-PARQUET_WRITE = {"compression": "none", "use_dictionary": False, "write_statistics": ["id"]}
+PARQUET_WRITE = {"compression": "none", "use_dictionary": False, "write_statistics": [schema.ID]}
 # Settings that change what a pyramid holds; the rest (batch size, actors,
 # GPUs, failure tolerance) only change how it is computed.
 CONTENT_KEYS = ("dino", "clip", "sizes", "thumb_size", "min_side", "max_pixels")
@@ -84,7 +84,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, p
     no file can fail the job.
     """
     ids, paths, images, failures = [], [], [], []
-    for shown in batch["path"]:
+    for shown in batch[schema.PATH]:
         shown = str(shown)
         try:
             with filesystem.open_input_stream(shown[len(prefix):]) as stream:
@@ -103,12 +103,12 @@ def decode_batch(batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, p
         ids.append(schema.stable_id(relative_path(root, shown[len(prefix):])))
         paths.append(shown)
     if failures:
-        name = hashlib.sha1("\n".join(map(str, batch["path"])).encode()).hexdigest()[:16]
+        name = hashlib.sha1("\n".join(map(str, batch[schema.PATH])).encode()).hexdigest()[:16]
         (Path(failures_dir) / f"{name}.json").write_text(json.dumps(failures))
     return {
-        "id": np.array(ids, dtype=object),
-        "path": np.array(paths, dtype=object),
-        "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        schema.ID: np.array(ids, dtype=object),
+        schema.PATH: np.array(paths, dtype=object),
+        schema.IMAGE: np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
     }
 
 
@@ -173,7 +173,7 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
 
     failures_dir, progress_dir = tmp / FAILURES, tmp / PROGRESS
     failures_dir.mkdir(parents=True)
-    paths = [{"path": listing.display(p)} for p in listing.images]
+    paths = [{schema.PATH: listing.display(p)} for p in listing.images]
     ds = ray.data.from_items(paths, override_num_blocks=max(1, math.ceil(len(paths) / cfg.batch_size)))
     ds = ds.map_batches(
         decode_batch,
@@ -276,30 +276,24 @@ def _manifest(cfg: PyramidConfig, images: str, listing: Listing, dino: Dino, cli
     rows = sum(pq.read_metadata(f).num_rows for f in shards)
     if rows + len(failures) != len(listing.images) + len(listing.failures):
         log.warning("%d rows + %d failures != %d images listed", rows, len(failures), len(listing.images))
-    return {
-        "status": "ok",
-        "source": source_uri(images),
-        "split": split,
-        "rows": rows,
-        "images_listed": len(listing.images),
-        "listing_failures": len(listing.failures),  # entries that could not be listed as files (dangling symlinks)
-        "failures": failures,
-        "failure_counts": dict(Counter(f["reason"].split(":", 1)[0] for f in failures)),
-        "ignored": dict(listing.ignored),
-        "levels": list(cfg.sizes),
-        "grids": [s // dino.patch_size for s in cfg.sizes],
-        "dim": dino.dim,
-        "dtype": "float16",
-        "dino": dino.describe(),
-        "clip": clip.describe() if clip else None,
-        "thumb_size": cfg.thumb_size,
-        "preprocessing": preprocessing(cfg, dino.mean, dino.std),
-        "config": dataclasses.asdict(cfg),
-        "shards": [f.name for f in shards],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(rows / seconds, 2) if seconds else 0.0,
-    }
+    return schema.new_manifest(
+        source=source_uri(images), rows=rows, levels=cfg.sizes, dim=dino.dim, dino=dino.describe(),
+        clip=clip.describe() if clip else None,
+        split=split,
+        images_listed=len(listing.images),
+        listing_failures=len(listing.failures),  # entries that could not be listed as files (dangling symlinks)
+        failures=failures,
+        failure_counts=dict(Counter(f["reason"].split(":", 1)[0] for f in failures)),
+        ignored=dict(listing.ignored),
+        grids=[s // dino.patch_size for s in cfg.sizes],
+        thumb_size=cfg.thumb_size,
+        preprocessing=preprocessing(cfg, dino.mean, dino.std),
+        config=dataclasses.asdict(cfg),
+        shards=[f.name for f in shards],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=round(seconds, 3),
+        images_per_s=round(rows / seconds, 2) if seconds else 0.0,
+    )
 
 
 def _verdict(manifest: dict, cfg: PyramidConfig, images: str) -> str:

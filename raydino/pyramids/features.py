@@ -11,19 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from raydino.models.loading import Clip, Dino
-
-
-def square_crop(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shortest side to ``size`` (antialiased) and centre-crop: uint8 HxWx3."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.LANCZOS, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+from raydino.pyramids import schema
 
 
 def host_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -97,10 +87,9 @@ class PyramidEncoder:
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        from raydino.pyramids import schema
 
         pinned = self.device.type == "cuda"
-        images = host_tensor(batch["image"])
+        images = host_tensor(batch[schema.IMAGE])
         x = to_float(images.pin_memory() if pinned else images, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             levels = dino_levels(self.dino, x, self.sizes)
@@ -113,7 +102,7 @@ class PyramidEncoder:
         out[schema.THUMB] = thumb.permute(0, 2, 3, 1)
         if emb is not None:
             out[schema.CLIP] = emb.float()
-        return {"id": list(batch["id"]), "path": list(batch["path"]), **to_host(out, pinned)}
+        return {schema.ID: list(batch[schema.ID]), schema.PATH: list(batch[schema.PATH]), **to_host(out, pinned)}
 
 
 def to_host(tensors: dict[str, torch.Tensor], pinned: bool) -> dict[str, np.ndarray]:

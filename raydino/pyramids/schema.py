@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from raydino import __version__
 
 MANIFEST = "manifest.json"
+ID, PATH = "id", "path"  # a row's stable id (hash of its relative path) and its source image
+IMAGE = "image"  # the decoded crop, between decoding and encoding only (never stored)
 THUMB = "thumb"
 CLIP = "clip"
 
@@ -68,6 +70,18 @@ def make_table(batch: dict[str, Any]) -> pa.Table:
         else:
             cols[name] = pa.array(list(value), type=pa.string())
     return pa.table(cols)
+
+
+def new_manifest(*, source: str, rows: int, levels: list[int], dim: int, dino: dict, clip: dict | None = None,
+                 **fields: Any) -> dict:
+    """A finished pyramid's manifest: what every reader checks, then ``fields`` (the extraction's record).
+
+    ``dino``/``clip``: each encoder's ``describe()`` (``source``, ``hash``,
+    and ``dim`` for CLIP). The one place a manifest is put together, for
+    extraction and for the pyramids tests and benchmarks write by hand.
+    """
+    return {"status": "ok", "source": source, "rows": rows, "failures": [], "levels": list(levels), "dim": dim,
+            "dtype": "float16", "dino": dino, "clip": clip, **fields}
 
 
 def write_manifest(out: str | Path, manifest: dict) -> Path:
@@ -173,10 +187,10 @@ def read_first_rows(pyramid_dir: str | Path, columns: list[str], count: int) -> 
     files = shard_files(pyramid_dir)
     if not files:
         raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
-    ids = pa.concat_arrays([pq.read_table(f, columns=["id"])["id"].combine_chunks() for f in files])
+    ids = pa.concat_arrays([pq.read_table(f, columns=[ID])[ID].combine_chunks() for f in files])
     chosen = pc.take(ids, pc.sort_indices(ids)[:count])
-    table = pa.concat_tables([pq.read_table(f, columns=["id", *columns], filters=pc.field("id").isin(chosen))
-                              for f in files]).sort_by("id")
+    table = pa.concat_tables([pq.read_table(f, columns=[ID, *columns], filters=pc.field(ID).isin(chosen))
+                              for f in files]).sort_by(ID)
     return {c: to_numpy(table[c]).copy() for c in columns}  # writable: torch warns on read-only arrays
 
 
@@ -204,8 +218,8 @@ def load_arrays(pyramid_dir: str | Path, columns: list[str] | None = None) -> di
     if not files:
         raise FileNotFoundError(f"no parquet shards in {pyramid_dir}")
     table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-    if "id" in table.column_names:
-        table = table.sort_by("id")
+    if ID in table.column_names:
+        table = table.sort_by(ID)
     return {
         name: (to_numpy(table[name]) if isinstance(table[name].type, pa.BaseExtensionType)
                else np.asarray(table[name].to_pylist()))

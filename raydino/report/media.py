@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from raydino.data.images import read_image
 from raydino.layout import Samples
 from raydino.pyramids import schema
-from raydino.pyramids.decode import read_image
 from raydino.report.inputs import SNAPSHOTS, Context
 from raydino.report.markup import esc, fmt, missing, table
 
@@ -149,7 +149,7 @@ def pyramid_rows(pyramid_dir: Path, count: int) -> tuple[dict, list[int]]:
     manifest = schema.read_manifest(pyramid_dir)
     levels = [int(s) for s in manifest["levels"]]
     names = set(pq.read_schema(schema.shard_files(pyramid_dir)[0]).names)
-    wanted = [schema.tokens_col(s) for s in levels] + [c for c in (schema.THUMB, "path") if c in names]
+    wanted = [schema.tokens_col(s) for s in levels] + [c for c in (schema.THUMB, schema.PATH) if c in names]
     return schema.read_first_rows(pyramid_dir, wanted, count), levels
 
 
@@ -198,7 +198,7 @@ def section_pyramid(ctx: Context) -> str:
     n = len(rows[schema.tokens_col(levels[0])])
     cells = ['<div class="rowlabel">image</div>']
     for i in range(n):
-        img = _source_image(rows["path"][i] if "path" in rows else None,
+        img = _source_image(rows[schema.PATH][i] if schema.PATH in rows else None,
                             rows[schema.THUMB][i] if schema.THUMB in rows else None, PCA_CELL)
         cells.append(ctx.assets.img(f"pyramid_image_{i}.png", img, f"image {i + 1}") if img is not None
                      else '<div class="empty">no image</div>')

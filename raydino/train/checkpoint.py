@@ -11,7 +11,7 @@ holds everything needed to continue bit for bit:
 - ``config.yaml``: the resolved config.
 
 The file names are :class:`raydino.layout.Checkpoint`'s. A file that cannot
-be read is a :class:`~raydino.layout.CheckpointError` naming it; the caller
+be read is a :class:`~raydino.models.saved.CheckpointError` naming it; the caller
 falls back to an older checkpoint when there is one. The finished models
 are the EMA weights exported into the run folder (:class:`raydino.layout.Run`),
 which :mod:`raydino.layout` loads back.
@@ -30,8 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raydino.config import Config, load_config, save_config
-from raydino.layout import CONFIG, Checkpoint, CheckpointError, Run, header, load_weights, read_file
+from raydino.layout import CONFIG, Checkpoint, Run
 from raydino.models.generator import ProgressiveGenerator
+from raydino.models.saved import CheckpointError, header, load_weights, read_file
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
 from raydino.train.monitor import RunLog
-from raydino.train.runtime import check_bad_steps, data_stream, inject_fault
+from raydino.train.runtime import check_bad_steps, data_stream, inject_fault, optimizer_step
 from raydino.train.session import Session
-from raydino.train.step import all_finite, requires_grad, update_ema
+from raydino.train.step import requires_grad, update_ema
 
 
 def prior_columns(cfg: Config, with_clip: bool) -> list[str]:
@@ -78,12 +78,7 @@ def fit_prior(cfg: Config, run_dir: str | Path, session: Session, shape: dict, f
         x = model.standardise(batch[code_col].to(device))
         cond = batch[schema.CLIP].to(device) if with_clip else None
         loss = flow_matching_loss(net, x, cond, rng, pc.clip_noise, pc.cond_dropout)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip)
-        ok = all_finite(loss, grad_norm)
-        if ok:
-            opt.step()
+        ok, grad_norm = optimizer_step(loss, model.parameters(), opt, pc.grad_clip)
         progress.advance(pc.batch_size, ok)
         if rank0:
             counter.update(progress.step, force=progress.step == pc.steps)

@@ -28,11 +28,11 @@ from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.prior_loop import prior_columns
+from raydino.train.ray_data import parquet_dataset
 from raydino.train.trainer import (
     RaySession,
     fail_at_step,
     fit,
-    parquet_dataset,
     run_exists,
     torch_trainer,
     worker_setup,

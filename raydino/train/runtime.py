@@ -15,12 +15,38 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from raydino.train.checkpoint import Progress
 from raydino.train.session import Session
 
 log = logging.getLogger(__name__)
 FAULT_MARKER = ".fault_injected"
+
+
+def all_finite(*values: torch.Tensor) -> bool:
+    """True when every value is finite on every rank (one tiny all-reduce under DDP)."""
+    ok = torch.stack([torch.isfinite(v.detach().float()).all() for v in values]).all().float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def optimizer_step(loss: torch.Tensor, params, opt: torch.optim.Optimizer,
+                   grad_clip: float) -> tuple[bool, torch.Tensor]:
+    """Backprop ``loss``, clip, and step unless the loss or the gradient is non-finite on any rank.
+
+    Returns ``(ok, grad_norm)``; a skipped step is the caller's to count
+    (:func:`check_bad_steps`). Under DDP the gradients are already averaged
+    when ``clip_grad_norm_`` reads them, so every rank takes the same decision.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    ok = all_finite(loss, grad_norm)
+    if ok:
+        opt.step()
+    return ok, grad_norm
 
 
 def inputs_finite(values: list[torch.Tensor]) -> bool:
@@ -31,8 +57,6 @@ def inputs_finite(values: list[torch.Tensor]) -> bool:
     the driver names the shard (:func:`raydino.pyramids.schema.nonfinite_shards`)
     instead of the failure policy retrying a run that would meet the same rows.
     """
-    from raydino.train.step import all_finite
-
     return all_finite(*values)
 
 

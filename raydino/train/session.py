@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from raydino.layout import Checkpoint
 from raydino.pyramids import schema
 
 
@@ -76,4 +77,4 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.reports.append(dict(metrics))
-        shutil.copytree(checkpoint_dir, self.checkpoint_root / f"step_{int(metrics['step']):08d}", dirs_exist_ok=True)
+        shutil.copytree(checkpoint_dir, self.checkpoint_root / Checkpoint.folder(metrics["step"]), dirs_exist_ok=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from raydino.config import StageConfig
 from raydino.losses import DinoPyramidLoss, LossTerms
 from raydino.models.generator import Noise
 from raydino.pyramids.batch import Targets
+from raydino.train.runtime import optimizer_step
 
 
 def requires_grad(model: nn.Module, flag: bool) -> None:
@@ -37,14 +37,6 @@ def fade_alpha(stage: StageConfig, stage_step: int, first: bool) -> float:
     if first or stage.fade_images <= 0:
         return 1.0
     return min(1.0, stage_step * stage.batch_size / stage.fade_images)
-
-
-def all_finite(*values: torch.Tensor) -> bool:
-    """True when every value is finite on every rank (one tiny all-reduce under DDP)."""
-    ok = torch.stack([torch.isfinite(v.detach().float()).all() for v in values]).all().float()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
 
 
 @dataclass
@@ -67,10 +59,5 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: DinoPyramidL
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         images = net(targets.code.repeat_interleave(loss_fn.draws, dim=0), noise, resolution, alpha)
         terms = loss_fn(images, targets, resolution, rng)
-    opt.zero_grad(set_to_none=True)
-    terms.total.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    ok = all_finite(terms.total, grad_norm)
-    if ok:
-        opt.step()
+    ok, grad_norm = optimizer_step(terms.total, net.parameters(), opt, grad_clip)
     return StepOutput(terms=terms, grad_norm=float(grad_norm), ok=ok)

@@ -6,12 +6,10 @@ only) and configures DDP, checkpoints and failure handling; the worker side
 is a :class:`RaySession` that gives the loop its shard, its device and
 Ray's checkpoints.
 
-Deterministic data order: the split across workers runs with
-``preserve_order`` (and no locality hints), so each worker receives the same
-rows in the same order every epoch, and the per-epoch shuffle is a local
-shuffle seeded by (seed, epoch). A resumed run recreates the epoch's
-iterator and skips the batches already consumed, so it sees exactly the
-batches an uninterrupted run would.
+The data side (the pyramid as a Ray Data dataset, in the same order on
+every epoch and every run) is :mod:`raydino.train.ray_data`. A resumed run
+recreates the epoch's iterator and skips the batches already consumed, so
+it sees exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -46,10 +44,11 @@ from torch import nn
 
 from raydino.config import Config, TrainConfig, from_dict, load_config, save_config, to_dict
 from raydino.data_fit import fit_to_rows
-from raydino.layout import Run
+from raydino.layout import Checkpoint, Run
 from raydino.pyramids import schema
 from raydino.pyramids.batch import columns
 from raydino.train import checkpoint
+from raydino.train.ray_data import ordered_ingest, training_dataset
 from raydino.train.session import epoch_seed
 
 with contextlib.suppress(ImportError):
@@ -102,7 +101,7 @@ class RaySession:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
-                         checkpoint_dir_name=f"step_{int(metrics['step']):08d}")
+                         checkpoint_dir_name=Checkpoint.folder(metrics["step"]))
 
 
 def worker_setup(tc: TrainConfig) -> None:
@@ -154,16 +153,16 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
     """
     if holdout_dir is None:
         return None
+    from raydino.data.images import read_image
     from raydino.models.loading import require_local
-    from raydino.pyramids.decode import read_image
 
     require_local(cfg.eval.fd_encoder, "eval.fd_encoder")
     manifest = schema.read_manifest(holdout_dir)
     schema.check_manifest(manifest, levels=cfg.pyramids.sizes, where=str(holdout_dir))
     # its codes must be in the training encoder's space
     schema.check_encoder(manifest, cfg.pyramids.dino, dino_hash, str(holdout_dir), "the training pyramid's encoder")
-    rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), "path"], cfg.train.val_count)
-    images = np.stack([read_image(p, max(cfg.pyramids.sizes)) for p in rows.pop("path")])
+    rows = schema.read_first_rows(holdout_dir, [*columns(cfg.pyramids.sizes), schema.PATH], cfg.train.val_count)
+    images = np.stack([read_image(p, max(cfg.pyramids.sizes)) for p in rows.pop(schema.PATH)])
     return {"rows": rows, "images": images, "encoder": cfg.eval.fd_encoder or cfg.pyramids.dino,
             "set": schema.describe_set(manifest) + f"; first {len(images)} by id"}
 
@@ -285,31 +284,6 @@ def run_exists(run: Run, model: str, resume: bool, flag: str = "--out") -> bool:
         raise UserError(f"{flag} {run.path}: nothing to resume (no Ray Train record in {experiment}/): leave out "
                         "--resume to start the run")
     return started
-
-
-def training_dataset(cfg: Config, pyramids_dir: str | Path, rows: int) -> ray.data.Dataset:
-    """The generator's columns of the pyramid (string columns cannot become torch batches)."""
-    return parquet_dataset(pyramids_dir, columns(cfg.pyramids.sizes), rows, cfg.train.materialize,
-                           cfg.train.num_workers)
-
-
-def parquet_dataset(pyramids_dir: str | Path, names: list[str], rows: int, materialize: bool,
-                    num_workers: int) -> ray.data.Dataset:
-    """Some columns of a pyramid as a Ray Data dataset, in file order, streamed unless ``materialize``."""
-    dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=names)
-    dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
-    if materialize:
-        # one equal block per worker: the per-epoch split then never has to cut a block, which takes a
-        # remote task (often a fresh worker process) at every epoch start
-        dataset = dataset.limit(rows - rows % num_workers).repartition(num_workers).materialize()
-    return dataset
-
-
-def ordered_ingest():
-    """Ray Data execution options that make each worker's shard the same on every epoch and every run."""
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

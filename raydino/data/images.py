@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from raydino.pyramids.features import square_crop
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Transparent pixels are composited on white: the usual background of cut-outs
@@ -41,6 +40,24 @@ class BadImage(Exception):
     def __init__(self, kind: str, detail: str = ""):
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+
+
+class UnreadableImage(ValueError):
+    """An image file :func:`read_image` cannot use: the message names it, ``kind`` groups the reason."""
+
+    def __init__(self, path: str | Path, kind: str, reason: object):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.kind = kind
+
+
+def square_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shortest side to ``size`` (antialiased) and centre-crop: uint8 HxWx3."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.LANCZOS, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def relative_path(root: str, path: str) -> str:
@@ -286,18 +303,20 @@ def decode_image(data: bytes, size: int, *, min_side: int, max_pixels: int) -> n
     return square_crop(img, size)
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
+def read_image(path: str | Path, size: int, *, min_side: int = 1, max_pixels: int = 2**62) -> np.ndarray:
     """One image file or URI -> the ``uint8 [size, size, 3]`` crop extraction makes of it.
 
-    The one reader outside extraction: sampling, evaluation and the held-out
-    figures compare generated pixels with these, so they go through
+    The one reader outside extraction: sampling, evaluation, the held-out
+    figures, the tiny CLIP and the check of ``--images`` see pixels through
     :func:`decode_image` exactly as the pyramid's did, whatever the format.
-    Raises ``ValueError`` naming the file.
+    Raises :class:`UnreadableImage` naming the file.
     """
     fs, fs_path, _ = _open_source(str(path))
     try:
         with fs.open_input_stream(fs_path) as stream:
             data = stream.read()
-        return decode_image(data, size, min_side=1, max_pixels=2**62)
-    except (OSError, BadImage) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+        return decode_image(data, size, min_side=min_side, max_pixels=max_pixels)
+    except BadImage as exc:
+        raise UnreadableImage(path, exc.kind, exc) from None
+    except OSError as exc:
+        raise UnreadableImage(path, "unreadable", exc) from None
