@@ -11,7 +11,7 @@ from pathlib import Path
 
 from raydino.bench.commands import add_bench_parser, int_list
 from raydino.config import ConfigError, load_config
-from raydino.config.checks import check_sizes
+from raydino.config.checks import check_extraction
 from raydino.data_fit import fit_to_rows
 from raydino.errors import UserError, require_images, require_pyramid, require_run, require_writable
 from raydino.lock import hold
@@ -74,7 +74,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
                                               cfg.clip)
             cfg.clip = ""
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
-    check_sizes(cfg.sizes, "--sizes" if args.sizes else "pyramids.sizes")
+    check_extraction(cfg, {name: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None})
     require_local(cfg.dino, "--dino" if args.dino else "pyramids.dino")
     require_writable(args.out)
     require_images(args.images, min_side=cfg.min_side, max_pixels=cfg.max_pixels)

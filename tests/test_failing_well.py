@@ -224,3 +224,11 @@ def test_a_stopped_command_says_where_to_resume_without_a_traceback(tmp_path, si
     assert "Traceback" not in err
     assert f"raydino run: {said}; resume with the same command" in err and f"--out {out}" in err
     assert not (tmp_path / ".out.lock").exists()  # the lock went with it
+
+
+@pytest.mark.parametrize(("flag", "named"), [(["--actors", "0"], "--actors 0"),
+                                             (["--max-failure-fraction", "2"], "--max-failure-fraction 2.0"),
+                                             (["--sizes", "50,100"], "--sizes 50,100")])
+def test_a_bad_extraction_flag_is_named_before_ray(capsys, tmp_path, faces_dir, flag, named):
+    _fails(capsys, ["pyramids", "--images", str(faces_dir), "--out", str(tmp_path / "pyramids"), *flag], named)
+    _nothing_written(tmp_path)

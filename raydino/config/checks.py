@@ -18,6 +18,7 @@ from raydino.config.sections import (
     LossConfig,
     ModelConfig,
     PriorConfig,
+    PyramidConfig,
     TrainConfig,
 )
 
@@ -53,6 +54,18 @@ def check_sizes(sizes: list[int], key: str = "pyramids.sizes") -> list[int]:
           f"{key} {shown}: every level must be a positive multiple of {DINO_PATCH} (DINOv2's patch), e.g. 56,112,224")
     _need(len(set(sizes)) == len(sizes), f"{key} {shown} names a level twice")
     return sizes
+
+
+def check_extraction(pyramids: PyramidConfig, flags: dict[str, str] | None = None) -> list[int]:
+    """The extraction's settings; ``flags`` names the command-line flag that set a field (``sizes`` -> ``--sizes``)."""
+    def key(name: str) -> str:
+        return (flags or {}).get(name, f"pyramids.{name}")
+
+    _need(pyramids.actors >= 1, f"{key('actors')} {pyramids.actors} must be at least 1")
+    _need(pyramids.batch_size >= 1, f"{key('batch_size')} {pyramids.batch_size} must be at least 1")
+    _need(0 <= pyramids.max_failure_fraction <= 1,
+          f"{key('max_failure_fraction')} {pyramids.max_failure_fraction} must be in [0, 1]")
+    return check_sizes(pyramids.sizes, key("sizes"))
 
 
 def check_model(model: ModelConfig) -> list[int]:
@@ -118,11 +131,7 @@ def check_train(train: TrainConfig, resolutions: list[int]) -> None:
 
 def check(cfg: Config) -> Config:
     """Every value rule of ``cfg`` that needs no data; returns ``cfg`` unchanged."""
-    sizes = check_sizes(cfg.pyramids.sizes)
-    _need(cfg.pyramids.actors >= 1 and cfg.pyramids.batch_size >= 1,
-          "pyramids.actors and pyramids.batch_size must be at least 1")
-    _need(0 <= cfg.pyramids.max_failure_fraction <= 1,
-          f"pyramids.max_failure_fraction={cfg.pyramids.max_failure_fraction} must be in [0, 1]")
+    sizes = check_extraction(cfg.pyramids)
     _need(0 <= cfg.data.holdout_fraction < 1, f"data.holdout_fraction={cfg.data.holdout_fraction} must be in [0, 1)")
     _need(cfg.data.synth_count >= 1, f"data.synth_count={cfg.data.synth_count} must be at least 1")
     _need(cfg.tiny.processes >= 1, f"tiny.processes={cfg.tiny.processes} must be at least 1")
