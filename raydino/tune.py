@@ -80,7 +80,8 @@ def trial_config(cfg: Config, params: dict) -> Config:
                                         "train.gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial})
 
 
-def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_dir: str, dataset) -> None:
+def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_dir: str, dataset,
+           manifest: dict) -> None:
     """One trial: a full training run in ``SWEEP_DIR/trials/<trial_id>``."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -91,7 +92,8 @@ def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_d
     run = Sweep(sweep_dir).trial(ray.tune.get_context().get_trial_id())
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
-    build_trainer(cfg, pyramids, run.path, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout).fit()
+    build_trainer(cfg, pyramids, run.path, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout,
+                  manifest=manifest).fit()
 
 
 def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout: str | Path | None = None) -> dict:
@@ -123,7 +125,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     dataset = training_dataset(trial_config(cfg, {}), pyramids, rows)
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), pyramids=str(Path(pyramids).resolve()),
                                      holdout=str(Path(holdout).resolve()) if holdout else None,
-                                     sweep_dir=str(sweep_dir), dataset=dataset)
+                                     sweep_dir=str(sweep_dir), dataset=dataset, manifest=manifest)
     # the trial function only waits on its TorchTrainer, whose workers hold the real resources
     # (Tune refuses an empty request, hence a token fraction of a CPU)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})

@@ -169,16 +169,20 @@ def holdout_payload(cfg: Config, holdout_dir: str | Path | None, dino_hash: str)
 
 def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *, name: str | None = None,
                   storage_path: str | None = None, callbacks: list | None = None,
-                  dataset: ray.data.Dataset | None = None, holdout: str | Path | None = None):
+                  dataset: ray.data.Dataset | None = None, holdout: str | Path | None = None,
+                  manifest: dict | None = None):
     """A ``TorchTrainer`` for ``cfg`` (Ray Tune calls this inside a trial with its own name/storage/callbacks).
 
     Checkpoints go to ``storage_path/name`` (default ``RUN_DIR/checkpoints``);
     rank 0 writes TensorBoard and grids to ``run_dir`` (a shared filesystem
     on a multi-node cluster). ``dataset`` is a ``training_dataset`` built
     once and shared, as a sweep's trials do. ``holdout``: a held-out
-    pyramid, for the ``heldout/*`` figures at each stage end.
+    pyramid, for the ``heldout/*`` figures at each stage end. ``manifest``:
+    the pyramid's, when the caller has bound ``cfg`` to it already
+    (:func:`bind_pyramid` loads the DINOv2 once more otherwise).
     """
-    cfg, manifest = bind_pyramid(cfg, pyramids_dir)
+    if manifest is None:
+        cfg, manifest = bind_pyramid(cfg, pyramids_dir)
     cfg, _ = fit_to_rows(cfg, manifest["rows"], quiet=True)  # its caller logged the changes
     run_dir = Path(run_dir).resolve()
     loop_config = {"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
@@ -309,7 +313,7 @@ def train(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bo
     cfg, _ = fit_to_rows(cfg, manifest["rows"])
     names = columns(cfg.pyramids.sizes)
     try:
-        trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout)  # checks the pyramids first
+        trainer = build_trainer(cfg, pyramids_dir, run_dir, holdout=holdout, manifest=manifest)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
         start = time.time()
