@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -35,10 +37,18 @@ def cmd_synth_faces(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
-    from raydino.models.tiny import write_tiny_models
+    from raydino.models.tiny import SHIPPED, build_recipe, write_tiny_models
 
     cfg = _cfg(args)
-    paths = write_tiny_models(args.out, args.faces, seed=args.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes)
+    if args.ship:
+        out = Path(args.out or os.path.relpath(SHIPPED / cfg.preset))  # the notes name the faces' folder so
+        if out.exists():
+            shutil.rmtree(out)
+        paths = build_recipe(cfg, out)
+    elif not (args.out and args.faces):
+        raise UserError("raydino tiny-models: --out and --faces are required (or --ship)")
+    else:
+        paths = write_tiny_models(args.out, args.faces, seed=args.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
@@ -216,10 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-models", help="train tiny DINOv2/CLIP encoders, an attribute classifier and a part "
                                           "segmenter on synthetic faces")
     _config_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--faces", "--train-clip-on", dest="faces", required=True,
+    p.add_argument("--faces", "--train-clip-on", dest="faces", default=None,
                    help="a `raydino synth-faces` folder: the encoders, the classifier and the CLIP learn from it")
+    p.add_argument("--ship", action="store_true",
+                   help="build the preset's own recipe (its synthetic faces, seed, levels, budget) into "
+                        "raydino/models/shipped/PRESET (or --out): the build `raydino run` copies instead of training")
     p.set_defaults(func=cmd_tiny_models)
 
     p = sub.add_parser("run", help="the main job: every stage of the pipeline, resumable")

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -71,13 +72,20 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     """
     from raydino.data.captions import caption_pairs
     from raydino.data.images import Split
-    from raydino.models.tiny import write_tiny_models
+    from raydino.models.tiny import recipe, shipped_build, write_tiny_models
 
     captions = None
     if cfg.data.images:
         pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
         captions = (pairs, cfg.data.images)
-    write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions)
+    elif cfg.tiny.shipped and (shipped := shipped_build(recipe(cfg))):
+        shutil.copytree(shipped, out, dirs_exist_ok=True)
+        log.info("tiny models: the package's build of this recipe (%s), trained from the same faces, seed and "
+                 "steps; `raydino tiny-models --preset %s --ship --out DIR` rebuilds it, tiny.shipped=false "
+                 "trains them here", shipped, cfg.preset)
+        return
+    write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions,
+                      recipe=None if cfg.data.images else recipe(cfg))
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:

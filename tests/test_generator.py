@@ -41,6 +41,26 @@ def test_generator_shapes_at_every_stage():
         model(torch.randn(3, 9, 48), noise, 16)
 
 
+def test_each_code_token_draws_its_own_cell_of_the_code_map():
+    """A token's cell pattern lands in its cell of the code_resolution map, and only there; resizing spreads it."""
+    model = small_generator()  # a 4x4 code decoded to 32 px: 8x8 pixels per token
+    assert model.code_resolution == 32 and model.cell == 8
+    torch.manual_seed(1)
+    c = torch.randn(1, 16, 8)
+    moved = c.clone()
+    moved[0, 6] += 1.0  # row 1, column 2 of the grid
+    with torch.no_grad():
+        resized_only = model.decode_code(moved) - model.decode_code(c)   # code_cells start at zero
+        torch.nn.init.normal_(model.code_cells.weight)
+        with_cells = model.decode_code(moved) - model.decode_code(c)
+    assert resized_only.shape == (1, 8, 32, 32)
+    cells = (with_cells - resized_only).abs().sum(1)[0]
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[8:16, 16:24] = True
+    assert cells[inside].min() > 1e-2 and cells[~inside].max() < 1e-5
+    assert (resized_only.abs().sum(1)[0][~inside] > 0).any()  # bilinear resizing reaches the neighbours
+
+
 def test_fade_in_blends_the_upsampled_previous_stage():
     model = small_generator(max_resolution=64)
     code, noise = torch.randn(2, 16, 48), draw_noise(2, 4, 64)

@@ -76,6 +76,9 @@ def check_model(model: ModelConfig) -> list[int]:
           f"{len(res)} (one per resolution {', '.join(map(str, res))})")
     _need(all(c >= 1 for c in model.channels), f"model.channels={model.channels}: every width must be at least 1")
     _need(model.code_dim >= 1 and model.noise_dim >= 1, "model.code_dim and model.noise_dim must be at least 1")
+    _need(model.code_resolution >= BASE_RESOLUTION,
+          f"model.code_resolution={model.code_resolution}: the code is decoded to at least the first block's "
+          f"{BASE_RESOLUTION} px")
     return res
 
 
@@ -101,6 +104,7 @@ def check_prior(prior: PriorConfig, code_grid: int) -> None:
     _need(prior.patch >= 1 and code_grid % prior.patch == 0,
           f"prior.patch={prior.patch} does not tile the {code_grid}x{code_grid} code (pyramids.sizes first level / 14)")
     _need(prior.num_workers >= 1, f"prior.num_workers={prior.num_workers} must be at least 1")
+    _need(prior.cpus_per_worker > 0, f"prior.cpus_per_worker={prior.cpus_per_worker} must be above 0")
     _need(prior.batch_size >= 1 and prior.batch_size % prior.num_workers == 0,
           f"prior.batch_size={prior.batch_size} must be a positive multiple of prior.num_workers={prior.num_workers}")
     _need(prior.sample_steps >= 1, f"prior.sample_steps={prior.sample_steps} must be at least 1")

@@ -31,10 +31,13 @@ class TinyModelsConfig:
     random weights, and says so: the baseline the trained ones are measured
     against), the attribute classifier for ``classifier_steps``, the part
     segmenter for ``segmenter_steps``; the probes are scored on
-    ``probe_faces`` held-out faces (docs/encoders.md).
+    ``probe_faces`` held-out faces (docs/encoders.md). ``shipped``: copy the
+    package's prebuilt models when they were built from this run's recipe
+    (``raydino.models.tiny.recipe``) instead of training them again.
     """
 
     build: bool = False
+    shipped: bool = True
     encoder_steps: int = 600
     fd_encoder_steps: int = 400
     classifier_steps: int = 400
@@ -67,6 +70,12 @@ class PyramidConfig:
 class ModelConfig:
     """Progressive generator sizes; ``channels[i]`` is the width at 16 * 2**i px.
 
+    ``code_resolution``: the side the coarse code is decoded to before it
+    feeds and modulates the blocks. Each token maps linearly to its own
+    cell of that map (a pixel shuffle), added to the bilinearly resized
+    code, so a token says where its eye or mouth sits inside its cell;
+    bilinear resizing alone spreads it over the cell (docs/training.md).
+
     ``noise_strength``: initial per-channel scale of the per-pixel noise maps
     (learned from there; not zero, so the distributional loss's spread term
     has a gradient from the first step).
@@ -77,6 +86,7 @@ class ModelConfig:
     noise_strength: float = 0.1
     channels: list[int] = field(default_factory=lambda: [512, 512, 256, 128, 64])
     max_resolution: int = 256
+    code_resolution: int = 32
 
 
 @dataclass
@@ -207,6 +217,7 @@ class PriorConfig:
     solver: str = "heun"
     guidance: float = 2.0
     num_workers: int = 1
+    cpus_per_worker: float = 1.0  # and as many threads: the demo's prior runs alone, on both cores
     checkpoint_every: int = 200
     log_every: int = 50
     pca_components: int = 16

@@ -2,11 +2,15 @@
 
 One pass, no discriminator, no iterative sampling. The coarse code (the
 first pyramid level's patch tokens, ``[B, g*g, D]``) is projected to a small
-width and laid out on its ``g x g`` grid, which fixes the layout. It is the
+width and decoded to a ``model.code_resolution`` map: the ``g x g`` grid
+resized, plus each token's own linear map to the pixels of its cell (a pixel
+shuffle, as a ViT's patch decoder). A DINOv2 token knows where inside its
+14 px patch an eye or a mouth sits; resizing alone spreads that over the
+cell, and the generator drew parts far more slowly from it. The map is the
 generator's input at 16 px and, resized, modulates every block after the
 norm (SPADE, Park et al. 2019): a block at 32 px or more otherwise sees the
-code only through what 16 px features kept of it, and learned to draw eyes
-and mouths far more slowly (docs/training.md#the-code-and-the-generator-drawing-the-parts).
+code only through what 16 px features kept of it
+(docs/training.md#the-code-and-the-generator-drawing-the-parts).
 What the code
 leaves open (eyes, strands of hair, glasses) comes from the :class:`Noise`:
 a global style vector (noise + pooled code) modulates every block, and a
@@ -107,7 +111,7 @@ class Block(nn.Module):
         self.conv2 = ModulatedConv(cout, cout, style_dim, code_dim, noise_strength)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, code: torch.Tensor, noise_map: torch.Tensor) -> torch.Tensor:
-        """Both convs read the same noise map at their own learned strengths, and the code ``[B, C, g, g]`` resized."""
+        """Both convs read the same noise map at their own learned strengths, and the decoded code map resized."""
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         code_map = F.interpolate(code, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -130,6 +134,11 @@ class ProgressiveGenerator(nn.Module):
         style_dim = cfg.code_dim + cfg.noise_dim
         # DINO tokens carry a few very large channels; LayerNorm keeps the projection well-conditioned
         self.code_in = nn.Sequential(nn.LayerNorm(code_tokens_dim), nn.Linear(code_tokens_dim, cfg.code_dim))
+        self.code_resolution = cfg.code_resolution
+        self.cell = -(-cfg.code_resolution // grid)  # pixels per token side (rounded up; resized to fit after)
+        self.code_cells = nn.Linear(cfg.code_dim, cfg.code_dim * self.cell ** 2)
+        nn.init.zeros_(self.code_cells.weight)  # starts as the resized code alone
+        nn.init.zeros_(self.code_cells.bias)
         self.style = nn.Sequential(nn.Linear(style_dim, style_dim), nn.SiLU(), nn.Linear(style_dim, style_dim))
         self.blocks = nn.ModuleList(
             [Block(cfg.code_dim, ch[0], style_dim, cfg.code_dim, upsample=False, noise_strength=cfg.noise_strength)]
@@ -142,10 +151,20 @@ class ProgressiveGenerator(nn.Module):
                    device: torch.device | str = "cpu") -> Noise:
         return draw_noise(n, self.noise_dim, resolution, rng, device)
 
+    def decode_code(self, c: torch.Tensor) -> torch.Tensor:
+        """Projected tokens ``[B, g*g, code_dim]`` -> ``[B, code_dim, R, R]``, R = ``code_resolution``."""
+        b, g, size = len(c), self.grid, self.grid * self.cell
+        grid = c.transpose(1, 2).reshape(b, -1, g, g)
+        cells = F.pixel_shuffle(self.code_cells(c).transpose(1, 2).reshape(b, -1, g, g), self.cell)
+        code_map = F.interpolate(grid, size=size, mode="bilinear", align_corners=False) + cells
+        if size != self.code_resolution:
+            code_map = F.interpolate(code_map, size=self.code_resolution, mode="bilinear", align_corners=False)
+        return code_map
+
     def forward(self, code: torch.Tensor, noise: Noise, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         if resolution not in self.resolutions:
             raise ValueError(f"resolution {resolution} is not one of {self.resolutions}")
-        b, t, _ = code.shape
+        t = code.shape[1]
         if t != self.grid * self.grid:
             raise ValueError(f"code has {t} tokens, the generator expects {self.grid}x{self.grid}")
         stage = self.resolutions.index(resolution)
@@ -154,7 +173,7 @@ class ProgressiveGenerator(nn.Module):
                              f"the generator runs at {resolution} px")
         c = self.code_in(code)                                          # [B, T, code_dim]
         style = self.style(torch.cat([c.mean(1), noise.z.to(c.dtype)], dim=1))
-        code_map = c.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
+        code_map = self.decode_code(c)
         x = F.interpolate(code_map, size=BASE_RESOLUTION, mode="bilinear", align_corners=False)
         prev = x
         for block, noise_map in zip(self.blocks[: stage + 1], noise.maps, strict=False):

@@ -9,6 +9,12 @@ faces. Each is saved with a ``RAYDINO_TINY.txt`` marker (the judges: a note
 in their weights' header) saying what its weights are, which every load
 logs, so nobody mistakes them for pretrained weights; the linear probes of
 both encoders against a random one are written beside them (``probes.json``).
+
+Building them is a minute and a half of a two-core machine's time, so the
+package ships the demo recipe's build (``shipped/``, made by ``raydino
+tiny-models --preset demo --ship``): a run whose :func:`recipe` is a shipped
+one's copies it, and the suite rebuilds it and checks every tensor
+(tests/test_captions.py).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydino.config import PyramidConfig, TinyModelsConfig
+from raydino.config import Config, PyramidConfig, TinyModelsConfig
 from raydino.data.captions import caption_pairs
 from raydino.data.face_set import FaceSet, from_folder, from_seed
 from raydino.data.images import UnreadableImage, read_image
@@ -49,6 +55,7 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 PROBES = "probes.json"
+SHIPPED = Path(__file__).parent / "shipped"  # prebuilt tiny models, one folder per recipe
 SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
 TRAIN_THREADS = 1  # intra-op threads of every tiny model's training (fixed_threads)
 PROBE_SEED = 20_000  # held-out probe faces: not the training faces (seed) nor `raydino run`'s held-out ones (seed + 10000)
@@ -178,7 +185,7 @@ def write_tiny_encoder(out: Path, train: FaceSet, faces: str | Path, sizes: list
         log.warning("tiny DINOv2 %s: random weights (0 training steps)", out)
         return save_tiny_dino(out, seed, model)
     train_encoder(model, train, sizes, objective, steps, budget.batch_size, budget.lr, seed)
-    note = (f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}: {steps} steps at {sizes} px, "
+    note = (f"trained on the {len(train)} synthetic faces of {faces}: {steps} steps at {sizes} px, "
             f"objective {objective}")
     return save_tiny_dino(out, seed, model, note)
 
@@ -200,7 +207,8 @@ def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) 
 
 def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget: TinyModelsConfig | None = None,
                       sizes: list[int] | None = None,
-                      captions: tuple[list[tuple[str, str]], str] | None = None) -> dict[str, Path]:
+                      captions: tuple[list[tuple[str, str]], str] | None = None,
+                      recipe: dict | None = None) -> dict[str, Path]:
     """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the two judges.
 
     ``dino`` (the training DINOv2), ``fd`` (another seed and objective mix, so
@@ -210,10 +218,11 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget:
     ``segmenter`` (the part segmenter).
     ``sizes``: the pyramid levels the encoders will see (default: the demo's).
     Trained with :data:`TRAIN_THREADS` threads each (:func:`fixed_threads`), ``budget.processes`` at once.
+    ``recipe`` (:func:`recipe`) goes into the summary, where :func:`shipped_build` finds it.
     """
     with fixed_threads():
         return _write_tiny_models(Path(out), faces, seed, budget or TinyModelsConfig(),
-                                  list(sizes or [56, 84, 112]), captions)
+                                  list(sizes or [56, 84, 112]), captions, recipe)
 
 
 def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsConfig, sizes: list[int],
@@ -226,10 +235,10 @@ def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsCon
     t0 = time.time()
     with fixed_threads():
         if key == "clip":
-            pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
+            pairs, source = captions or (caption_pairs(faces), str(faces))
             return key, write_tiny_clip(out / "clip-tiny", pairs, seed, budget.clip_fit_steps, source), time.time() - t0
         train = from_folder(faces, max(sizes))
-        note = f"trained on the {len(train)} synthetic faces of {Path(faces).resolve()}"
+        note = f"trained on the {len(train)} synthetic faces of {faces}"
         if key == "dino":
             path = write_tiny_encoder(out / "dinov2-tiny", train, faces, sizes, TRAINING_OBJECTIVE,
                                       budget.encoder_steps, budget, seed)
@@ -248,8 +257,8 @@ def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsCon
 JOBS = ("dino", "fd", "clip", "attributes", "segmenter")  # longest first: two processes finish together
 
 
-def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig,
-                       sizes: list[int], captions: tuple[list[tuple[str, str]], str] | None) -> dict[str, Path]:
+def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig, sizes: list[int],
+                       captions: tuple[list[tuple[str, str]], str] | None, recipe: dict | None) -> dict[str, Path]:
     """Every model as its own job on ``tiny.processes`` processes (spawned: no Ray or thread state inherited)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -264,10 +273,48 @@ def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyMode
     t0 = time.time()
     write_probes([paths["dino"], paths["fd"]], sizes, budget.probe_faces, seed)
     seconds["probes"] = time.time() - t0
-    pairs, source = captions or (caption_pairs(faces), str(Path(faces).resolve()))
-    summary = {"faces": str(Path(faces).resolve()), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
+    pairs, source = captions or (caption_pairs(faces), str(faces))
+    summary = {"recipe": recipe, "faces": str(faces), "seed": seed, "sizes": sizes, "budget": dataclasses.asdict(budget),
                "captions": {"source": source, "count": len(pairs)},
                "threads": TRAIN_THREADS, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "paths": {k: str(v) for k, v in paths.items()}}
+               "folders": {k: v.name for k, v in paths.items()}}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return paths
+
+
+def recipe(cfg: Config) -> dict:
+    """What the tiny models of a run on synthetic faces are a pure function of.
+
+    The faces (count, size, seed), the levels and the training budget; not
+    how many processes train them (:func:`fixed_threads`), nor folders.
+    """
+    budget = {k: v for k, v in dataclasses.asdict(cfg.tiny).items() if k not in ("build", "processes", "shipped")}
+    return {"faces": {"count": cfg.data.synth_count, "size": cfg.data.synth_size, "seed": cfg.data.seed},
+            "sizes": list(cfg.pyramids.sizes), "budget": budget}
+
+
+def shipped_build(want: dict) -> Path | None:
+    """The shipped folder built from ``want`` (:func:`recipe`), or None."""
+    for summary in sorted(SHIPPED.glob(f"*/{SUMMARY}")):
+        if json.loads(summary.read_text()).get("recipe") == want:
+            return summary.parent
+    return None
+
+
+def build_recipe(cfg: Config, out: Path) -> dict[str, Path]:
+    """The tiny models of ``cfg``'s synthetic faces, written to ``out``; the faces are made there, then removed.
+
+    What ``raydino tiny-models --ship`` writes into the package and what the
+    suite compares the shipped build with.
+    """
+    import shutil
+
+    from raydino.data.synth_faces import write_faces
+
+    count, size, seed = cfg.data.synth_count, cfg.data.synth_size, cfg.data.seed
+    faces = write_faces(out / f"synthetic-faces-seed{seed}-{count}x{size}px", count, seed=seed, size=size)
+    try:
+        return write_tiny_models(out, faces, seed=seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes,
+                                 recipe=recipe(cfg))
+    finally:
+        shutil.rmtree(faces)

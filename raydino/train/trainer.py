@@ -104,9 +104,9 @@ class RaySession:
                          checkpoint_dir_name=Checkpoint.folder(metrics["step"]))
 
 
-def worker_setup(tc: TrainConfig) -> None:
-    """Threads and log levels of a Ray Train worker process."""
-    torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+def worker_setup(tc: TrainConfig, cpus: float) -> None:
+    """Threads (one per CPU the worker holds) and log levels of a Ray Train worker process."""
+    torch.set_num_threads(max(1, int(cpus)))
     # Train V2 logs each report at INFO through a logger named by its file path (so its LoggingConfig
     # does not reach it) into the root logger's console handler; raydino's own lines stay at INFO.
     logging.getLogger().setLevel(tc.ray_log_level)
@@ -118,7 +118,7 @@ def _train_fn(loop_config: dict) -> dict:
     from raydino.train import loop
 
     cfg = from_dict(loop_config["cfg"])
-    worker_setup(cfg.train)
+    worker_setup(cfg.train, cfg.train.cpus_per_worker)
     # blocks above the current stage get no gradient yet
     session = RaySession(cfg.train.seed, cfg.train.shuffle_buffer, find_unused_parameters=True)
     return loop.fit_generator(cfg, loop_config["pyramids"], loop_config["run_dir"], session,
@@ -189,6 +189,7 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
                    "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])}
     dataset = dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])
     return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers,
+                         cpus_per_worker=cfg.train.cpus_per_worker,
                          name=name or Run(run_dir).experiment(), storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
 
 
@@ -197,11 +198,11 @@ def fail_at_step() -> int:
     return int(os.environ.get(FAIL_ENV, "0") or 0)
 
 
-def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: int, name: str, storage_path: str,
-                  dataset: ray.data.Dataset, callbacks: list | None = None) -> TorchTrainer:
+def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: int, cpus_per_worker: float, name: str,
+                  storage_path: str, dataset: ray.data.Dataset, callbacks: list | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` the generator and the prior both train in.
 
-    DDP workers shaped by ``train.*`` (device, CPUs, GPUs per worker),
+    ``num_workers`` DDP workers of ``cpus_per_worker`` CPUs, shaped by ``train.*`` (device, GPUs per worker),
     ``FailureConfig`` retries, kept checkpoints, and a dataset split in the
     same order on every epoch and every run.
     """
@@ -211,7 +212,7 @@ def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: 
         train_fn,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker,
+                                     resources_per_worker={"CPU": cpus_per_worker,
                                                            **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
         run_config=RunConfig(name=name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=tc.max_failures),

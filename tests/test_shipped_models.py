@@ -1,0 +1,52 @@
+"""The package's prebuilt tiny models: a run copies them only for their own recipe, and they rebuild bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from raydino.config import load_config
+from raydino.models.tiny import SUMMARY, build_recipe, recipe, shipped_build
+from raydino.pipeline import _models
+
+
+def tensors(folder):
+    return {str(f.relative_to(folder)): load_file(f) for f in sorted(folder.rglob("*.safetensors"))}
+
+
+def test_a_run_copies_the_shipped_build_of_its_own_recipe_only(tmp_path):
+    demo = load_config("demo")
+    shipped = shipped_build(recipe(demo))
+    assert shipped is not None and shipped.name == "demo"
+    for change in ("data.synth_count=48", "data.seed=1", "tiny.encoder_steps=10", "pyramids.sizes=[56,84,112]"):
+        assert shipped_build(recipe(load_config("demo", overrides=[change]))) is None, change
+    # how many processes train them changes nothing in the weights, so it is not part of the recipe
+    assert shipped_build(recipe(load_config("demo", overrides=["tiny.processes=1"]))) == shipped
+
+    _models(demo, tmp_path / "no-faces-needed", tmp_path / "models")
+    assert (tmp_path / "models" / SUMMARY).is_file()
+    copied, original = tensors(tmp_path / "models"), tensors(shipped)
+    assert copied.keys() == original.keys() and len(copied) == 5
+
+
+def test_the_shipped_tiny_models_rebuild_bit_for_bit_whatever_the_thread_count(tmp_path, monkeypatch):
+    """`raydino tiny-models --preset demo --ship` into a temporary folder: every tensor and every probe figure equal.
+
+    OMP_NUM_THREADS once changed the tiny CLIP fit's weights: the jobs fix their own thread count.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    cfg = load_config("demo")
+    shipped = shipped_build(recipe(cfg))
+    build_recipe(cfg, tmp_path / "rebuilt")
+    rebuilt, original = tensors(tmp_path / "rebuilt"), tensors(shipped)
+    assert rebuilt.keys() == original.keys() and len(rebuilt) == 5
+    for name, weights in original.items():
+        assert weights.keys() == rebuilt[name].keys(), name
+        different = [k for k in weights if not torch.equal(weights[k], rebuilt[name][k])]
+        assert not different, f"{name}: {len(different)} tensors differ from the shipped build, e.g. {different[:3]}"
+    for probes in sorted(shipped.glob("*/probes.json")):
+        theirs = json.loads((tmp_path / "rebuilt" / probes.relative_to(shipped)).read_text())
+        assert json.loads(probes.read_text())["trained"] == theirs["trained"]
+    assert json.loads((tmp_path / "rebuilt" / SUMMARY).read_text())["recipe"] == recipe(cfg)
