@@ -34,7 +34,7 @@ CENTRES = torch.randn(CLUSTERS, TOKENS, DIM, generator=torch.Generator().manual_
 def prior_cfg(**prior):
     settings = {"width": 64, "depth": 2, "heads": 4, "steps": 600, "batch_size": 64, "lr": 2e-3, "ema_beta": 0.98,
                 "checkpoint_every": 200, "log_every": 100, "fit_rows": 512, "sample_steps": 8,
-                "cond_dropout": 0.5, "patch": 1} | prior
+                "cond_dropout": 0.5, "patch": 1, "cpus_per_worker": 1} | prior  # two workers fit the session's 2 CPUs
     return load_config("demo", overrides=[f"prior.{k}={v}" for k, v in settings.items()] + [
         "train.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels",  # the toy pyramid's encoders
         "pyramids.sizes=[56,84,112]"])  # and levels: its 4x4 codes are the 56 px level
