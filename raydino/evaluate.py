@@ -28,7 +28,9 @@ resized to it before encoding, like the generated ones.
   classifier of the synthetic faces' attributes (``raydino.attribute_agreement``);
 - whether eyes, mouth and glasses are drawn: reconstructions scored inside
   those parts against the same faces without them, segmented parts of
-  reconstructions, prior and prompt samples (``raydino.part_figures``).
+  reconstructions, prior and prompt samples (``raydino.part_figures``);
+- whether the flow prior copies its training codes: each sample's nearest
+  training code against each held-out code's (``raydino.memorisation``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from raydino.attribute_agreement import attribute_figures
 from raydino.data.face_set import labels_for_paths
 from raydino.data.images import read_image
 from raydino.layout import Run
+from raydino.memorisation import memorisation_figures
 from raydino.metrics import (
     clip_score,
     colour_error,
@@ -126,7 +129,7 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out |= {"fd_dinov2/reconstructions": recon_fd["value"], "fd_dinov2/floor": recon_fd["floor"],
             "fd_dinov2/n": recon_fd["n"]}
     prior, prior_fd = prior_samples(s, fd_dino, real_feats, half, seed, size)
-    out |= prior_fd
+    out |= prior_fd | memorisation(s, targets.code, half, seed)
 
     out |= detail_figures(s, targets.code, recon, real, seed)
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
@@ -142,6 +145,18 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     s.run.eval.write_text(json.dumps(out, indent=1))
     _to_tensorboard(s.run, out)
     return out
+
+
+def memorisation(s: Sampler, held_out: torch.Tensor, n: int, seed: int) -> dict:
+    """``n`` flow-prior samples and the held-out codes against the prior's training codes; {} without them."""
+    trained = (s.run.figures("prior_figures") or {}).get("pyramids")
+    if not s.run.prior.is_file() or not trained or not Path(trained, schema.MANIFEST).is_file():
+        return {}
+    flow = s.flow("--prior")
+    col = schema.tokens_col(s.cfg.pyramids.sizes[0])
+    train = torch.as_tensor(schema.read_first_rows(trained, [col], s.cfg.prior.fit_rows)[col]).to(flow.code_mean.device)
+    samples = flow.sample(n, torch.Generator().manual_seed(seed))  # the codes of prior_samples' flow images
+    return memorisation_figures(flow.standardise(samples), flow.standardise(held_out), flow.standardise(train))
 
 
 def detail_figures(s: Sampler, codes: torch.Tensor, recon: torch.Tensor, real: torch.Tensor, seed: int) -> dict:

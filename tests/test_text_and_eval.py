@@ -98,6 +98,10 @@ def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
     assert trained["colour_error"] < untrained["colour_error"]
     assert {"fd_dinov2/prior", "fd_dinov2/prior_pca", "clip_score/matched"} <= trained.keys()
     assert "fd_dinov2/prior" not in untrained  # no prior trained: no prior figures
+    # its samples against the training codes it learned from: the trained prior's, measured and not copied
+    assert trained["prior/memorisation/train_rows"] > 0 and trained["prior/memorisation/n"] == 16
+    assert trained["prior/memorisation/ratio"] > 0.5, trained["prior/memorisation/ratio"]
+    assert "prior/memorisation/ratio" not in untrained
     assert 0 <= trained["hair/accuracy"] <= 1 and trained["hair/n_per_prompt"] == 16
     assert "dinov2-tiny-fd" in trained["eval_encoder"] and "dinov2-tiny " in trained["training_encoder"]
     assert trained["n"] == 32 and trained["fd_dinov2/n"] == 16 and trained["resolution"] == 16

@@ -20,6 +20,12 @@ FIGURES = [  # evaluation key, title, what it means
      "The same distance for unconditional samples of the flow-matching prior over the coarse code."),
     ("fd_dinov2/prior_pca", "FD-DINOv2, PCA Gaussian prior (baseline)",
      "The same distance for samples of the Gaussian in PCA space, against the same real half."),
+    ("prior/memorisation/ratio", "Memorisation ratio, flow prior",
+     "Median distance of each flow-prior sample's code to its nearest training code, over the same for held-out "
+     "real faces' codes. Near 0: the prior returns its training codes; about 1 or more: its samples are as far "
+     "from the training set as new faces are."),
+    ("prior/memorisation/near_copies", "Near-copies, flow prior",
+     "Share of prior samples nearer to a training code than 95% of held-out codes are (5% if it does not copy)."),
     ("heldout/eval_dist", "Held-out distance, evaluation encoder",
      "1 − cosine between each held-out image and its reconstruction (patch and CLS, mean), under the evaluation "
      "encoder: what the sweep ranks trials by."),
