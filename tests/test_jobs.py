@@ -47,7 +47,7 @@ JOB_TIMEOUT = 900  # a hung job fails the test; a loaded 2-core machine is slow
 # 20 prior steps of 16 and no comparison run (eval.compare_loss=): what is under test here is the
 # submission, not the stages.
 SMALL = ["train.stages.0.images=64", "train.stages.1.images=64", "train.val_count=8",
-         "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20",
+         "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20", "prior.cpus_per_worker=1",
          "prior.batch_size=16", "prior.width=64", "eval.compare_loss=", "data.synth_count=48",
          "model.channels=[16,8]", "model.code_dim=8"]  # what the jobs are tested for is Ray's part, not the images
 

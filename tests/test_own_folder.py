@@ -21,7 +21,7 @@ from raydino.cli import main
 
 SMALL = ["data.synth_count=8", "train.num_workers=1", "train.stages.0.images=32", "train.stages.1.images=32",
          "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.compare_loss=",
-         "sample.n=2", "prior.steps=20", "prior.num_workers=1", "prior.width=64",
+         "sample.n=2", "prior.steps=20", "prior.num_workers=1", "prior.width=64", "prior.cpus_per_worker=1",
          "model.channels=[16,8]", "model.code_dim=8"]
 
 
