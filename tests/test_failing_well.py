@@ -234,3 +234,13 @@ def test_a_stopped_command_says_where_to_resume_without_a_traceback(tmp_path, si
 def test_a_bad_extraction_flag_is_named_before_ray(capsys, tmp_path, faces_dir, flag, named):
     _fails(capsys, ["pyramids", "--images", str(faces_dir), "--out", str(tmp_path / "pyramids"), *flag], named)
     _nothing_written(tmp_path)
+
+
+def test_workers_asking_for_more_cpus_than_the_cluster_has_are_named():
+    """Ray Train waits silently for CPUs that a fixed cluster never gets: the drivers say so first."""
+    from raydino.train.trainer import cpus_short
+
+    assert cpus_short(1, 2, 2.0) is None and cpus_short(2, 1, 2.0) is None
+    said = cpus_short(2, 2, 2.0)
+    assert said is not None and "2 workers x 2 CPUs = 4 CPUs, and the cluster has 2" in said
+    assert "cpus_per_worker" in said

@@ -193,6 +193,21 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
                          name=name or Run(run_dir).experiment(), storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
 
 
+def cpus_short(num_workers: int, cpus_per_worker: float, cluster_cpus: float) -> str | None:
+    """What to say when the workers ask for more CPUs than the cluster has, else None.
+
+    Ray Train then waits, silently, until they exist: right on an
+    autoscaling cluster, a hang on a fixed one (two workers of the demo
+    prior's two CPUs on a 2-core machine). So a warning, not an error.
+    """
+    need = num_workers * cpus_per_worker
+    if need <= cluster_cpus:
+        return None
+    return (f"{num_workers} workers x {cpus_per_worker:g} CPUs = {need:g} CPUs, and the cluster has {cluster_cpus:g}: "
+            "Ray Train waits until it has them (an autoscaler may add nodes; otherwise lower num_workers or "
+            "cpus_per_worker of train or prior)")
+
+
 def fail_at_step() -> int:
     """The step at which fault injection kills a worker (env ``RAYDINO_FAIL_AT_STEP``; 0: never)."""
     return int(os.environ.get(FAIL_ENV, "0") or 0)
@@ -208,6 +223,9 @@ def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: 
     """
     # one progress line per print: Train V2 otherwise routes worker prints through a logger that echoes them twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    short = cpus_short(num_workers, cpus_per_worker, ray.cluster_resources().get("CPU", 0.0))
+    if short:
+        log.warning("%s: %s", name, short)
     return TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
