@@ -37,6 +37,12 @@ def cmd_bench_loss(args: argparse.Namespace) -> None:
     run_bench(args.root, steps=args.steps, grid=args.grid, out=args.out)
 
 
+def cmd_bench_sensitivity(args: argparse.Namespace) -> None:
+    from raydino.bench.sensitivity import run_bench
+
+    run_bench(args.dino, sizes=args.sizes, count=args.faces, resolution=args.resolution, out=args.out)
+
+
 def cmd_bench_sample(args: argparse.Namespace) -> None:
     from raydino.bench.sample import run_bench
 
@@ -116,3 +122,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=None, help="write both runs' noise grids, one above the other, to this PNG")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_loss)
+
+    p = bench.add_parser("sensitivity", help="can the DINOv2 loss see eyes: distance of painted-over, blurred, "
+                                             "upsampled and mean faces against the real face's")
+    p.add_argument("--dino", default=None, help="DINOv2 directory or hub id (default: the shipped demo encoder)")
+    p.add_argument("--sizes", type=int_list, default=None, help="pyramid levels (default: 112,84,56)")
+    p.add_argument("--faces", type=int, default=48)
+    p.add_argument("--resolution", type=int, default=32, help="the generator's resolution")
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    p.set_defaults(func=cmd_bench_sensitivity)
