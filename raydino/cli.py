@@ -41,7 +41,11 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
 
     cfg = _cfg(args)
     if args.ship:
-        out = Path(args.out or os.path.relpath(SHIPPED / cfg.preset))  # the notes name the faces' folder so
+        if not (args.out or cfg.preset):
+            raise UserError("raydino tiny-models --ship: give --preset (its build goes to raydino/models/shipped/PRESET) "
+                            "or --out")
+        # relative to where it runs: the models' notes name their faces' folder by this path
+        out = Path(args.out or os.path.relpath(SHIPPED / cfg.preset))
         if out.exists():
             shutil.rmtree(out)
         paths = build_recipe(cfg, out)

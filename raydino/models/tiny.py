@@ -14,7 +14,7 @@ Building them is a minute and a half of a two-core machine's time, so the
 package ships the demo recipe's build (``shipped/``, made by ``raydino
 tiny-models --preset demo --ship``): a run whose :func:`recipe` is a shipped
 one's copies it, and the suite rebuilds it and checks every tensor
-(tests/test_captions.py).
+(tests/test_shipped_models.py).
 """
 
 from __future__ import annotations
