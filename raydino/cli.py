@@ -37,7 +37,7 @@ def cmd_synth_faces(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
-    from raydino.models.tiny import SHIPPED, build_recipe, write_tiny_models
+    from raydino.models.tiny import SHIPPED, ship, write_tiny_models
 
     cfg = _cfg(args)
     if args.ship:
@@ -48,7 +48,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
         out = Path(args.out or os.path.relpath(SHIPPED / cfg.preset))
         if out.exists():
             shutil.rmtree(out)
-        paths = build_recipe(cfg, out)
+        paths = ship(cfg, out)
     elif not (args.out and args.faces):
         raise UserError("raydino tiny-models: --out and --faces are required (or --ship)")
     else:

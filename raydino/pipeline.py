@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -72,17 +71,17 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     """
     from raydino.data.captions import caption_pairs
     from raydino.data.images import Split
-    from raydino.models.tiny import recipe, shipped_build, write_tiny_models
+    from raydino.models.tiny import copy_shipped, recipe, shipped_build, write_tiny_models
 
     captions = None
     if cfg.data.images:
         pairs = caption_pairs(cfg.data.images, Split("train", cfg.data.holdout_fraction, cfg.eval.n))
         captions = (pairs, cfg.data.images)
     elif cfg.tiny.shipped and (shipped := shipped_build(recipe(cfg))):
-        shutil.copytree(shipped, out, dirs_exist_ok=True)
         log.info("tiny models: the package's build of this recipe (%s), trained from the same faces, seed and "
-                 "steps; `raydino tiny-models --preset %s --ship --out DIR` rebuilds it, tiny.shipped=false "
-                 "trains them here", shipped, cfg.preset)
+                 "steps, and the tiny CLIP fitted here; `raydino tiny-models --preset %s --ship --out DIR` rebuilds "
+                 "it, tiny.shipped=false trains them all here", shipped, cfg.preset)
+        copy_shipped(shipped, out, faces, cfg.data.seed, cfg.tiny)
         return
     write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions,
                       recipe=None if cfg.data.images else recipe(cfg))

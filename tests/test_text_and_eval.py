@@ -17,11 +17,12 @@ from conftest import write_test_pyramid
 
 from raydino.cli import main
 from raydino.config import load_config, save_config
+from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.layout import Run
 from raydino.models.generator import ProgressiveGenerator
-from raydino.models.tiny import recipe, shipped_build
+from raydino.models.tiny import write_tiny_clip
 from raydino.pyramids.batch import columns
 from raydino.sampling import Sampler
 from raydino.train import checkpoint, loop
@@ -37,8 +38,8 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     faces = write_faces(root / "faces", count=96, seed=5, size=128)
     models = {key: shutil.copytree(tiny_models[key], root / "models" / tiny_models[key].name)
               for key in ("dino", "fd", "attributes", "segmenter")}
-    # the demo's tiny CLIP, fitted to the captions of its 768 synthetic faces (the package ships it)
-    models["clip"] = shutil.copytree(shipped_build(recipe(load_config("demo"))) / "clip-tiny", root / "models" / "clip-tiny")
+    models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", caption_pairs(faces), seed=0, steps=300,
+                                     source=str(faces))
     (root / "pyr").mkdir()
     pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
     held_faces = write_faces(root / "held_faces", count=32, seed=6, size=128)
