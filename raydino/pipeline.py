@@ -79,9 +79,9 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
         captions = (pairs, cfg.data.images)
     elif cfg.tiny.shipped and (shipped := shipped_build(recipe(cfg))):
         log.info("tiny models: the package's build of this recipe (%s), trained from the same faces, seed and "
-                 "steps, and the tiny CLIP fitted here; `raydino tiny-models --preset %s --ship --out DIR` rebuilds "
+                 "steps; `raydino tiny-models --preset %s --ship --out DIR` rebuilds "
                  "it, tiny.shipped=false trains them all here", shipped, cfg.preset)
-        copy_shipped(shipped, out, faces, cfg.data.seed, cfg.tiny)
+        copy_shipped(shipped, out)
         return
     write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions,
                       recipe=None if cfg.data.images else recipe(cfg))

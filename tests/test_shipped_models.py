@@ -9,12 +9,18 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.models.loading import load_clip
-from raydino.models.tiny import SUMMARY, build_recipe, recipe, shipped_build
+from raydino.models.tiny import CLIP_ROWS, CLIP_WEIGHTS, SUMMARY, build_recipe, recipe, shipped_build
 from raydino.pipeline import _models
 
 
-def tensors(folder):
-    return {str(f.relative_to(folder)): load_file(f) for f in sorted(folder.rglob("*.safetensors"))}
+def tensors(folder, skip="clip-tiny"):
+    """Every safetensors file under ``folder`` but the tiny CLIP's (shipped compact, checked by its hash)."""
+    return {str(f.relative_to(folder)): load_file(f) for f in sorted(folder.rglob("*.safetensors"))
+            if f.parent.name != skip}
+
+
+def recorded_clip_hash(shipped):
+    return json.loads((shipped / SUMMARY).read_text())["hashes"]["clip"]
 
 
 def test_a_run_copies_the_shipped_build_of_its_own_recipe_only(tmp_path):
@@ -26,18 +32,22 @@ def test_a_run_copies_the_shipped_build_of_its_own_recipe_only(tmp_path):
     # how many processes train them changes nothing in the weights, so it is not part of the recipe
     assert shipped_build(recipe(load_config("demo", overrides=["tiny.processes=1"]))) == shipped
 
-    assert not (shipped / "clip-tiny").exists()  # 13.5 MB: fitted by the copy, not tracked
+    # the whole CLIP is 13.5 MB: only the token-embedding rows its fit moved are tracked
+    assert not (shipped / "clip-tiny" / CLIP_WEIGHTS).exists()
+    assert (shipped / "clip-tiny" / CLIP_ROWS).stat().st_size < 1 << 20
 
 
-def test_the_copy_fits_the_tiny_clip_to_the_runs_faces_and_writes_its_summary_last(tmp_path, faces_dir):
+def test_the_copy_rebuilds_the_whole_tiny_clip_and_writes_its_summary_last(tmp_path, faces_dir):
     demo = load_config("demo")
     shipped = shipped_build(recipe(demo))
     _models(demo, faces_dir, tmp_path / "models")
     assert (tmp_path / "models" / SUMMARY).is_file()
     copied, original = tensors(tmp_path / "models"), tensors(shipped)
-    assert original.keys() < copied.keys() and len(copied) == 5
+    assert original.keys() == copied.keys() and len(copied) == 4
     assert all(torch.equal(original[n][k], copied[n][k]) for n in original for k in original[n])
-    assert "clip-tiny/open_clip_model.safetensors" in copied
+    clip = tmp_path / "models" / "clip-tiny"
+    assert not (clip / CLIP_ROWS).exists()
+    assert load_clip(str(clip)).hash == recorded_clip_hash(shipped)  # the fitted weights, every one of 3.4 M
 
 
 def test_the_shipped_tiny_models_rebuild_bit_for_bit_whatever_the_thread_count(tmp_path, monkeypatch):
@@ -50,10 +60,8 @@ def test_the_shipped_tiny_models_rebuild_bit_for_bit_whatever_the_thread_count(t
     shipped = shipped_build(recipe(cfg))
     build_recipe(cfg, tmp_path / "rebuilt")
     rebuilt, original = tensors(tmp_path / "rebuilt"), tensors(shipped)
-    assert original.keys() < rebuilt.keys() and len(rebuilt) == 5
-    # the tiny CLIP is not shipped: its weights hash, recorded by the build, stands in for its tensors
-    hashes = json.loads((shipped / SUMMARY).read_text())["hashes"]
-    assert load_clip(str(tmp_path / "rebuilt" / "clip-tiny")).hash == hashes["clip"]
+    assert original.keys() == rebuilt.keys() and len(rebuilt) == 4
+    assert load_clip(str(tmp_path / "rebuilt" / "clip-tiny")).hash == recorded_clip_hash(shipped)
     for name, weights in original.items():
         assert weights.keys() == rebuilt[name].keys(), name
         different = [k for k in weights if not torch.equal(weights[k], rebuilt[name][k])]

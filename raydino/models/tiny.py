@@ -14,9 +14,11 @@ Building them is a minute and a half of a two-core machine's time, so the
 package ships the demo recipe's build (``shipped/``, made by ``raydino
 tiny-models --preset demo --ship``): a run whose :func:`recipe` is a shipped
 one's copies it, and the suite rebuilds it and checks every tensor
-(tests/test_shipped_models.py). The tiny CLIP is not shipped (its 49,408-token
-embedding is 13.5 MB, over the repository's 5 MiB a file): the copy fits it
-(~45 s), and the build records its weights hash for the check.
+(tests/test_shipped_models.py). The tiny CLIP's 49,408-token embedding is
+13.5 MB, over the repository's 5 MiB a file, and its fit takes 45 s: it is
+shipped as the rows its captions moved (:func:`compact_clip`), the copy
+rebuilds the rest from the seed and checks the whole against the weights
+hash the build recorded.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ TINY_CLIP = {
 }
 PROBES = "probes.json"
 SHIPPED = Path(__file__).parent / "shipped"  # prebuilt tiny models, one folder per recipe
-NOT_SHIPPED = "clip"  # fitted by the copy: too large a file to track
+COMPACT = "clip"  # shipped as its used token-embedding rows (compact_clip): the whole is too large a file to track
+CLIP_WEIGHTS, CLIP_ROWS = "open_clip_model.safetensors", "open_clip_rows.safetensors"
 SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
 TRAIN_THREADS = 1  # intra-op threads of every tiny model's training (fixed_threads)
 PROBE_SEED = 20_000  # held-out probe faces: not the training faces (seed) nor `raydino run`'s held-out ones (seed + 10000)
@@ -121,7 +124,9 @@ def fit_tiny_clip(model: torch.nn.Module, pairs: list[tuple[str, str]], steps: i
     text control untestable. A few hundred steps of open_clip's own loss on
     the captions make its text and image spaces agree on what they name.
     Images decode as the pyramids decode them; a file that does not is
-    skipped and counted in the log.
+    skipped and counted in the log. The token embedding takes no weight
+    decay, so the rows of tokens no caption uses keep their seeded values:
+    the shipped build stores only the used rows (:func:`compact_clip`).
     """
     import open_clip
 
@@ -139,7 +144,9 @@ def fit_tiny_clip(model: torch.nn.Module, pairs: list[tuple[str, str]], steps: i
     tokens = open_clip.get_tokenizer("ViT-B-32", context_length=TINY_CLIP["text_cfg"]["context_length"])(captions)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = open_clip.ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    embedding = model.token_embedding.weight
+    rest = [p for p in model.parameters() if p is not embedding]
+    opt = torch.optim.AdamW([{"params": rest}, {"params": [embedding], "weight_decay": 0.0}], lr=1e-3, weight_decay=0.1)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
@@ -305,24 +312,57 @@ def shipped_build(want: dict) -> Path | None:
     return None
 
 
-def copy_shipped(shipped: Path, out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig) -> None:
-    """The shipped build into ``out``, the tiny CLIP fitted to ``faces``' captions; the summary last (it marks done)."""
+def compact_clip(folder: Path, seed: int) -> None:
+    """Replace a fitted tiny CLIP's weights by what differs from its seeded init: 13.5 MB to 0.9 MB.
+
+    Of the 49,408 token-embedding rows (most of the model) only the captions'
+    tokens move in the fit (:func:`fit_tiny_clip`); the rest are rebuilt from
+    ``seed`` by :func:`expand_clip`.
+    """
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / CLIP_WEIGHTS)
+    torch.manual_seed(seed)
+    init = build_tiny_clip().token_embedding.weight.detach()
+    table = weights.pop("token_embedding.weight")
+    rows = (table != init).any(dim=1).nonzero().flatten()
+    save_file({**weights, "token_embedding.rows": rows, "token_embedding.values": table[rows].contiguous()},
+              folder / CLIP_ROWS)
+    (folder / CLIP_WEIGHTS).unlink()
+
+
+def expand_clip(folder: Path, seed: int) -> None:
+    """The tiny CLIP's whole weights from :func:`compact_clip`'s file and ``seed``."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / CLIP_ROWS)
+    torch.manual_seed(seed)
+    table = build_tiny_clip().token_embedding.weight.detach().clone()
+    table[weights.pop("token_embedding.rows")] = weights.pop("token_embedding.values")
+    save_file({**weights, "token_embedding.weight": table}, folder / CLIP_WEIGHTS)
+    (folder / CLIP_ROWS).unlink()
+
+
+def copy_shipped(shipped: Path, out: Path) -> None:
+    """The shipped build into ``out``, the tiny CLIP expanded and checked; the summary last (it marks done)."""
     shutil.copytree(shipped, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SUMMARY))
-    _, path, _ = _train_one(NOT_SHIPPED, out, str(faces), seed, budget, [], None)
     summary = json.loads((shipped / SUMMARY).read_text())
-    if load_clip(str(path)).hash != summary["hashes"][NOT_SHIPPED]:
-        log.warning("tiny CLIP %s: weights hash differs from the build of this recipe (%s): this machine's kernels "
-                    "round differently, so figures may differ from the README's", path, summary["hashes"][NOT_SHIPPED])
+    path = out / summary["folders"][COMPACT]
+    expand_clip(path, summary["seed"])
+    if load_clip(str(path)).hash != summary["hashes"][COMPACT]:
+        log.warning("tiny CLIP %s: weights hash differs from the build of this recipe (%s): this machine's torch "
+                    "draws other initial weights, so figures may differ from the README's", path,
+                    summary["hashes"][COMPACT])
     shutil.copy(shipped / SUMMARY, out / SUMMARY)
 
 
 def ship(cfg: Config, out: Path) -> dict[str, Path]:
-    """``raydino tiny-models --ship``: :func:`build_recipe`, the weights hashes recorded, the tiny CLIP removed."""
+    """``raydino tiny-models --ship``: :func:`build_recipe`, the CLIP's hash recorded, its weights compacted."""
     paths = build_recipe(cfg, out)
     summary = json.loads((out / SUMMARY).read_text())
-    summary["hashes"] = {NOT_SHIPPED: load_clip(str(paths[NOT_SHIPPED])).hash}
+    summary["hashes"] = {COMPACT: load_clip(str(paths[COMPACT])).hash}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    shutil.rmtree(paths.pop(NOT_SHIPPED))
+    compact_clip(paths[COMPACT], summary["seed"])
     return paths
 
 
