@@ -143,6 +143,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Checks the run and the overrides before Ray starts; Ctrl-C is how it stops, so it ends with 0."""
+    from raydino.layout import Run
+    from raydino.serve import serve_run
+
+    run = require_run(args.run, prior=True)
+    others = [o for o in args.overrides if not o.startswith("serve.")]
+    if others:
+        raise UserError(f"raydino serve takes serve.* overrides only (the run's own config stands), got {others}")
+    cfg = load_config(config_file=str(Run(run).config), overrides=args.overrides)
+    try:
+        serve_run(run, cfg, args.port, host=args.host, address=args.address)
+    except (KeyboardInterrupt, Terminated):
+        print("raydino serve: stopped", file=sys.stderr)
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from raydino.pipeline import init_ray
     from raydino.train.trainer import bind_pyramid
@@ -300,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-each", action="store_true", help="also write every image to a folder next to --out")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("serve", help="a run as a live text-to-face endpoint on Ray Serve: API, web page, batching")
+    p.add_argument("--run", required=True, help="a finished training run directory with its flow prior")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("overrides", nargs="*", help="serve.key=value overrides (e.g. serve.max_batch_size=64)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tune", help="Ray Tune sweep of the per-scale loss weights (ASHA), resumable")
     _config_args(p)

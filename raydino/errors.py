@@ -25,8 +25,8 @@ def _local(path: str) -> Path | None:
     return Path(path.removeprefix("file://")).expanduser()
 
 
-def require_run(path: str | Path, flag: str = "--run", finished: bool = True) -> Path:
-    """A training run folder: ``config.yaml`` and, when ``finished``, ``generator.safetensors``."""
+def require_run(path: str | Path, flag: str = "--run", finished: bool = True, prior: bool = False) -> Path:
+    """A training run folder: ``config.yaml``, when ``finished`` ``generator.safetensors``, when ``prior`` its prior."""
     from raydino.layout import Run
 
     run = Path(path)
@@ -37,6 +37,9 @@ def require_run(path: str | Path, flag: str = "--run", finished: bool = True) ->
     if missing:
         raise UserError(f"{flag} {run} is not a {'finished ' if finished else ''}training run (no "
                         f"{' or '.join(missing)} in it): {hint}" + (", and let the training finish" if finished else ""))
+    if prior and not Run(run).prior.is_file():
+        raise UserError(f"{flag} {run} has no flow prior ({Run(run).prior.name} missing): train one with "
+                        f"`raydino train-prior --run {run} --pyramids PYRAMIDS` (`raydino run` does)")
     return run
 
 

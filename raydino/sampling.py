@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from raydino.data.images import read_image
+from raydino.data.images import BadImage, UnreadableImage, decode_image, read_image
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Noise
@@ -74,9 +74,18 @@ class Sampler:
             out = self.model(codes.to(self.device), noise, self.resolution)
         return out.float().clamp(0, 1).cpu()
 
-    def load_image(self, path: str | Path) -> torch.Tensor:
-        """[1, 3, S, S] float image at the pyramid's largest size, preprocessed like the pyramid."""
-        return to_float(read_image(path, max(self.cfg.pyramids.sizes))[None])
+    def load_image(self, source: str | Path | bytes) -> torch.Tensor:
+        """[1, 3, S, S] float image at the pyramid's largest size, preprocessed like the pyramid.
+
+        ``source``: a file or URI, or an image's bytes (an upload to ``raydino serve``).
+        """
+        size, pc = max(self.cfg.pyramids.sizes), self.cfg.pyramids
+        if not isinstance(source, bytes):
+            return to_float(read_image(source, size, max_pixels=pc.max_pixels)[None])
+        try:
+            return to_float(decode_image(source, size, min_side=1, max_pixels=pc.max_pixels)[None])
+        except BadImage as exc:
+            raise UnreadableImage("(the upload)", exc.kind, exc) from None
 
     @torch.no_grad()
     def code_from_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -119,26 +128,28 @@ class Sampler:
 
     # --- modes ----------------------------------------------------------------------------
 
-    def from_image(self, path: str | Path, n: int, seed: int, vary: float | None = None,
+    def from_image(self, path: str | Path | bytes, n: int, seed: int, vary: float | None = None,
                    steps: int | None = None) -> list[Row]:
         """Reconstruction, then variations: new noise, or (``vary`` = T) the code moved along the flow to T and back.
 
         Variations along the flow share the reconstruction's noise, so they
         differ from it by their code alone: T = 0 gives the reconstruction.
+        ``path`` may be an image's bytes (:meth:`load_image`).
         """
         image = self.load_image(path)
+        name = "upload" if isinstance(path, bytes) else Path(path).name
         code = self.code_from_image(image)
         source = resize(image, self.resolution)
         if vary is None:
             out = self.generate(code.expand(n, -1, -1), self.noise(n, seed))
-            return [Row(f"image: {Path(path).name}", torch.cat([source, out]),
+            return [Row(f"image: {name}", torch.cat([source, out]),
                         ["input", "reconstruction"] + [f"variation {i}" for i in range(1, n)])]
         prior = self.flow("--vary")
         varied = prior.vary(code.expand(n - 1, -1, -1), vary, torch.Generator().manual_seed(seed), steps=steps)
         # one code per pass: a batched pass differs from a single one in the last bits, and T = 0 must give
         # the reconstruction exactly
         out = torch.cat([self.generate(c[None], self.noise(1, seed)) for c in torch.cat([code, varied])])
-        return [Row(f"image: {Path(path).name}, flow variations at T={vary} ({self._settings(steps)})",
+        return [Row(f"image: {name}, flow variations at T={vary} ({self._settings(steps)})",
                     torch.cat([source, out]), ["input", "reconstruction"] + [f"T={vary} #{i}" for i in range(1, n)])]
 
     def from_prompts(self, prompts: list[str], n: int, seed: int, guidance: float | None = None,

@@ -1,10 +1,10 @@
 """The cluster configs in cluster/ are valid and agree with each other and the package.
 
-The launcher YAML goes through Ray's own config preparation and schema; the
-KubeRay manifests are checked for what the operator requires and rejects
-(its Go validation and CRD); the image, Ray version, token settings, runtime
-env and storage paths must be the same everywhere, so that one edit cannot
-leave the others behind.
+The launcher YAML goes through Ray's own config preparation and schema, the
+Serve config file through Ray Serve's; the KubeRay manifests are checked for
+what the operator requires and rejects (its Go validation and CRD); the image,
+Ray version, token settings, runtime env, Serve config and storage paths must
+be the same everywhere, so that one edit cannot leave the others behind.
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ import yaml
 
 from raydino.cli import build_parser
 from raydino.config import load_config
+from raydino.layout import Output
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 SHARED = "/mnt/shared"
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Where each kind keeps its RayCluster spec, and the longest name the operator
+# accepts (it appends suffixes to name the RayCluster it creates).
+CLUSTER_SPEC = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}
+MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
+MANIFESTS = ["raycluster", "rayjob", "rayservice"]
 
 
 def _yaml(rel: str) -> dict:
@@ -36,7 +42,8 @@ def _manifest(name: str) -> dict:
 
 
 def _cluster_spec(doc: dict) -> dict:
-    return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    field = CLUSTER_SPEC[doc["kind"]]
+    return doc["spec"][field] if field else doc["spec"]
 
 
 def _containers(group: dict) -> list[dict]:
@@ -96,12 +103,12 @@ def test_launcher_runs_token_auth_on_shared_storage():
 # ----------------------------------------------------------------- KubeRay
 
 
-@pytest.mark.parametrize("name, kind", [("raycluster", "RayCluster"), ("rayjob", "RayJob")])
+@pytest.mark.parametrize("name, kind", [("raycluster", "RayCluster"), ("rayjob", "RayJob"), ("rayservice", "RayService")])
 def test_kuberay_manifest_has_what_the_operator_requires(name, kind):
     doc = _manifest(name)
     assert doc["apiVersion"] == "ray.io/v1"
     assert doc["kind"] == kind
-    assert DNS1035.match(doc["metadata"]["name"]) and len(doc["metadata"]["name"]) <= 63
+    assert DNS1035.match(doc["metadata"]["name"]) and len(doc["metadata"]["name"]) <= MAX_NAME[kind]
     spec = _cluster_spec(doc)
 
     assert spec["rayVersion"] == ray.__version__, "rayVersion must be the Ray inside the image"
@@ -128,7 +135,7 @@ def test_kuberay_manifest_has_what_the_operator_requires(name, kind):
         assert all(isinstance(v, str) for v in group["rayStartParams"].values()), "rayStartParams values are strings"
 
 
-@pytest.mark.parametrize("name", ["raycluster", "rayjob"])
+@pytest.mark.parametrize("name", MANIFESTS)
 def test_kuberay_pods_mount_the_shared_pvc(name):
     claim = _manifest("storage")
     assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -142,15 +149,16 @@ def test_kuberay_pods_mount_the_shared_pvc(name):
         assert env["HF_HOME"].startswith(SHARED + "/")
 
 
-def test_raycluster_and_rayjob_describe_the_same_cluster():
+@pytest.mark.parametrize("name", ["rayjob", "rayservice"])
+def test_manifest_describes_the_same_cluster_as_raycluster(name):
     standalone = _cluster_spec(_manifest("raycluster"))
-    job = _cluster_spec(_manifest("rayjob"))
+    other = _cluster_spec(_manifest(name))
 
     def shape(spec):
         return [(c["image"], c["resources"], c.get("env"), c["volumeMounts"]) for g in _groups(spec) for c in _containers(g)]
 
-    assert shape(standalone) == shape(job)
-    assert standalone["authOptions"] == job["authOptions"]
+    assert shape(standalone) == shape(other)
+    assert standalone["authOptions"] == other["authOptions"]
 
 
 def test_rayjob_runs_the_ffhq256_pipeline_on_shared_storage():
@@ -172,10 +180,97 @@ def test_rayjob_runs_the_ffhq256_pipeline_on_shared_storage():
 
 
 def test_all_configs_use_one_image():
-    images = {c["image"] for name in ("raycluster", "rayjob") for g in _groups(_cluster_spec(_manifest(name))) for c in _containers(g)}
+    images = {c["image"] for name in MANIFESTS for g in _groups(_cluster_spec(_manifest(name))) for c in _containers(g)}
     images.add(_yaml("cluster/launcher/aws-gpu.yaml")["docker"]["image"])
     assert len(images) == 1, images
     assert f"-t {images.pop()} " in _dockerfile(), "the Dockerfile's build command names the same image"
+
+
+# ------------------------------------------------------------------- Serve
+
+
+def _serve_config() -> dict:
+    return _yaml("cluster/serve.yaml")
+
+
+def test_serve_config_passes_serves_own_schema():
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    from raydino.serve.app import APP_NAME
+
+    data = _serve_config()
+    config = ServeDeploySchema.model_validate(data)  # what `serve deploy` and `serve run` do with the file
+    # The schema lets unknown keys through (forward compatibility): a misspelt optional key would vanish silently.
+    assert set(data) <= set(ServeDeploySchema.model_fields)
+    assert all(set(app) <= set(ServeApplicationSchema.model_fields) for app in data["applications"])
+
+    assert [(app.name, app.route_prefix) for app in config.applications] == [(APP_NAME, "/")]
+    assert (config.http_options.host, config.http_options.port) == ("0.0.0.0", 8000), "reachable from outside the pod"
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda app: app["runtime_env"].update(working_dir="/home/ray/raydino"), "remote URIs"),
+    (lambda app: app.update(imprt_path=app.pop("import_path")), "import_path"),
+], ids=["working_dir-a-plain-path", "import_path-misspelt"])
+def test_serve_schema_check_is_not_vacuous(breakage, message):
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    bad = _serve_config()
+    breakage(bad["applications"][0])
+    with pytest.raises(ValidationError, match=message):
+        ServeDeploySchema.model_validate(bad)
+
+
+def test_serve_config_runs_in_the_jobs_runtime_env():
+    from ray.runtime_env import RuntimeEnv
+
+    runtime_env = _serve_config()["applications"][0]["runtime_env"]
+    RuntimeEnv(**runtime_env)
+    assert runtime_env["working_dir"] == f"local://{_workdir()}", "the image's copy of the repo"
+    assert runtime_env["env_vars"] == _yaml("cluster/runtime_env.yaml")["env_vars"]
+
+
+def test_serve_config_builds_the_package_app_from_the_rayjobs_run():
+    import inspect
+
+    from ray._common.utils import import_attr
+
+    from raydino.serve import app as serve_app
+
+    (app,) = _serve_config()["applications"]
+    builder = import_attr(app["import_path"])
+    assert builder is serve_app.build and len(inspect.signature(builder).parameters) == 1
+
+    args = app["args"]
+    assert set(args) <= {"run", "overrides"}, "the keys build() reads"
+    assert args["run"].startswith(SHARED + "/"), "the replicas load the run from the shared volume"
+    job_argv = build_parser().parse_args(["run", *shlex.split(_manifest("rayjob")["spec"]["entrypoint"])[2:]])
+    assert args["run"] == str(Output(job_argv.out).run.path), "serves the run the RayJob trains"
+
+    overrides = args.get("overrides", [])
+    assert all(o.startswith("serve.") for o in overrides), "raydino serve takes serve.* overrides only"
+    cfg = load_config("ffhq256", None, overrides)  # the overrides parse and pass the config's checks
+    assert cfg.serve.num_gpus >= 1, "a GPU per replica, whether or not a GPU pod is up when the app is built"
+    commented = re.findall(r"^\s*#\s*- name: (\S+)", (CLUSTER / "serve.yaml").read_text(), re.M)
+    assert commented == [serve_app.FaceServer.name], "the commented `deployments:` override names the deployment"
+
+
+def test_rayservice_serves_the_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = _manifest("rayservice")
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    assert serve_config == _serve_config()
+    ServeDeploySchema.model_validate(serve_config)
+
+    spec = _cluster_spec(doc)
+    ports = {p["name"]: p["containerPort"] for p in _containers(spec["headGroupSpec"])[0]["ports"]}
+    assert ports["serve"] == serve_config["http_options"]["port"], "the operator's Serve Service targets the port named serve"
+    gpu_groups = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in _containers(g)[0]["resources"]["limits"]]
+    assert sum(g["minReplicas"] for g in gpu_groups) >= 1, "a GPU pod stays up for the replica"
+    # The operator names a RayService's head Service <name>-head-svc, as a RayCluster's: they must not collide.
+    assert doc["metadata"]["name"] != _manifest("raycluster")["metadata"]["name"]
 
 
 # ------------------------------------------------------- image, runtime env

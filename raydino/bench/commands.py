@@ -43,6 +43,14 @@ def cmd_bench_sensitivity(args: argparse.Namespace) -> None:
     run_bench(args.dino, sizes=args.sizes, count=args.faces, resolution=args.resolution, out=args.out)
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from raydino.bench.serve import run_bench
+    from raydino.errors import require_run
+
+    run_bench(require_run(args.run, prior=True), clients=args.clients, requests=args.requests, prompt=args.prompt,
+              port=args.port, overrides=args.overrides, out=args.out)
+
+
 def cmd_bench_sample(args: argparse.Namespace) -> None:
     from raydino.bench.sample import run_bench
 
@@ -131,3 +139,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=32, help="the generator's resolution")
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.set_defaults(func=cmd_bench_sensitivity)
+
+    p = bench.add_parser("serve", help="raydino serve under load on 127.0.0.1: p50/p99 latency, images/s and the "
+                                       "batched share at 1, 8, 32 and 64 clients")
+    p.add_argument("--run", default="data/demo/runs/train", help="a finished run with its prior (default: the demo's)")
+    p.add_argument("--clients", type=int_list, default=[1, 8, 32, 64], help="concurrency levels; the first is the baseline")
+    p.add_argument("--requests", type=int, default=256, help="one-image requests per level (at least 4 per client)")
+    p.add_argument("--prompt", default="a person with red hair", help="every request's prompt ('' for none)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    p.add_argument("overrides", nargs="*", help="serve.key=value overrides (e.g. serve.max_batch_size=64)")
+    p.set_defaults(func=cmd_bench_serve)

@@ -31,6 +31,7 @@ from raydino.config.sections import (
     PriorConfig,
     PyramidConfig,
     SampleConfig,
+    ServeConfig,
     StageConfig,
     TinyModelsConfig,
     TrainConfig,
@@ -38,7 +39,7 @@ from raydino.config.sections import (
 )
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "PriorConfig",
-           "PyramidConfig", "SampleConfig", "StageConfig", "TinyModelsConfig", "TrainConfig", "TuneConfig",
+           "PyramidConfig", "SampleConfig", "ServeConfig", "StageConfig", "TinyModelsConfig", "TrainConfig", "TuneConfig",
            "apply_overrides", "from_dict", "is_local", "load_config", "lookup", "override", "save_config", "to_dict"]
 
 log = logging.getLogger(__name__)

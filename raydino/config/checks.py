@@ -19,6 +19,7 @@ from raydino.config.sections import (
     ModelConfig,
     PriorConfig,
     PyramidConfig,
+    ServeConfig,
     TrainConfig,
 )
 
@@ -149,4 +150,13 @@ def check(cfg: Config) -> Config:
     _need(cfg.tune.trials >= 0, f"tune.trials={cfg.tune.trials} must be at least 0")
     _need(cfg.tune.workers_per_trial >= 1, f"tune.workers_per_trial={cfg.tune.workers_per_trial} must be at least 1")
     _need(cfg.sample.n >= 1, f"sample.n={cfg.sample.n} must be at least 1")
+    check_serve(cfg.serve)
     return cfg
+
+
+def check_serve(sc: ServeConfig) -> None:
+    for key in ("max_batch_size", "max_images", "max_prompt_chars", "max_body_bytes", "max_steps", "replicas"):
+        _need(getattr(sc, key) >= 1, f"serve.{key}={getattr(sc, key)} must be at least 1")
+    _need(sc.batch_wait_s >= 0, f"serve.batch_wait_s={sc.batch_wait_s} must be at least 0")
+    _need(sc.num_cpus > 0, f"serve.num_cpus={sc.num_cpus} must be above 0")
+    _need(sc.num_gpus == -1 or sc.num_gpus >= 0, f"serve.num_gpus={sc.num_gpus} must be -1 (auto) or at least 0")

@@ -50,6 +50,11 @@ class Noise:
     def to(self, device: torch.device | str) -> Noise:
         return Noise(self.z.to(device), [m.to(device) for m in self.maps])
 
+    @staticmethod
+    def cat(parts: list[Noise]) -> Noise:
+        """Draws of several requests, one after another (``raydino serve``'s batches)."""
+        return Noise(torch.cat([p.z for p in parts]), [torch.cat(m) for m in zip(*(p.maps for p in parts), strict=True)])
+
     def expand(self, n: int) -> Noise:
         """One draw shared by ``n`` images (a single-row noise, broadcast)."""
         if len(self) != 1:

@@ -1,0 +1,236 @@
+"""`raydino serve` on the session's Ray: the API, its refusals, batching, and the page in a real browser.
+
+The run is untrained (random generator and prior, the session's tiny
+encoders and CLIP): what is tested is the serving, and `raydino sample`'s
+images for the same seed are the reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import chromium
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from raydino.cli import main
+from raydino.config import load_config, save_config
+from raydino.layout import Run
+from raydino.models.flow_prior import FlowPrior, metadata
+from raydino.models.generator import ProgressiveGenerator
+from raydino.sampling import Sampler
+from raydino.train import checkpoint
+
+LIMITS = ["serve.max_images=4", "serve.max_prompt_chars=40", "serve.max_body_bytes=20000", "serve.batch_wait_s=0.2",
+          "serve.num_cpus=0.5"]
+
+
+def write_run(folder, tiny_models, prior: bool = True):
+    """A finished run of the demo's shapes with random weights: a config, a generator and, with ``prior``, a prior."""
+    cfg = load_config("demo", overrides=[f"pyramids.dino={tiny_models['dino']}", f"pyramids.clip={tiny_models['clip']}",
+                                         "prior.width=64", "prior.sample_steps=4", *LIMITS])
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.yaml")
+    torch.manual_seed(0)
+    grid = cfg.pyramids.sizes[0] // 14  # the coarse code's grid
+    generator = ProgressiveGenerator(cfg.model, 48, grid)
+    save_file(generator.state_dict(), str(folder / Run.GENERATOR), metadata=checkpoint.generator_metadata(generator))
+    if prior:
+        model = FlowPrior(cfg.prior, grid * grid, 48, clip_dim=32)
+        save_file(model.state_dict(), str(Run(folder).prior), metadata=metadata(model))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ray_local, tiny_models):
+    from ray import serve
+
+    from raydino.serve.app import APP_NAME, application
+
+    run = write_run(tmp_path_factory.mktemp("serve") / "run", tiny_models)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(application(run, load_config(config_file=str(run / "config.yaml"))), name=APP_NAME, route_prefix="/")
+    yield {"port": port, "run": run}
+    serve.shutdown()
+
+
+def call(server, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=120)
+    conn.request(method, path, body, headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, response.getheader("content-type"), data
+
+
+def generate(server, **body):
+    status, _, data = call(server, "POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+    assert status == 200, data
+    return json.loads(data)
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def as_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] in [0, 1] as the server's PNGs hold them."""
+    return images.mul(255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def test_generate_returns_the_faces_raydino_sample_draws_for_the_seed(server):
+    answer = generate(server, prompt="a face with red hair", n=2, seed=7, cfg=1.5)
+    got = np.stack([pixels(b) for b in answer["images"]])
+    assert got.shape == (2, 32, 32, 3) and answer["seed"] == 7 and answer["latency_ms"] > 0
+    again = generate(server, prompt="a face with red hair", n=2, seed=7, cfg=1.5)
+    assert again["images"] == answer["images"]  # a seed gives the same PNG bytes every time
+    assert generate(server, prompt="a face with red hair", n=2, seed=8, cfg=1.5)["images"] != answer["images"]
+
+    sampler = Sampler(server["run"], device="cpu")
+    (row,) = sampler.from_prompts(["a face with red hair"], n=2, seed=7, guidance=1.5)
+    assert np.abs(got.astype(int) - as_uint8(row.images).astype(int)).max() <= 1  # a batched pass's last bits
+    unconditional = np.stack([pixels(b) for b in generate(server, n=3, seed=2)["images"]])
+    (row,) = sampler.from_prior(3, seed=2)
+    assert np.abs(unconditional.astype(int) - as_uint8(row.images).astype(int)).max() <= 1
+
+
+def test_one_image_comes_back_as_png_when_asked(server):
+    status, kind, data = call(server, "POST", "/generate", json.dumps({"n": 1, "seed": 3}), {"Accept": "image/png"})
+    assert (status, kind) == (200, "image/png")
+    assert Image.open(io.BytesIO(data)).size == (32, 32)
+
+
+def test_vary_answers_an_uploaded_face_with_its_reconstruction_and_variations(server, faces_dir):
+    face = sorted(faces_dir.glob("*.png"))[0].read_bytes()
+    status, _, data = call(server, "POST", "/vary?t=0.4&n=3&seed=1", face, {"Content-Type": "image/png"})
+    assert status == 200, data
+    answer = json.loads(data)
+    got = np.stack([pixels(b) for b in answer["images"]])
+    (row,) = Sampler(server["run"], device="cpu").from_image(sorted(faces_dir.glob("*.png"))[0], 3, 1, vary=0.4)
+    assert got.shape == (3, 32, 32, 3)
+    assert np.abs(got.astype(int) - as_uint8(row.images[1:]).astype(int)).max() <= 1
+
+
+BAD = [
+    ("POST", "/generate", {"prompt": ""}, 422, "prompt must be a non-empty string"),
+    ("POST", "/generate", {"prompt": "x" * 41}, 422, "over serve.max_prompt_chars=40"),
+    ("POST", "/generate", {"n": 5}, 422, "n=5 must be in [1, 4]"),
+    ("POST", "/generate", {"n": 0}, 422, "n=0 must be in [1, 4]"),
+    ("POST", "/generate", {"seed": -1}, 422, "seed=-1 must be in"),
+    ("POST", "/generate", {"seed": 1.5}, 422, "seed must be an integer, got 1.5"),
+    ("POST", "/generate", {"seed": "3"}, 422, "seed must be an integer, got '3'"),
+    ("POST", "/generate", {"cfg": "high"}, 422, "cfg must be a number"),
+    ("POST", "/generate", {"steps": 1000}, 422, "steps=1000 must be in [1, 64]"),
+    ("POST", "/generate", {"colour": "red"}, 422, "unknown fields ['colour']"),
+    ("POST", "/generate", [1, 2], 422, "the body must be a JSON object"),
+    ("POST", "/generate", b'{"n": 1', 400, "the body is not JSON"),
+    ("POST", "/generate", b" " * 20001, 413, "over serve.max_body_bytes=20000"),
+    ("POST", "/vary", b"not a picture", 415, "cannot read image (the upload): not an image"),
+    ("POST", "/vary", b"\x89PNG" + b"\0" * 20000, 413, "over serve.max_body_bytes=20000"),
+    ("POST", "/vary?t=2", b"x", 422, "t=2.0 must be in [0, 1]"),
+    ("POST", "/vary?seed=-3", b"x", 422, "seed=-3 must be at least 0"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", BAD, ids=[b[-1][:30] for b in BAD])
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, status, message):
+    raw = body if isinstance(body, bytes) else json.dumps(body)
+    got, _, data = call(server, method, path, raw, {"Content-Type": "application/json"})
+    assert got == status and message in data.decode(), (got, data.decode())
+    assert call(server, "GET", "/healthz")[0] == 200
+    assert len(generate(server, n=1, seed=0)["images"]) == 1
+
+
+def test_concurrent_requests_share_a_generator_pass(server):
+    before = json.loads(call(server, "GET", "/stats")[2])
+    with ThreadPoolExecutor(6) as pool:  # serve.batch_wait_s=0.2: they arrive well within it
+        answers = list(pool.map(lambda seed: generate(server, n=1, seed=seed, prompt="a face"), range(6)))
+    after = json.loads(call(server, "GET", "/stats")[2])
+    assert after["requests"] - before["requests"] == 6
+    assert after["passes"] - before["passes"] < 6, (before, after)
+    assert max(a["batch_size"] for a in answers) > 1
+    # each request still gets its own seed's face
+    assert len({a["images"][0] for a in answers}) == 6
+    single = generate(server, n=1, seed=4, prompt="a face")["images"][0]
+    assert np.abs(pixels(single).astype(int) - pixels(answers[4]["images"][0]).astype(int)).max() <= 1
+
+
+def test_healthz_and_the_page(server):
+    status, _, data = call(server, "GET", "/healthz")
+    health = json.loads(data)
+    assert status == 200 and health["status"] == "ok" and health["text"] is True and health["max_images"] == 4
+    status, kind, page = call(server, "GET", "/")
+    assert status == 200 and kind.startswith("text/html") and b'id="prompt"' in page
+
+
+@pytest.mark.skipif(chromium.find() is None, reason="no Chromium on this machine (apt-get install chromium)")
+def test_the_page_shows_faces_for_a_typed_prompt_in_headless_chromium(server):
+    browser = chromium.Browser(chromium.find())
+    try:
+        browser.open(f"http://127.0.0.1:{server['port']}/")
+        browser.wait_for("document.getElementById('run').textContent.includes('32 px')")
+        browser.type("#prompt", "a face with red hair")
+        browser.evaluate("document.getElementById('n').value = 3; document.getElementById('go').click()")
+        loaded = "[...document.querySelectorAll('#faces img')].filter(i => i.complete && i.naturalWidth === 32).length"
+        assert browser.wait_for(f"{loaded} === 3 && {loaded}") == 3
+        captions = browser.evaluate("[...document.querySelectorAll('#faces figcaption')].map(c => c.textContent)")
+        assert all(" ms (batch of " in c for c in captions), captions
+        assert browser.evaluate("document.getElementById('error').textContent") == ""
+    finally:
+        browser.close()
+
+
+# ------------------------------------------------------------ the command line
+
+
+def test_serve_refuses_what_it_cannot_serve_before_ray_starts(tmp_path, tiny_models, capsys):
+    assert main(["serve", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "--run" in capsys.readouterr().err
+    run = write_run(tmp_path / "no-prior", tiny_models, prior=False)
+    assert main(["serve", "--run", str(run)]) == 2
+    assert "has no flow prior (prior.safetensors missing)" in capsys.readouterr().err
+    run = write_run(tmp_path / "run", tiny_models)
+    assert main(["serve", "--run", str(run), "train.seed=3"]) == 2
+    assert "serve.* overrides only" in capsys.readouterr().err
+    assert main(["serve", "--run", str(run), "serve.max_images=0"]) == 2
+    assert "serve.max_images=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_models):
+    """A real `raydino serve` process: it answers, then SIGINT ends it with 0 and takes its Ray down."""
+    run = write_run(tmp_path / "run", tiny_models)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}  # its own Ray
+    proc = subprocess.Popen([sys.executable, "-m", "raydino.cli", "serve", "--run", str(run), "--port", str(port), "serve.num_cpus=0.5"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "Ctrl-C stops" in line:
+                break
+        assert proc.poll() is None, "raydino serve ended before it served"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        proc.send_signal(2)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "raydino serve: stopped" in out
