@@ -33,7 +33,7 @@ from raydino.sampling import Sampler
 from raydino.train import checkpoint
 
 LIMITS = ["serve.max_images=4", "serve.max_prompt_chars=40", "serve.max_body_bytes=20000", "serve.batch_wait_s=0.2",
-          "serve.num_cpus=0.5"]
+          "serve.num_cpus=0.5", "serve.replicas=1"]
 
 
 def write_run(folder, tiny_models, prior: bool = True):

@@ -48,7 +48,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
     from raydino.errors import require_run
 
     run_bench(require_run(args.run, prior=True), clients=args.clients, requests=args.requests, prompt=args.prompt,
-              port=args.port, overrides=args.overrides, out=args.out)
+              port=args.port, overrides=args.overrides, out=args.out, steps=args.steps)
 
 
 def cmd_bench_sample(args: argparse.Namespace) -> None:
@@ -146,6 +146,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int_list, default=[1, 8, 32, 64], help="concurrency levels; the first is the baseline")
     p.add_argument("--requests", type=int, default=256, help="one-image requests per level (at least 4 per client)")
     p.add_argument("--prompt", default="a person with red hair", help="every request's prompt ('' for none)")
+    p.add_argument("--steps", type=int, default=None, help="the prior's ODE steps per request (default: the run's)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", default=None, help=OUT_HELP)
     p.add_argument("overrides", nargs="*", help="serve.key=value overrides (e.g. serve.max_batch_size=64)")

@@ -40,7 +40,7 @@ def _get(port: int, path: str) -> dict:
     return json.loads(conn.getresponse().read())
 
 
-def load(port: int, clients: int, requests: int, prompt: str | None) -> dict:
+def load(port: int, clients: int, requests: int, prompt: str | None, steps: int | None = None) -> dict:
     """``requests`` one-image requests from ``clients`` threads at once; latencies as the clients saw them."""
     latencies: list[float] = []
     failed = [0]
@@ -50,7 +50,7 @@ def load(port: int, clients: int, requests: int, prompt: str | None) -> dict:
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for i in iter(lambda: next(counter, None), None):
-            body = {"n": 1, "seed": i} | ({"prompt": prompt} if prompt else {})
+            body = {"n": 1, "seed": i} | ({"prompt": prompt} if prompt else {}) | ({"steps": steps} if steps else {})
             try:
                 status, ms = _request(conn, body)
             except (OSError, http.client.HTTPException):
@@ -84,7 +84,7 @@ def load(port: int, clients: int, requests: int, prompt: str | None) -> dict:
 
 
 def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | None, port: int,
-              overrides: list[str], out: str | None) -> dict:
+              overrides: list[str], out: str | None, steps: int | None = None) -> dict:
     """Start ``raydino serve`` on ``run`` in a local Ray, load it at each concurrency, print and record the figures."""
     import ray
     from ray import serve
@@ -93,13 +93,13 @@ def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | 
 
     cfg = load_config(config_file=str(Run(run).config), overrides=overrides)
     results = header("serve") | {"run": str(Path(run).resolve()), "serve": vars(cfg.serve), "prompt": prompt,
-                                 "goals": GOALS}
+                                 "steps": steps or cfg.prior.sample_steps, "solver": cfg.prior.solver, "goals": GOALS}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application(run, cfg), name=APP_NAME, route_prefix="/")
-        load(port, 4, 16, prompt)  # warm-up: the replica's first passes allocate
-        levels = [load(port, c, max(requests, 4 * c), prompt) for c in clients]
+        load(port, 4, 16, prompt, steps)  # warm-up: the replica's first passes allocate
+        levels = [load(port, c, max(requests, 4 * c), prompt, steps) for c in clients]
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -108,7 +108,7 @@ def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | 
         level["throughput_ratio"] = round(level["images_per_s"] / base, 2) if base else None
     results["levels"] = levels
     print(f"raydino serve on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
-          f"run {run}, prompt {prompt!r}")
+          f"run {run}, prompt {prompt!r}, K={results['steps']} {results['solver']}")
     print(f"{'clients':>8} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>9} {'vs 1 client':>12} {'batched':>8} "
           f"{'mean batch':>11} {'failed':>7}")
     for lv in levels:

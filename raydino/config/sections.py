@@ -263,18 +263,21 @@ class ServeConfig:
     """``raydino serve``: how requests are batched and what one may ask (docs/serve.md).
 
     Concurrent ``/generate`` requests wait up to ``batch_wait_s`` for each
-    other and share one generator pass, up to ``max_batch_size`` requests.
-    ``num_gpus``: per replica; -1 takes one when the cluster has a GPU.
+    other and share one generator pass, up to ``max_batch_size`` requests
+    (clients that were answered together ask again together, spread by the
+    proxy's hop: 5 ms caught 1.75 of 8 on a 2-core CPU, 20 ms 7.4).
+    ``num_cpus``: per replica, also its torch threads. ``num_gpus``: per
+    replica; -1 takes one when the cluster has a GPU.
     """
 
     max_batch_size: int = 32
-    batch_wait_s: float = 0.005
+    batch_wait_s: float = 0.02
     max_images: int = 16  # n of one request
     max_prompt_chars: int = 300
     max_body_bytes: int = 8 << 20  # a /vary upload, or any JSON body
     max_steps: int = 64  # the prior's ODE steps a request may ask for
     replicas: int = 1
-    num_cpus: float = 1.0
+    num_cpus: float = 2.0
     num_gpus: float = -1.0
 
 
