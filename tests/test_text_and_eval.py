@@ -1,7 +1,7 @@
 """Milestone 4 and `raydino eval` on a small trained run: text control through the flow prior, measured for real.
 
-The tiny CLIP is fitted to the synthetic captions (as `raydino tiny-models`
-does; the session's trained encoders and attribute classifier are copied beside it), the generator trains in-process (the Ray path is
+The tiny CLIP is the demo's, fitted to the synthetic captions by `raydino tiny-models`
+(the session's trained encoders and attribute classifier are copied beside it), the generator trains in-process (the Ray path is
 covered by test_train_ray.py), the prior trains as its Ray Train job (`train_prior`).
 """
 
@@ -17,12 +17,11 @@ from conftest import write_test_pyramid
 
 from raydino.cli import main
 from raydino.config import load_config, save_config
-from raydino.data.captions import caption_pairs
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluate import evaluate, prompt_scores
 from raydino.layout import Run
 from raydino.models.generator import ProgressiveGenerator
-from raydino.models.tiny import write_tiny_clip
+from raydino.models.tiny import SHIPPED, SUMMARY, expand_clip
 from raydino.pyramids.batch import columns
 from raydino.sampling import Sampler
 from raydino.train import checkpoint, loop
@@ -38,8 +37,7 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     faces = write_faces(root / "faces", count=96, seed=5, size=128)
     models = {key: shutil.copytree(tiny_models[key], root / "models" / tiny_models[key].name)
               for key in ("dino", "fd", "attributes", "segmenter")}
-    models["clip"] = write_tiny_clip(root / "models" / "clip-tiny", caption_pairs(faces), seed=0, steps=300,
-                                     source=str(faces))
+    models["clip"] = shipped_clip(root / "models" / "clip-tiny")
     (root / "pyr").mkdir()
     pyramids = write_test_pyramid(root / "pyr", faces.glob("*.png"), str(models["dino"]), str(models["clip"]))
     held_faces = write_faces(root / "held_faces", count=32, seed=6, size=128)
@@ -67,6 +65,16 @@ def text_run(tmp_path_factory, ray_local, tiny_models):
     train_prior(cfg, pyramids, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps({"pyramids": str(pyramids)}))  # as `raydino train` writes it
     return {"root": root, "run": run_dir, "untrained": untrained, "pyramids": pyramids, "held": held, "faces": faces}
+
+
+def shipped_clip(folder):
+    """The demo's tiny CLIP, fitted to the captions of its 768 synthetic faces: the captions' words are these faces'
+    words, and expanding it (3 s) spares the 45 s fit."""
+    build = SHIPPED / "demo"
+    summary = json.loads((build / SUMMARY).read_text())
+    shutil.copytree(build / summary["folders"]["clip"], folder)
+    expand_clip(folder, summary["seed"])
+    return folder
 
 
 def _hair(images: torch.Tensor) -> np.ndarray:
