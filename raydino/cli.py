@@ -161,8 +161,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from raydino.pipeline import init_ray
+    from raydino.sweep.tune import check_sweep, tune_sweep
     from raydino.train.trainer import bind_pyramid
-    from raydino.tune import check_sweep, tune_sweep
 
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
@@ -212,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from raydino.evaluate import evaluate
+    from raydino.evaluation.evaluate import evaluate
     from raydino.layout import Run
 
     require_run(args.run)

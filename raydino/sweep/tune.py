@@ -107,7 +107,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raydino import placement
+    from raydino.sweep import placement
     from raydino.train.ray_data import training_dataset
     from raydino.train.trainer import bind_pyramid, interruptible
 
