@@ -37,7 +37,8 @@ def cmd_synth_faces(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
-    from raydino.models.tiny import SHIPPED, ship, write_tiny_models
+    from raydino.models.shipping import SHIPPED, ship
+    from raydino.models.tiny import write_tiny_models
 
     cfg = _cfg(args)
     if args.ship:

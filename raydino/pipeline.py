@@ -71,7 +71,8 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     """
     from raydino.data.captions import caption_pairs
     from raydino.data.images import Split
-    from raydino.models.tiny import copy_shipped, recipe, shipped_build, write_tiny_models
+    from raydino.models.shipping import copy_shipped, recipe, shipped_build
+    from raydino.models.tiny import write_tiny_models
 
     captions = None
     if cfg.data.images:

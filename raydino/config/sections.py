@@ -33,7 +33,7 @@ class TinyModelsConfig:
     segmenter for ``segmenter_steps``; the probes are scored on
     ``probe_faces`` held-out faces (docs/encoders.md). ``shipped``: copy the
     package's prebuilt models when they were built from this run's recipe
-    (``raydino.models.tiny.recipe``) instead of training them again.
+    (``raydino.models.shipping.recipe``) instead of training them again.
     """
 
     build: bool = False
