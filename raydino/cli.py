@@ -108,8 +108,9 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
     from raydino.layout import Run
     from raydino.models.loading import bind_encoders
     from raydino.pipeline import init_ray
+    from raydino.train.preflight import resume_config, run_exists
     from raydino.train.prior_trainer import train_prior
-    from raydino.train.trainer import TrainingError, resume_config, run_exists
+    from raydino.train.trainer import TrainingError
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite: choose one (continue the prior in --run, or train it again)")
@@ -163,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from raydino.pipeline import init_ray
     from raydino.sweep.tune import check_sweep, tune_sweep
-    from raydino.train.trainer import bind_pyramid
+    from raydino.train.preflight import bind_pyramid
 
     overrides = list(args.overrides) + ([f"tune.trials={args.trials}"] if args.trials else [])
     cfg = load_config(args.preset, args.config, overrides)
@@ -182,7 +183,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from raydino.layout import Run
     from raydino.pipeline import init_ray
-    from raydino.train.trainer import TrainingError, bind_pyramid, resume_config, run_exists, train
+    from raydino.train.preflight import bind_pyramid, resume_config, run_exists
+    from raydino.train.trainer import TrainingError, train
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")

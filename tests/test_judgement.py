@@ -12,7 +12,7 @@ from raydino.evaluation.metrics import fd_with_floor
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids import schema
 from raydino.sweep.tune import search_space
-from raydino.train.trainer import bind_pyramid
+from raydino.train.preflight import bind_pyramid
 
 
 def test_split_is_deterministic_disjoint_and_sized(faces_dir):
