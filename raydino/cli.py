@@ -75,7 +75,8 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
     from raydino.data.images import Split, list_images
     from raydino.models.loading import ModelNotFoundError, load_clip, require_local
     from raydino.pipeline import init_ray
-    from raydino.pyramids.extract import build_pyramids, finished_output
+    from raydino.pyramids.extract import build_pyramids
+    from raydino.pyramids.publish import finished_output
 
     run_cfg = _cfg(args)
     flags = {"dino": args.dino, "clip": args.clip, "sizes": args.sizes, "batch_size": args.batch_size,
