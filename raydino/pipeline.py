@@ -71,7 +71,8 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     """
     from raydino.data.captions import caption_pairs
     from raydino.data.images import Split
-    from raydino.models.tiny import copy_shipped, recipe, shipped_build, write_tiny_models
+    from raydino.models.shipping import copy_shipped, recipe, shipped_build
+    from raydino.models.tiny import write_tiny_models
 
     captions = None
     if cfg.data.images:
@@ -111,20 +112,20 @@ def _train_prior(pyramids: Path, run: Run) -> None:
 
 def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run: Run) -> None:
     """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
-    from raydino.evaluate import evaluate
+    from raydino.evaluation.evaluate import evaluate
 
     _train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind)), pyramids, run, holdout)
     evaluate(run.path, holdout, n=cfg.eval.n, seed=cfg.sample.seed)
 
 
 def _tune(cfg: Config, pyramids: Path, holdout: Path, sweep: Path) -> None:
-    from raydino.tune import tune_sweep
+    from raydino.sweep.tune import tune_sweep
 
     tune_sweep(cfg, pyramids, sweep, holdout=holdout)
 
 
 def _eval(cfg: Config, run: Run, pyramids: Path) -> None:
-    from raydino.evaluate import evaluate
+    from raydino.evaluation.evaluate import evaluate
 
     if cfg.eval.n < MIN_EVAL_ROWS:  # fitted.json and the report say why
         log.warning("evaluation skipped: %d held-out rows, the figures need at least %d", cfg.eval.n, MIN_EVAL_ROWS)
@@ -179,7 +180,7 @@ def _images(cfg: Config) -> int:
 
 def _sweep_tracker(cfg: Config, sweep: Sweep) -> Tracker:
     """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
-    from raydino.tune import trial_config
+    from raydino.sweep.tune import trial_config
 
     total = cfg.tune.trials * _images(trial_config(cfg, {}))
     return Tracker("sweep", total, "images", lambda: read_done(sweep.trials, f"*/{Run.PROGRESS}"))
@@ -252,7 +253,7 @@ def preflight(cfg: Config) -> Config:
     from raydino.data.captions import text_plan
     from raydino.data.images import Split
     from raydino.errors import require_images, require_models, require_writable
-    from raydino.tune import check_sweep
+    from raydino.sweep.tune import check_sweep
 
     require_writable(cfg.out, "--out")
     if cfg.data.images:

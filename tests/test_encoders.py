@@ -13,9 +13,9 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from raydino.attribute_agreement import accuracies, chance, tv_distances
 from raydino.data.face_set import ATTRIBUTES, UNKNOWN, from_seed, prompt_labels
 from raydino.data.synth_faces import PARTS, face, render_parts
+from raydino.evaluation.attribute_agreement import accuracies, chance, tv_distances
 from raydino.models.encoder_training import TRAINING_OBJECTIVE, train_encoder
 from raydino.models.face_attributes import SIZE, load_classifier, train_classifier
 from raydino.models.loading import weights_hash

@@ -27,7 +27,7 @@ from raydino.data_fit import fit_to_rows
 from raydino.errors import UserError
 from raydino.lock import hold, lock_path
 from raydino.pyramids import schema
-from raydino.pyramids.extract import remove_leftovers
+from raydino.pyramids.publish import remove_leftovers
 
 
 def _nothing_written(tmp_path: Path, *keep: str) -> None:

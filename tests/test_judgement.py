@@ -8,11 +8,11 @@ import pytest
 from raydino.cli import main
 from raydino.config import ConfigError, load_config
 from raydino.data.images import Split, list_images
-from raydino.metrics import fd_with_floor
+from raydino.evaluation.metrics import fd_with_floor
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids import schema
-from raydino.train.trainer import bind_pyramid
-from raydino.tune import search_space
+from raydino.sweep.tune import search_space
+from raydino.train.preflight import bind_pyramid
 
 
 def test_split_is_deterministic_disjoint_and_sized(faces_dir):

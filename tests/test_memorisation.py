@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raydino.memorisation import memorisation_figures, nearest
+from raydino.evaluation.memorisation import memorisation_figures, nearest
 
 
 def test_nearest_is_the_rms_distance_to_the_closest_training_code():

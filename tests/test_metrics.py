@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from raydino.metrics import colour_error, fd, frechet_distance
+from raydino.evaluation.metrics import colour_error, fd, frechet_distance
 from raydino.models.flow_prior import perturb
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.sampling import swap_region
@@ -106,7 +106,7 @@ def test_swap_region():
 
 
 def test_noise_spread_is_zero_for_identical_draws_and_scales_with_the_draws():
-    from raydino.metrics import noise_spread
+    from raydino.evaluation.metrics import noise_spread
 
     g = torch.Generator().manual_seed(0)
     real = torch.rand(16, 3, 8, 8, generator=g)
@@ -122,7 +122,7 @@ def test_noise_spread_is_zero_for_identical_draws_and_scales_with_the_draws():
 def test_sharpness_ratio_is_one_for_the_images_and_below_one_blurred():
     from torchvision.transforms.functional import gaussian_blur
 
-    from raydino.metrics import sharpness_ratio
+    from raydino.evaluation.metrics import sharpness_ratio
 
     real = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert sharpness_ratio(real, real) == pytest.approx(1.0)

@@ -18,11 +18,11 @@ from raydino.data import synth_faces
 from raydino.data.face_set import from_seed, read_attributes
 from raydino.data.images import read_image
 from raydino.data.synth_faces import PARTS, render_face, render_parts, write_faces
-from raydino.metrics import match_resolution
+from raydino.evaluation.metrics import match_resolution
+from raydino.evaluation.part_figures import SCORED, error_ratios, held_out, ious, part_figures, two_eyes_and_a_mouth
 from raydino.models.loading import ModelNotFoundError
 from raydino.models.part_segmenter import load_segmenter, save_segmenter, train_segmenter
 from raydino.models.tiny import fixed_threads
-from raydino.part_figures import SCORED, error_ratios, held_out, ious, part_figures, two_eyes_and_a_mouth
 from raydino.report import write_report
 from raydino.report.markup import fmt
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from raydino.config import load_config
 from raydino.models.loading import load_clip
-from raydino.models.tiny import CLIP_ROWS, CLIP_WEIGHTS, SUMMARY, build_recipe, recipe, shipped_build
+from raydino.models.shipping import CLIP_ROWS, CLIP_WEIGHTS, build_recipe, recipe, shipped_build
+from raydino.models.tiny import SUMMARY
 from raydino.pipeline import _models
 
 

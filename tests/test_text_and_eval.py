@@ -18,10 +18,11 @@ from conftest import write_test_pyramid
 from raydino.cli import main
 from raydino.config import load_config, save_config
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
-from raydino.evaluate import evaluate, prompt_scores
+from raydino.evaluation.evaluate import evaluate, prompt_scores
 from raydino.layout import Run
 from raydino.models.generator import ProgressiveGenerator
-from raydino.models.tiny import SHIPPED, SUMMARY, expand_clip
+from raydino.models.shipping import SHIPPED, expand_clip
+from raydino.models.tiny import SUMMARY
 from raydino.pyramids.batch import columns
 from raydino.sampling import Sampler
 from raydino.train import checkpoint, loop

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from raydino.config import ConfigError, load_config
-from raydino.tune import search_space, tune_sweep
+from raydino.sweep.tune import search_space, tune_sweep
 
 
 def sweep_cfg(dino: str, **extra):
@@ -42,7 +42,7 @@ def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
 
 
 def test_placement_groups_of_dead_actors_are_given_back_and_no_others(ray_local):
-    """What frees an early-stopped trial's CPUs: its Train controller died, its group stayed (see raydino.placement)."""
+    """What frees an early-stopped trial's CPUs: its Train controller died, its group stayed (see raydino.sweep.placement)."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from raydino import placement

@@ -136,7 +136,7 @@ bad = []
 for mod in ["ray", "ray.data", "ray.train", "ray.train.torch", "ray.tune", "ray.dashboard.optional_deps",
             "ray.util.state", "tensorboardX", "jsonschema", "pydantic", "open_clip", "raydino.cli",
             "raydino.pipeline", "raydino.pyramids.extract", "raydino.bench.pyramids",
-            "raydino.bench.train", "raydino.train.trainer", "raydino.tune"]:
+            "raydino.bench.train", "raydino.train.trainer", "raydino.sweep.tune"]:
     try:
         importlib.import_module(mod)
     except Exception as exc:

@@ -29,8 +29,8 @@ import torch
 
 from raydino.config import Config, load_config
 from raydino.data.images import read_image
+from raydino.evaluation.metrics import level_distances
 from raydino.layout import Checkpoint
-from raydino.metrics import level_distances
 from raydino.models.loading import load_dino
 from raydino.models.saved import load_generator
 from raydino.pyramids import schema

@@ -28,11 +28,11 @@ from torchvision.transforms.functional import gaussian_blur
 
 from raydino.bench.record import header, save
 from raydino.data.synth_faces import render_face, sample_attributes
+from raydino.evaluation.metrics import match_resolution
+from raydino.evaluation.part_figures import SCORED
 from raydino.losses import cosine_distance
-from raydino.metrics import match_resolution
 from raydino.models.loading import load_dino
-from raydino.models.tiny import SHIPPED
-from raydino.part_figures import SCORED
+from raydino.models.shipping import SHIPPED
 from raydino.pyramids.features import dino_levels
 
 FACE_SEED = 30_000  # faces of no run's training or held-out set

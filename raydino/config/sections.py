@@ -33,7 +33,7 @@ class TinyModelsConfig:
     segmenter for ``segmenter_steps``; the probes are scored on
     ``probe_faces`` held-out faces (docs/encoders.md). ``shipped``: copy the
     package's prebuilt models when they were built from this run's recipe
-    (``raydino.models.tiny.recipe``) instead of training them again.
+    (``raydino.models.shipping.recipe``) instead of training them again.
     """
 
     build: bool = False
@@ -41,7 +41,7 @@ class TinyModelsConfig:
     encoder_steps: int = 600
     fd_encoder_steps: int = 400
     classifier_steps: int = 400
-    segmenter_steps: int = 300  # the part segmenter (raydino.part_figures): ~5 s on one thread
+    segmenter_steps: int = 300  # the part segmenter (raydino.evaluation.part_figures): ~5 s on one thread
     batch_size: int = 32
     lr: float = 5e-3
     probe_faces: int = 192

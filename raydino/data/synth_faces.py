@@ -162,7 +162,7 @@ def render_face(attrs: FaceAttributes, size: int = 256, omit: Collection[str] = 
     ``omit``: parts whose shapes are not drawn, so what lies under them shows
     (skin where the eyes were): the same face without its eyes, mouth and
     glasses is what a reconstruction that leaves them out would look like
-    (``raydino.part_figures``).
+    (``raydino.evaluation.part_figures``).
     """
     if unknown := set(omit) - set(PARTS):
         raise ValueError(f"unknown parts {sorted(unknown)}: parts are {PARTS}")

@@ -166,7 +166,7 @@ def section_attributes(ctx: Context) -> str:
 
 
 def section_parts(ctx: Context) -> str:
-    """Whether eyes, mouth and glasses are drawn (``raydino.part_figures``), beside the real faces' figures and n."""
+    """Whether eyes, mouth and glasses are drawn (``raydino.evaluation.part_figures``), beside the real faces' figures and n."""
     ev = ctx.evaluation or {}
     if "parts/note" in ev:
         return missing(ev["parts/note"])

@@ -74,7 +74,7 @@ def fit_generator(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, ses
     returning ``nonfinite_input_step``: the driver names the shard.
 
     ``holdout`` (``rows``, ``images``, ``encoder``, ``set``; from
-    ``trainer.holdout_payload``) adds the held-out figures at step 0 and at
+    ``preflight.holdout_payload``) adds the held-out figures at step 0 and at
     each stage end; every later report carries the latest of them.
     """
     tc, sizes, device, rank0 = cfg.train, cfg.pyramids.sizes, session.device, session.rank == 0

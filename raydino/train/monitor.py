@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from raydino.metrics import level_distances, level_figures, match_resolution, paired_distance
+from raydino.evaluation.metrics import level_distances, level_figures, match_resolution, paired_distance
 from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import Dino
 from raydino.pyramids import schema

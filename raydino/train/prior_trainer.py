@@ -27,13 +27,13 @@ from raydino.models.loading import bind_encoders
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
+from raydino.train.preflight import run_exists
 from raydino.train.prior_loop import prior_columns
 from raydino.train.ray_data import parquet_dataset
 from raydino.train.trainer import (
     RaySession,
     fail_at_step,
     fit,
-    run_exists,
     torch_trainer,
     worker_setup,
 )

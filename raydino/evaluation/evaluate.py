@@ -7,7 +7,7 @@ resized to it before encoding, like the generated ones.
 - FD-DINOv2 between generated and real images, under a *separate* encoder
   (``eval.fd_encoder``; the published metric uses DINOv2 ViT-L/14), for
   reconstructions and prior samples, each beside ``n`` and the real-vs-real
-  floor at that ``n`` (:func:`raydino.metrics.fd_with_floor`): an FD near
+  floor at that ``n`` (:func:`raydino.evaluation.metrics.fd_with_floor`): an FD near
   its floor says nothing more than "indistinguishable at this n"; prior
   samples come from the flow prior and from the PCA Gaussian baseline,
   scored against the same real half;
@@ -25,12 +25,12 @@ resized to it before encoding, like the generated ones.
   hair" prompt samples against the real faces of that colour (``prompt_hair``);
 - colour error against the stored thumbnails;
 - attribute agreement of reconstructions, prompt and prior samples, by a
-  classifier of the synthetic faces' attributes (``raydino.attribute_agreement``);
+  classifier of the synthetic faces' attributes (``raydino.evaluation.attribute_agreement``);
 - whether eyes, mouth and glasses are drawn: reconstructions scored inside
   those parts against the same faces without them, segmented parts of
-  reconstructions, prior and prompt samples (``raydino.part_figures``);
+  reconstructions, prior and prompt samples (``raydino.evaluation.part_figures``);
 - whether the flow prior copies its training codes: each sample's nearest
-  training code against each held-out code's (``raydino.memorisation``).
+  training code against each held-out code's (``raydino.evaluation.memorisation``).
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydino.attribute_agreement import attribute_figures
 from raydino.data.face_set import labels_for_paths
 from raydino.data.images import read_image
-from raydino.layout import Run
-from raydino.memorisation import memorisation_figures
-from raydino.metrics import (
+from raydino.evaluation.attribute_agreement import attribute_figures
+from raydino.evaluation.memorisation import memorisation_figures
+from raydino.evaluation.metrics import (
     clip_score,
     colour_error,
     dino_cls,
@@ -58,9 +57,10 @@ from raydino.metrics import (
     paired_distance,
     sharpness_ratio,
 )
+from raydino.evaluation.part_figures import part_figures
+from raydino.evaluation.prompt_hair import hair_colour_figures
+from raydino.layout import Run
 from raydino.models.loading import Dino, load_dino, require_local
-from raydino.part_figures import part_figures
-from raydino.prompt_hair import hair_colour_figures
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
 from raydino.sampling import Sampler

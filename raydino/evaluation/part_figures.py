@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raydino.attribute_agreement import PROMPT_SAMPLES
 from raydino.data.face_set import attributes_for_paths
 from raydino.data.images import square_crop
 from raydino.data.synth_faces import PARTS, FaceAttributes, render_face, render_parts
-from raydino.metrics import match_resolution
+from raydino.evaluation.attribute_agreement import PROMPT_SAMPLES
+from raydino.evaluation.metrics import match_resolution
 from raydino.models.part_segmenter import SIZE, PartSegmenter, load_segmenter, soft_parts
 
 SCORED = ("eyes", "mouth", "glasses")  # what the figures ask about, and what the reference face leaves out
@@ -147,7 +147,7 @@ def part_figures(sampler, recon: torch.Tensor, real: torch.Tensor, paths: list[s
                  seed: int, prompts: list[str] | None = None) -> dict:
     """The ``parts/...`` figures of ``raydino eval``; a note when the held-out images are not synthetic faces.
 
-    Arguments as :func:`raydino.attribute_agreement.attribute_figures`:
+    Arguments as :func:`raydino.evaluation.attribute_agreement.attribute_figures`:
     ``real`` are the held-out images as ``eval`` read them, at the
     reconstructions' resolution. Without ``eval.part_segmenter`` only the
     error ratios (they need no model).

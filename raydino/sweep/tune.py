@@ -107,9 +107,10 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raydino import placement
+    from raydino.sweep import placement
+    from raydino.train.preflight import bind_pyramid
     from raydino.train.ray_data import training_dataset
-    from raydino.train.trainer import bind_pyramid, interruptible
+    from raydino.train.trainer import interruptible
 
     space = check_sweep(cfg, holdout)
     cfg, manifest = bind_pyramid(cfg, pyramids)
