@@ -70,11 +70,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_pyramids(args: argparse.Namespace) -> None:
 
-    from raydino.data.images import Split, list_images
+    from raydino.data.sources import Split, list_images
     from raydino.models.loading import ModelNotFoundError, load_clip, require_local
-    from raydino.pipeline import init_ray
     from raydino.pyramids.extract import build_pyramids
     from raydino.pyramids.publish import finished_output
+    from raydino.ray_init import init_ray
 
     run_cfg = _cfg(args)
     flags = {"dino": args.dino, "clip": args.clip, "sizes": args.sizes, "batch_size": args.batch_size,
@@ -102,7 +102,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
 def cmd_train_prior(args: argparse.Namespace) -> None:
     from raydino.layout import Run
     from raydino.models.loading import bind_encoders
-    from raydino.pipeline import init_ray
+    from raydino.ray_init import init_ray
     from raydino.train.preflight import resume_config, run_exists
     from raydino.train.prior_trainer import train_prior
     from raydino.train.trainer import TrainingError
@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from raydino.pipeline import init_ray
+    from raydino.ray_init import init_ray
     from raydino.sweep.tune import check_sweep, tune_sweep
     from raydino.train.preflight import bind_pyramid
 
@@ -177,7 +177,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from raydino.layout import Run
-    from raydino.pipeline import init_ray
+    from raydino.ray_init import init_ray
     from raydino.train.preflight import bind_pyramid, resume_config, run_exists
     from raydino.train.trainer import TrainingError, train
 

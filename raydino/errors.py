@@ -111,7 +111,8 @@ def require_images(src: str, flag: str = "--images", min_side: int = 1, max_pixe
     the check, so a good folder costs one decode); a URI is listed, and its
     files are judged by the extraction.
     """
-    from raydino.data.images import UnreadableImage, list_images, read_image
+    from raydino.data.images import UnreadableImage, read_image
+    from raydino.data.sources import list_images
 
     hint = "point it at a folder of JPEG, PNG, WebP, BMP, GIF or TIFF images"
     local = _local(src)

@@ -11,8 +11,6 @@ import dataclasses
 import functools
 import json
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from raydino.layout import Output, Run, Samples, Sweep, read_json
 from raydino.lock import hold
 from raydino.progress import Tracker, read_done, watch
 from raydino.pyramids import schema
+from raydino.ray_init import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,6 @@ class Step:
     needs_ray: bool = False
     complete: Callable[[Path], bool] = Path.exists  # is ``marker`` proof enough that the step finished?
     progress: Callable[[], Tracker] | None = None  # its done / total while it runs (extraction shows its own)
-
-
-def init_ray(address: str | None = None, data_progress: bool = False) -> None:
-    """Join the cluster at ``address`` (or start a local Ray) unless this process already has Ray.
-
-    One progress view: the steps' own lines, not Ray Data's per-operator bars
-    (one set per split, per epoch), unless ``data_progress`` (``--ray-progress``).
-    """
-    import ray
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = data_progress
-    if not ray.is_initialized():
-        handler = signal.getsignal(signal.SIGTERM)
-        ray.init(address=address)
-        if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)  # ray.init installs sys.exit(15); the CLI says where to resume
 
 
 def _faces(cfg: Config, out: Path, count: int | None = None, seed: int | None = None) -> Path:
@@ -70,7 +52,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     held-out split applies), or none (text control is off, :func:`text_plan`).
     """
     from raydino.data.captions import caption_pairs
-    from raydino.data.images import Split
+    from raydino.data.sources import Split
     from raydino.models.shipping import copy_shipped, recipe, shipped_build
     from raydino.models.tiny import write_tiny_models
 
@@ -90,7 +72,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:
     """One pyramid of ``images``; ``part`` picks a side of the deterministic held-out split."""
-    from raydino.data.images import Split
+    from raydino.data.sources import Split
     from raydino.pyramids.extract import build_pyramids
 
     split = Split(part, cfg.data.holdout_fraction, cfg.eval.n) if part else None
@@ -251,7 +233,7 @@ def preflight(cfg: Config) -> Config:
     off, and says so.
     """
     from raydino.data.captions import text_plan
-    from raydino.data.images import Split
+    from raydino.data.sources import Split
     from raydino.errors import require_images, require_models, require_writable
     from raydino.sweep.tune import check_sweep
 
@@ -275,11 +257,8 @@ def run(cfg: Config, address: str | None = None, ray_progress: bool = False) -> 
     """Run every unfinished step and say where the outputs are.
 
     Each long step shows its own progress line (:mod:`raydino.progress`);
-    ``ray_progress`` adds Ray Data's per-operator bars.
+    ``ray_progress`` adds Ray Data's per-operator bars (:func:`init_ray` sets them before each Ray step).
     """
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = ray_progress
     cfg = preflight(cfg)
     out = Output(cfg.out)
     with hold(out.root, "raydino run"):

@@ -14,7 +14,7 @@ import pytest
 
 from raydino.config import load_config
 from raydino.data.captions import CaptionsError, caption_pairs, describe_text, find_captions, read_captions, text_plan
-from raydino.data.images import Split
+from raydino.data.sources import Split
 
 
 @pytest.fixture

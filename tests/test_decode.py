@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydino.data.images import BACKGROUND, BadImage, decode_image, list_images
+from raydino.data.images import BACKGROUND, BadImage, decode_image
+from raydino.data.sources import list_images
 
 LIMITS = dict(min_side=32, max_pixels=4_000_000)
 

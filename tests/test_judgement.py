@@ -7,7 +7,7 @@ import pytest
 
 from raydino.cli import main
 from raydino.config import ConfigError, load_config
-from raydino.data.images import Split, list_images
+from raydino.data.sources import Split, list_images
 from raydino.evaluation.metrics import fd_with_floor
 from raydino.models.loading import EncoderMismatch
 from raydino.pyramids import schema

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from raydino.config import Config
 from raydino.data.synth_faces import METADATA
-from raydino.data.images import Split
+from raydino.data.sources import Split
 
 CAPTION_FILES = (METADATA, "captions.parquet", "captions.csv")  # first found wins
 COLUMNS = ("file", "caption")
@@ -66,7 +66,7 @@ def caption_pairs(folder: str | Path, split: Split | None = None) -> list[tuple[
     read), so the held-out side of the split never reaches a model that is
     fitted here. A folder without a captions table has no pairs.
     """
-    from raydino.data.images import list_images
+    from raydino.data.sources import list_images
 
     table = find_captions(folder)
     if table is None:

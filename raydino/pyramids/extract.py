@@ -32,14 +32,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raydino.config import PyramidConfig
-from raydino.data.images import (
-    BadImage,
-    Listing,
-    Split,
-    decode_image,
-    list_images,
-    relative_path,
-)
+from raydino.data.images import BadImage, decode_image
+from raydino.data.sources import Listing, Split, list_images, relative_path
 from raydino.models.loading import load_clip, load_dino
 from raydino.progress import CountFile, Tracker, read_done, watch
 from raydino.pyramids import schema

@@ -22,7 +22,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raydino.config import PyramidConfig
-from raydino.data.images import BACKGROUND, Listing, source_uri
+from raydino.data.images import BACKGROUND
+from raydino.data.sources import Listing, source_uri
 from raydino.models.loading import Clip, Dino
 from raydino.pyramids import schema
 

@@ -20,7 +20,7 @@ def serve_run(run: Path, cfg: Config, port: int, host: str = "127.0.0.1", addres
     import ray
     from ray import serve
 
-    from raydino.pipeline import init_ray
+    from raydino.ray_init import init_ray
     from raydino.serve.app import APP_NAME, application
 
     init_ray(address)
