@@ -45,7 +45,7 @@ def test_placement_groups_of_dead_actors_are_given_back_and_no_others(ray_local)
     """What frees an early-stopped trial's CPUs: its Train controller died, its group stayed (see raydino.sweep.placement)."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from raydino import placement
+    from raydino.sweep import placement
 
     @ray_local.remote(num_cpus=0)
     class Owner:
