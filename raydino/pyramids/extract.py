@@ -146,6 +146,8 @@ def _run(cfg: PyramidConfig, listing: Listing, tmp: Path, shard_rows: int) -> fl
     failures_dir.mkdir(parents=True)
     paths = [{schema.PATH: listing.display(p)} for p in listing.images]
     ds = ray.data.from_items(paths, override_num_blocks=max(1, math.ceil(len(paths) / cfg.batch_size)))
+    # rows in listing order whichever block finishes first: training reads a pyramid in file order
+    ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs=dict(filesystem=listing.filesystem, prefix=listing.prefix, root=listing.root, size=max(cfg.sizes),
