@@ -194,6 +194,14 @@ def test_the_page_shows_faces_for_a_typed_prompt_in_headless_chromium(server):
         browser.close()
 
 
+def test_a_replica_never_asks_for_more_cpus_than_the_cluster_has(ray_local):
+    """Serve would wait forever for a replica of serve.num_cpus=3 on the session's two CPUs."""
+    from raydino.serve.app import cpus
+
+    assert cpus(load_config("demo", overrides=["serve.num_cpus=3"]).serve) == 2
+    assert cpus(load_config("demo", overrides=["serve.num_cpus=0.5"]).serve) == 0.5
+
+
 # ------------------------------------------------------------ the command line
 
 

@@ -12,6 +12,7 @@ annotations (``Request``) at runtime.
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections import Counter
 from importlib import resources
@@ -27,6 +28,7 @@ from raydino.layout import Run
 from raydino.serve.faces import Ask, BadRequest, Faces, ask_from, png
 
 APP_NAME = "raydino"
+log = logging.getLogger(__name__)
 api = FastAPI(title="raydino serve", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -146,11 +148,23 @@ def gpus(sc: ServeConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def cpus(sc: ServeConfig) -> float:
+    """``serve.num_cpus``, lowered to the cluster's CPUs when it has fewer: such a replica would never start."""
+    import ray
+
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if 0 < have < sc.num_cpus:
+        log.warning("serve.num_cpus=%s is more than this Ray cluster's %s CPUs: each replica takes %s",
+                    sc.num_cpus, have, have)
+        return have
+    return sc.num_cpus
+
+
 def application(run: str | Path, cfg: Config) -> serve.Application:
     """The bound application of ``run``, sized by ``cfg.serve``; Ray must be initialised."""
     sc = cfg.serve
     deployment = FaceServer.options(num_replicas=sc.replicas,
-                                    ray_actor_options={"num_cpus": sc.num_cpus, "num_gpus": gpus(sc)})
+                                    ray_actor_options={"num_cpus": cpus(sc), "num_gpus": gpus(sc)})
     return deployment.bind(str(run), to_dict(cfg)["serve"])
 
 
