@@ -65,7 +65,7 @@ class FaceServer:
         self._generate.set_batch_wait_timeout_s(self.limits.batch_wait_s)
         self.batches: Counter[int] = Counter()  # requests per generator pass -> passes
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # set from serve.* in __init__
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)  # set from serve.* in __init__
     async def _generate(self, asks: list[Ask]) -> list[tuple[list[bytes], int]]:
         def work() -> list[list[bytes]]:
             return [[png(image) for image in images] for images in self.faces.generate(asks)]
