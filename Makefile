@@ -23,8 +23,8 @@ test: $(STAMP) browser
 
 # Headless Chromium for the serve page's test (tests/test_serve.py skips it, saying why, when this cannot install it).
 browser:
-	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
-		(timeout 300 apt-get update -q >/dev/null 2>&1 && timeout 300 apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (timeout 200 apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(timeout 120 apt-get update -q >/dev/null 2>&1 && timeout 200 apt-get install -y -q chromium >/dev/null 2>&1)) || \
 		echo "chromium could not be installed: the page test will be skipped"
 
 lint: $(STAMP)
