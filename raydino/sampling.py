@@ -132,9 +132,8 @@ class Sampler:
                    steps: int | None = None) -> list[Row]:
         """Reconstruction, then variations: new noise, or (``vary`` = T) the code moved along the flow to T and back.
 
-        Variations along the flow share the reconstruction's noise, so they
-        differ from it by their code alone: T = 0 gives the reconstruction.
-        ``path`` may be an image's bytes (:meth:`load_image`).
+        Variations along the flow share the reconstruction's noise, so they differ from it by their code
+        alone: T = 0 gives the reconstruction. ``path`` may be an image's bytes (:meth:`load_image`).
         """
         image = self.load_image(path)
         name = "upload" if isinstance(path, bytes) else Path(path).name
@@ -164,14 +163,17 @@ class Sampler:
             rows.append(Row(f'"{prompt}" ({self._settings(steps, guidance)})', self.generate(codes, self.noise(n, seed))))
         return rows
 
-    def from_prior(self, n: int, seed: int, kind: str = "flow", steps: int | None = None) -> list[Row]:
+    def prior_codes(self, n: int, seed: int, kind: str = "flow", steps: int | None = None) -> torch.Tensor:
         """Unconditional codes from the flow prior, or from the PCA Gaussian baseline (``kind="pca"``)."""
         g = torch.Generator().manual_seed(seed)
-        if kind == "pca":
-            codes, label = self.pca().sample(n, g), "prior: PCA Gaussian (baseline)"
-        else:
-            codes = self.flow("--prior").sample(n, g, steps=steps)
-            label = f"prior: flow matching, unconditional ({self._settings(steps)})"
+        return self.pca().sample(n, g) if kind == "pca" else self.flow("--prior").sample(n, g, steps=steps)
+
+    def from_prior(self, n: int, seed: int, kind: str = "flow", steps: int | None = None,
+                   codes: torch.Tensor | None = None) -> list[Row]:
+        """Images of :meth:`prior_codes` (or of ``codes`` drawn by it already), with the noise of ``seed + 1``."""
+        codes = self.prior_codes(n, seed, kind, steps) if codes is None else codes
+        label = ("prior: PCA Gaussian (baseline)" if kind == "pca"
+                 else f"prior: flow matching, unconditional ({self._settings(steps)})")
         return [Row(label, self.generate(codes, self.noise(n, seed + 1)))]
 
     def mix(self, a: str | Path, b: str | Path, region: str, seed: int) -> list[Row]:

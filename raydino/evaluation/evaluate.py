@@ -71,21 +71,24 @@ HAIR_SAMPLES = 16  # prompt samples per hair colour
 
 
 def prior_samples(s: Sampler, fd_dino: Dino, real_feats: np.ndarray, half: int, seed: int,
-                  size: int) -> tuple[torch.Tensor | None, dict]:
+                  size: int) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
     """FD of ``half`` unconditional samples of the flow prior and of the PCA baseline, same real half, same floor.
 
-    Returns the flow samples (None without a prior: attribute agreement
-    scores them) and the ``fd_dinov2/prior*`` figures.
+    Returns the flow samples and their codes (None without a prior:
+    attribute agreement scores the samples, the memorisation check the
+    codes) and the ``fd_dinov2/prior*`` figures.
     """
-    out, flow = {}, None
+    out, flow, flow_codes = {}, None, None
     for kind, path, key in (("flow", s.run.prior, "fd_dinov2/prior"), ("pca", s.run.prior_pca, "fd_dinov2/prior_pca")):
         if path.is_file():
-            images = s.from_prior(half, seed, kind=kind)[0].images
+            codes = s.prior_codes(half, seed, kind=kind)
+            images = s.from_prior(half, seed, kind=kind, codes=codes)[0].images
             out[key] = fd_with_floor(dino_cls(fd_dino, images, size), real_feats)["value"]
-            flow = images if kind == "flow" else flow
+            if kind == "flow":
+                flow, flow_codes = images, codes
     if flow is not None:
         out["fd_dinov2/prior_steps"] = s.flow("--prior").cfg.sample_steps
-    return flow, out
+    return flow, flow_codes, out
 
 
 def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, seed: int = 0,
@@ -128,8 +131,8 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     recon_fd = fd_with_floor(dino_cls(fd_dino, recon[:half], size), real_feats)
     out |= {"fd_dinov2/reconstructions": recon_fd["value"], "fd_dinov2/floor": recon_fd["floor"],
             "fd_dinov2/n": recon_fd["n"]}
-    prior, prior_fd = prior_samples(s, fd_dino, real_feats, half, seed, size)
-    out |= prior_fd | memorisation(s, targets.code, half, seed)
+    prior, prior_codes, prior_fd = prior_samples(s, fd_dino, real_feats, half, seed, size)
+    out |= prior_fd | memorisation(s, prior_codes, targets.code)
 
     out |= detail_figures(s, targets.code, recon, real, seed)
     dist = level_distances(s.dino, recon.to(s.device), targets, sizes)
@@ -147,15 +150,14 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     return out
 
 
-def memorisation(s: Sampler, held_out: torch.Tensor, n: int, seed: int) -> dict:
-    """``n`` flow-prior samples and the held-out codes against the prior's training codes; {} without them."""
+def memorisation(s: Sampler, samples: torch.Tensor | None, held_out: torch.Tensor) -> dict:
+    """Flow-prior sample codes and the held-out codes against the prior's training codes; {} without them."""
     trained = (s.run.figures("prior_figures") or {}).get("pyramids")
-    if not s.run.prior.is_file() or not trained or not Path(trained, schema.MANIFEST).is_file():
+    if samples is None or not trained or not Path(trained, schema.MANIFEST).is_file():
         return {}
     flow = s.flow("--prior")
     col = schema.tokens_col(s.cfg.pyramids.sizes[0])
     train = torch.as_tensor(schema.read_first_rows(trained, [col], s.cfg.prior.fit_rows)[col]).to(flow.code_mean.device)
-    samples = flow.sample(n, torch.Generator().manual_seed(seed))  # the codes of prior_samples' flow images
     return memorisation_figures(flow.standardise(samples), flow.standardise(held_out), flow.standardise(train))
 
 
