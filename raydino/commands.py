@@ -16,7 +16,7 @@ from pathlib import Path
 from raydino.config import load_config
 from raydino.config.checks import check_extraction
 from raydino.data_fit import fit_to_rows
-from raydino.errors import UserError, require_images, require_pyramid, require_run, require_writable
+from raydino.errors import UserError, require_images, require_port, require_pyramid, require_run, require_writable
 from raydino.lock import hold
 
 
@@ -150,6 +150,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if others:
         raise UserError(f"raydino serve takes serve.* overrides only (the run's own config stands), got {others}")
     cfg = load_config(config_file=str(Run(run).config), overrides=args.overrides)
+    if not args.address:  # on a cluster the proxies listen on its nodes, not here
+        require_port(args.host, args.port)
     try:
         serve_run(run, cfg, args.port, host=args.host, address=args.address)
     except (KeyboardInterrupt, Terminated):

@@ -43,6 +43,20 @@ def require_run(path: str | Path, flag: str = "--run", finished: bool = True, pr
     return run
 
 
+def require_port(host: str, port: int) -> None:
+    """A port this machine can listen on at ``host``: probed by binding it, then let go."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}): pick another port, "
+                        "or stop what holds it") from None
+
+
 def require_writable(path: str | Path, flag: str = "--out") -> Path:
     """A folder this process can create or write in: probed with a temporary file that is removed at once."""
     folder = Path(path).expanduser().absolute()

@@ -216,6 +216,14 @@ def test_serve_refuses_what_it_cannot_serve_before_ray_starts(tmp_path, tiny_mod
     assert "serve.* overrides only" in capsys.readouterr().err
     assert main(["serve", "--run", str(run), "serve.max_images=0"]) == 2
     assert "serve.max_images=0 must be at least 1" in capsys.readouterr().err
+    with socket.socket() as taken:  # a port something else listens on: refused here, not by Serve's proxy later
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(run), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--run", str(run), "--port", "70000"]) == 2
+    assert "a port is a number from 1 to 65535" in capsys.readouterr().err
 
 
 def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_models):
