@@ -36,8 +36,11 @@ def _request(conn: http.client.HTTPConnection, body: dict) -> tuple[int, float]:
 
 def _get(port: int, path: str) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", path)
-    return json.loads(conn.getresponse().read())
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
 
 
 def load(port: int, clients: int, requests: int, prompt: str | None, steps: int | None = None) -> dict:
