@@ -72,6 +72,8 @@ class Run:
     grids = property(lambda self: self.path / "grids")
     progress = property(lambda self: self.path / Run.PROGRESS)  # images done
     prior_progress = property(lambda self: self.path / Run.PRIOR_PROGRESS)  # prior steps done
+    # a sweep trial's Ray Train worker groups, one id per line, so the sweep can give them back
+    placement_groups = property(lambda self: self.path / "placement_groups.txt")
 
     def grid(self, resolution: int) -> Path:
         """The last validation grid of a stage."""
@@ -140,6 +142,9 @@ class Sweep:
 
     def trial(self, trial_id: str) -> Run:
         return Run(self.trials / trial_id)
+
+    def trial_runs(self) -> list[Run]:
+        return [Run(p) for p in sorted(self.trials.glob("*")) if p.is_dir()]
 
 
 class Samples:

@@ -41,36 +41,44 @@ def test_bad_search_space_is_refused_before_anything_starts(tiny_models):
         search_space(sweep_cfg(dino, **{"tune.search": "{pyramids.dino: [0.1, 2]}"}))
 
 
-def test_placement_groups_of_dead_actors_are_given_back_and_no_others(ray_local):
-    """What frees an early-stopped trial's CPUs: its Train controller died, its group stayed (see raydino.sweep.placement)."""
-    from ray.util.placement_group import placement_group, remove_placement_group
+def test_recorded_groups_of_ended_trials_are_given_back_and_no_others(ray_local, tmp_path):
+    """What frees an early-stopped trial's CPUs: its Train controller died, its worker group stayed (raydino.sweep.placement)."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    from raydino.layout import Run
     from raydino.sweep import placement
+    from raydino.train.trainer import record_placement_group
+
+    @ray_local.remote
+    class Worker:
+        def record(self, run_dir: str) -> None:
+            record_placement_group(Run(run_dir))
 
     @ray_local.remote(num_cpus=0)
-    class Owner:
-        def make(self) -> str:
+    class Controller:  # as Ray Train's: it makes the group and starts a worker in it, which records the group
+        def start(self, run_dir: str) -> str:
             pg = placement_group([{"CPU": 0.5}])
             ray_local.get(pg.ready())
+            self.worker = Worker.options(num_cpus=0.5, scheduling_strategy=PlacementGroupSchedulingStrategy(pg)).remote()
+            ray_local.get(self.worker.record.remote(run_dir))
             return pg.id.hex()
 
-    before = set(placement.live_groups())  # an earlier test's, if any: not this test's business
     cpus = free_cpus(ray_local, 2)
-    mine = placement_group([{"CPU": 0.25}])  # the driver's own (as Tune's per-trial groups are)
-    ray_local.get(mine.ready())
-    dead, alive = Owner.remote(), Owner.remote()
-    dead_pg, alive_pg = ray_local.get([dead.make.remote(), alive.make.remote()])
-    ray_local.kill(dead)
-    deadline = time.time() + 30
-    while not placement.live_groups().get(dead_pg) and time.time() < deadline:  # the GCS marks its creator dead
-        time.sleep(0.2)
-    released = placement.release_orphans()
-    assert dead_pg in released and alive_pg not in released
-    assert set(placement.live_groups()) - before == {alive_pg}
-    assert free_cpus(ray_local, cpus - 0.75) == pytest.approx(cpus - 0.75)
-    ray_local.kill(alive)
-    remove_placement_group(mine)
-    assert placement.wait_released(before, timeout_s=30) == set()
+    stopped, running = Run(tmp_path / "stopped"), Run(tmp_path / "running")
+    for run in (stopped, running):
+        run.path.mkdir()
+    controllers = [Controller.remote(), Controller.remote()]
+    stopped_pg, running_pg = ray_local.get([c.start.remote(str(r.path)) for c, r in zip(controllers, (stopped, running), strict=True)])
+    assert stopped.placement_groups.read_text().split() == [stopped_pg]
+    ray_local.kill(controllers[0])  # its worker dies with it; its group stays
+    assert placement.held([stopped, running]) == {stopped_pg, running_pg}
+    assert free_cpus(ray_local, cpus - 1) == pytest.approx(cpus - 1)
+    assert placement.give_back([stopped]) == {stopped_pg}  # only the ended trial's
+    assert placement.held([stopped, running]) == {running_pg}
+    assert free_cpus(ray_local, cpus - 0.5) == pytest.approx(cpus - 0.5)
+    ray_local.kill(controllers[1])
+    assert placement.wait_released([stopped, running], grace_s=0, quiet_s=1, timeout_s=30) == set()
     assert free_cpus(ray_local, cpus) == pytest.approx(cpus)
 
 

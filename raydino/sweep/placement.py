@@ -1,78 +1,67 @@
-"""Placement groups a dead actor left behind, given back without the dashboard.
+"""Giving back the worker placement groups of a sweep's stopped trials, through Ray's public API.
 
-When ASHA stops a trial, Tune terminates the trial's actor, and with it the
-Ray Train controller that actor owns. The controller's placement group (the
-trial's training workers' CPUs) belongs to the job, not to the controller, so
-Ray keeps it until the driver exits. Ray Train starts a PlacementGroupCleaner
-for this, but the cleaner learns that the controller died by polling the state
-API, which the dashboard serves: a busy head (or one without a dashboard) can
-leave the group, and its CPUs, held for minutes while later trials wait.
-
-The GCS itself records each group's creating actor, so the sweep asks it
-directly. Ray keeps that record only in its internal protobuf
-(``ray._private.state``, pinned by pyproject's ``ray<2.61``).
+When ASHA stops a trial, Tune ends the trial's actor and with it the Ray Train
+controller that actor owns. The controller's placement group belongs to the
+job, so Ray keeps it, and its CPUs, until the driver exits
+(ray-project/ray#54305). Ray Train's ``PlacementGroupCleaner``
+(ray-project/ray#58515) frees it once the state API reports the controller
+dead, but the dashboard serves that API: on a busy head it takes minutes,
+without a dashboard it never happens, and later trials wait for CPUs nobody
+uses. So each trial's rank 0 records its group in the trial's folder
+(:func:`raydino.train.trainer.record_placement_group`) and the sweep removes
+the recorded groups of the trials that have ended.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 import ray
 from ray import tune
-from ray._private.state import state
-from ray.core.generated import gcs_pb2
+from ray.util import placement_group_table
 from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+from raydino.layout import Run, Sweep
 
 log = logging.getLogger(__name__)
 
 
-def live_groups() -> dict[str, bool]:
-    """This job's live placement groups made by an actor: id (hex) -> is its creating actor dead.
+def held(runs: Iterable[Run]) -> set[str]:
+    """The placement groups the runs recorded that Ray still holds (ids in hex)."""
+    recorded = {pg for run in runs if run.placement_groups.is_file()
+                for pg in run.placement_groups.read_text().split()}
+    if not recorded:
+        return set()
+    table = placement_group_table()
+    return {pg for pg in recorded if pg in table and table[pg]["state"] != "REMOVED"}
 
-    Groups the driver made (Tune's per-trial groups) and detached ones are
-    left out: the GCS marks a driver's groups "creator dead" from the start.
-    The group's own flag is not enough: a Train controller that is already
-    exiting can still restart its worker group, and the group it makes then
-    was registered after the GCS buried its creator, so the flag never turns.
-    The actor table knows.
-    """
-    job = ray.get_runtime_context().get_job_id()
-    groups = {}
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        creator = ray.ActorID(pg.creator_actor_id)
-        if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job
-                or creator.is_nil()):
-            continue
-        # an actor the table no longer holds is long dead: the GCS keeps only so many dead ones
-        groups[pg.placement_group_id.hex()] = (pg.creator_actor_dead
-                                               or state.actor_table(creator.hex()).get("State", "DEAD") == "DEAD")
+
+def give_back(runs: Iterable[Run]) -> set[str]:
+    """Remove the groups the (ended) runs recorded that Ray still holds; return their ids."""
+    groups = held(runs)
+    for pg in groups:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg)))
+        log.info("gave back placement group %s of an ended trial", pg)
     return groups
 
 
-def release_orphans() -> list[str]:
-    """Remove this job's placement groups whose creating actor is dead; return their ids."""
-    orphans = [pg for pg, creator_dead in live_groups().items() if creator_dead]
-    for pg in orphans:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg)))
-        log.info("gave back placement group %s: the actor that made it is gone", pg)
-    return orphans
+def wait_released(runs: list[Run], grace_s: float = 5.0, quiet_s: float = 2.0, timeout_s: float = 60.0) -> set[str]:
+    """Give back the runs' groups once their trials have had ``grace_s`` to end; return those held at ``timeout_s``.
 
-
-def wait_released(before: set[str], timeout_s: float = 30.0, quiet_s: float = 5.0) -> set[str]:
-    """Release orphans until no group made since ``before`` has been live for ``quiet_s``.
-
-    Returns the groups still held at ``timeout_s``. A stopped trial's
-    controller dies a moment after its trial actor, and one that is exiting
-    can still make a new group (see :func:`live_groups`) after the sweep has
-    returned: seen 0.1 s after, hence the quiet time rather than one look.
+    Tune ends the trials' actors a moment after the sweep returns. A group
+    removed before its controller is gone costs the controller its workers,
+    and it answers by starting a new worker group; so nothing is removed
+    before ``grace_s``, and the wait ends only when nothing recorded has been
+    held for ``quiet_s``.
     """
     start = quiet_since = time.monotonic()
     while True:
-        release_orphans()
-        left = set(live_groups()) - before
         now = time.monotonic()
+        if (left := held(runs)) and now - start >= grace_s:
+            give_back(runs)
+            left = held(runs)
         if left:
             quiet_since = now
         elif now - quiet_since >= quiet_s:
@@ -83,15 +72,31 @@ def wait_released(before: set[str], timeout_s: float = 30.0, quiet_s: float = 5.
 
 
 class GiveBack(tune.Callback):
-    """Releases orphans every few seconds of a sweep, so later trials get the CPUs of stopped ones."""
+    """Gives back the groups of trials that ended at least ``grace_s`` ago, every ``every_s`` of a sweep.
 
-    def __init__(self, every_s: float = 2.0):
-        self.every_s, self.last = every_s, 0.0
+    The grace lets Tune end the trial's actor first, so its controller is
+    gone and cannot answer the removal by starting a new worker group
+    (:func:`wait_released`).
+    """
+
+    def __init__(self, sweep_dir: str, grace_s: float = 5.0, every_s: float = 2.0):
+        self.sweep_dir, self.grace_s, self.every_s = sweep_dir, grace_s, every_s
+        self.ended: dict[str, float] = {}  # trial id -> when it ended (time.monotonic)
+        self.last = 0.0
 
     def setup(self, **info) -> None:
-        self.last = 0.0  # a restored sweep brings its old clock reading, from another process or machine
+        # a restored sweep brings clock readings from another process (or machine): its ended trials are past grace
+        self.last, self.ended = 0.0, dict.fromkeys(self.ended, float("-inf"))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended[trial.trial_id] = time.monotonic()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended[trial.trial_id] = time.monotonic()
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if time.monotonic() - self.last > self.every_s:
-            self.last = time.monotonic()
-            release_orphans()
+        now = time.monotonic()
+        if now - self.last > self.every_s:
+            self.last = now
+            sweep = Sweep(self.sweep_dir)
+            give_back([sweep.trial(t) for t, at in self.ended.items() if now - at >= self.grace_s])

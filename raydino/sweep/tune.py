@@ -93,7 +93,7 @@ def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_d
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
     build_trainer(cfg, pyramids, run.path, callbacks=[TuneReportCallback()], dataset=dataset, holdout=holdout,
-                  manifest=manifest).fit()
+                  manifest=manifest, record_placement_group=True).fit()
 
 
 def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout: str | Path | None = None) -> dict:
@@ -131,7 +131,6 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
     # (Tune refuses an empty request, hence a token fraction of a CPU)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})
     path = sweep.state
-    before = set(placement.live_groups())
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the sweep in %s (finished trials are not rerun)", path)
         # the run config, GiveBack included, comes back from the sweep's saved state
@@ -153,12 +152,11 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
                                         max_t=len(cfg.train.stages)),
             ),
             run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir),
-                                          callbacks=[placement.GiveBack()]),
+                                          callbacks=[placement.GiveBack(str(sweep_dir))]),
         )
     grid = interruptible(tuner.fit)
-    held = placement.wait_released(before)
-    if held:
-        log.warning("placement groups %s made during the sweep are still held by live actors", sorted(held))
+    if held := placement.wait_released(sweep.trial_runs()):
+        log.warning("placement groups %s of the sweep's trials are still held", sorted(held))
     return _write_results(cfg, grid, sweep)
 
 

@@ -27,6 +27,7 @@ from typing import TypeVar
 import ray.data
 import ray.train
 import ray.train.torch
+import ray.util
 import torch
 from ray.train import (
     CheckpointConfig,
@@ -118,16 +119,30 @@ def _train_fn(loop_config: dict) -> dict:
 
     cfg = from_dict(loop_config["cfg"])
     worker_setup(cfg.train, cfg.train.cpus_per_worker)
+    if loop_config["record_placement_group"] and ray.train.get_context().get_world_rank() == 0:
+        record_placement_group(Run(loop_config["run_dir"]))
     # blocks above the current stage get no gradient yet
     session = RaySession(cfg.train.seed, cfg.train.shuffle_buffer, find_unused_parameters=True)
     return loop.fit_generator(cfg, loop_config["pyramids"], loop_config["run_dir"], session,
                     fail_at_step=loop_config["fail_at_step"], holdout=loop_config["holdout"])
 
 
+def record_placement_group(run: Run) -> None:
+    """Append this worker's placement group to ``run.placement_groups``.
+
+    A sweep trial's worker group outlives the trial when ASHA stops it (see
+    :mod:`raydino.sweep.placement`); only the workers can name their group
+    through Ray's public API, and a restarted worker group appends its own.
+    """
+    if (pg := ray.util.get_current_placement_group()) is not None:
+        with open(run.placement_groups, "a") as f:
+            f.write(pg.id.hex() + "\n")
+
+
 def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *, name: str | None = None,
                   storage_path: str | None = None, callbacks: list | None = None,
                   dataset: ray.data.Dataset | None = None, holdout: str | Path | None = None,
-                  manifest: dict | None = None):
+                  manifest: dict | None = None, record_placement_group: bool = False):
     """A ``TorchTrainer`` for ``cfg`` (Ray Tune calls this inside a trial with its own name/storage/callbacks).
 
     Checkpoints go to ``storage_path/name`` (default ``RUN_DIR/checkpoints``);
@@ -137,13 +152,16 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
     pyramid, for the ``heldout/*`` figures at each stage end. ``manifest``:
     the pyramid's, when the caller has bound ``cfg`` to it already
     (:func:`bind_pyramid` loads the DINOv2 once more otherwise).
+    ``record_placement_group``: rank 0 records its worker group in the run
+    folder (a sweep's trials, :mod:`raydino.sweep.placement`).
     """
     if manifest is None:
         cfg, manifest = bind_pyramid(cfg, pyramids_dir)
     cfg, _ = fit_to_rows(cfg, manifest["rows"], quiet=True)  # its caller logged the changes
     run_dir = Path(run_dir).resolve()
     loop_config = {"cfg": to_dict(cfg), "pyramids": str(Path(pyramids_dir).resolve()), "run_dir": str(run_dir),
-                   "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"])}
+                   "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"]),
+                   "record_placement_group": record_placement_group}
     dataset = dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])
     return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers,
                          cpus_per_worker=cfg.train.cpus_per_worker,
