@@ -59,3 +59,21 @@ def test_the_table_names_every_module():
                if p.name != "__init__.py" and row_of(str(p.relative_to(PACKAGE)), rows) is None
                and not str(p.relative_to(PACKAGE)).startswith(("configs/",))]
     assert not unnamed, f"modules missing from docs/architecture.md's table: {unnamed}"
+
+
+def test_only_rays_public_modules_are_imported():
+    """Ray's private modules (``ray._private``, ``ray.train.v2._internal``, the GCS protobufs) change without notice."""
+    private = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            private += [f"{path.relative_to(PACKAGE)}: {m}" for m in modules if m.split(".")[0] == "ray"
+                        and (any(p.startswith("_") for p in m.split(".")) or m.startswith("ray.core.generated"))]
+    assert not private, "imports of Ray's private modules:\n" + "\n".join(private)
+
+
+def test_no_module_is_over_300_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, f"modules over 300 lines (split them by job): {long}"
