@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raydino.config import load_config
+from raydino.config import load_config, override
 from raydino.errors import UserError
 from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior
@@ -36,7 +36,7 @@ def prior_cfg(**prior):
                 "checkpoint_every": 200, "log_every": 100, "fit_rows": 512, "sample_steps": 8,
                 "cond_dropout": 0.5, "patch": 1, "cpus_per_worker": 1} | prior  # two workers fit the session's 2 CPUs
     return load_config("demo", overrides=[f"prior.{k}={v}" for k, v in settings.items()] + [
-        "train.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels",  # the toy pyramid's encoders
+        "prior.num_to_keep=4", "pyramids.dino=toy", "pyramids.clip=one-hot cluster labels",  # the toy pyramid's encoders
         "pyramids.sizes=[56,84,112]"])  # and levels: its 4x4 codes are the 56 px level
 
 
@@ -117,8 +117,13 @@ def test_vary_zero_keeps_the_code_and_one_forgets_it(toy_prior):
 
 
 def test_killed_prior_training_resumes_bitwise(ray_local, toy_pyramid, tmp_path, monkeypatch):
-    """Ray Train, 2 DDP workers: a worker killed at step 50 (after the step-40 checkpoint) ends as the uninterrupted run."""
-    cfg = prior_cfg(steps=60, checkpoint_every=20, num_workers=2, batch_size=32, width=32, depth=1)
+    """Ray Train, 2 DDP workers: a worker killed at step 50 (after the step-40 checkpoint) ends as the uninterrupted run.
+
+    The retry is ``prior.max_failures``'s: the generator's ``train.max_failures=0`` does not reach the prior.
+    """
+    cfg = override(prior_cfg(steps=60, checkpoint_every=20, num_workers=2, batch_size=32, width=32, depth=1),
+                   ["train.max_failures=0"])
+    assert cfg.prior.max_failures >= 1
     reference = train_prior(cfg, toy_pyramid, tmp_path / "reference")
     monkeypatch.setenv(FAIL_ENV, "50")
     killed = train_prior(cfg, toy_pyramid, tmp_path / "killed")

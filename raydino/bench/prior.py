@@ -79,7 +79,7 @@ def _memory_run(pyramid: str, run_dir: str, steps: int, result: mp.Queue) -> Non
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = load_config("demo", overrides=[f"prior.steps={steps}", "prior.checkpoint_every=1000000",
-                                         "prior.log_every=1000000", "train.materialize=false", "prior.fit_rows=1024",
+                                         "prior.log_every=1000000", "prior.materialize=false", "prior.fit_rows=1024",
                                          "pyramids.sizes=[56,112,224]"])
     start = time.time()
     with Peaks(_worker_memory, every_s=0.2) as workers:

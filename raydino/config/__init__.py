@@ -28,18 +28,15 @@ from raydino.config.sections import (
     EvalConfig,
     LossConfig,
     ModelConfig,
-    PriorConfig,
     PyramidConfig,
     SampleConfig,
     ServeConfig,
-    StageConfig,
     TinyModelsConfig,
-    TrainConfig,
-    TuneConfig,
 )
+from raydino.config.training import PriorConfig, RayWorkers, StageConfig, TrainConfig, TuneConfig
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "PriorConfig",
-           "PyramidConfig", "SampleConfig", "ServeConfig", "StageConfig", "TinyModelsConfig", "TrainConfig", "TuneConfig",
+           "PyramidConfig", "RayWorkers", "SampleConfig", "ServeConfig", "StageConfig", "TinyModelsConfig", "TrainConfig", "TuneConfig",
            "apply_overrides", "from_dict", "is_local", "load_config", "lookup", "override", "save_config", "to_dict"]
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,8 @@ Rules that need the data (a batch against the rows of a pyramid) are in
 
 from __future__ import annotations
 
-from raydino.config.sections import (
-    Config,
-    LossConfig,
-    ModelConfig,
-    PriorConfig,
-    PyramidConfig,
-    ServeConfig,
-    TrainConfig,
-)
+from raydino.config.sections import Config, LossConfig, ModelConfig, PyramidConfig, ServeConfig
+from raydino.config.training import PriorConfig, TrainConfig
 
 LOSS_KINDS = ("energy", "regression")
 SOLVERS = ("euler", "heun")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from raydino.config.training import PriorConfig, TrainConfig, TuneConfig
+
 
 @dataclass
 class DataConfig:
@@ -114,115 +116,6 @@ class LossConfig:
     color_weight: float = 1.0
     color_size: int = 8
     shift_px: int = 2
-
-
-@dataclass
-class StageConfig:
-    """One progressive stage: its output resolution and its schedule."""
-
-    resolution: int = 16
-    images: int = 1024
-    batch_size: int = 16
-    lr: float = 2e-3
-    fade_images: int = 0
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps in the stage: its image budget in global batches, rounded up."""
-        return -(-self.images // self.batch_size)
-
-
-@dataclass
-class TrainConfig:
-    """Ray Train DDP progressive training."""
-
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
-    num_workers: int = 2
-    use_gpu: bool = False
-    bf16: bool = True
-    ema_beta: float = 0.995
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    checkpoint_every: int = 50
-    num_to_keep: int = 2
-    max_failures: int = 2  # a killed worker is retried from the last committed checkpoint
-    ray_log_level: str = "ERROR"  # Ray Train's own console lines; INFO shows every report, restart and traceback
-    max_bad_steps: int = 10
-    log_every: int = 10
-    sample_every: int = 100
-    val_count: int = 16
-    shuffle_buffer: int = 1024
-    materialize: bool = False  # hold a small pyramid in the object store: no re-read (seconds) per epoch
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class TuneConfig:
-    """Ray Tune sweep over loss weights.
-
-    ``search`` maps a config key (as in overrides) to ``[low, high]``, sampled
-    log-uniformly.
-    """
-
-    trials: int = 4
-    max_concurrent_trials: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    workers_per_trial: int = 1
-    grace_period: int = 1  # in stages: ASHA compares trials only at stage ends, where the metric is measured
-    reduction_factor: int = 2
-    metric: str = "heldout/eval_dist"  # no swept key enters it: evaluation encoder, held-out images
-    overrides: list[str] = field(default_factory=list)  # key=value applied to every trial (e.g. a shorter schedule)
-    search: dict[str, list[float]] = field(
-        default_factory=lambda: {
-            "loss.level_weights.0": [0.1, 10.0],
-            "loss.level_weights.1": [0.1, 10.0],
-            "loss.level_weights.2": [0.1, 10.0],
-            "loss.color_weight": [0.1, 10.0],
-        }
-    )
-
-
-@dataclass
-class PriorConfig:
-    """The flow-matching prior over the coarse code (docs/prior.md): its size, training and sampling.
-
-    A transformer of ``depth`` adaLN blocks, ``width`` wide, over the
-    code's ``g*g`` tokens taken ``patch`` x ``patch`` at a time, trained for ``steps`` optimizer steps of
-    ``batch_size`` codes (global) through the generator's machinery.
-    ``clip_noise``: LAFITE's perturbation level of the CLIP image embedding;
-    ``cond_dropout``: the share of codes trained without their condition
-    (what classifier-free guidance needs). Sampling: ``sample_steps`` (K)
-    ``solver`` steps, guidance scale ``guidance``. The PCA Gaussian baseline
-    keeps ``pca_components`` and is fitted, like the code statistics, on the
-    first ``fit_rows`` rows only.
-    """
-
-    width: int = 64
-    depth: int = 3
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    patch: int = 1  # p x p neighbouring code tokens form one transformer token (DiT's patch size)
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    ema_beta: float = 0.99
-    grad_clip: float = 1.0
-    clip_noise: float = 0.1
-    cond_dropout: float = 0.1
-    sample_steps: int = 8
-    solver: str = "heun"
-    guidance: float = 2.0
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0  # and as many threads: the demo's prior runs alone, on both cores
-    checkpoint_every: int = 200
-    log_every: int = 50
-    pca_components: int = 16
-    fit_rows: int = 4096
-    seed: int = 0
 
 
 @dataclass

@@ -41,14 +41,13 @@ from raydino.train.trainer import (
 log = logging.getLogger(__name__)
 
 
-
 def _prior_fn(loop_config: dict) -> dict:
     """Runs on every Ray Train worker."""
     from raydino.train import prior_loop
 
     cfg = from_dict(loop_config["cfg"])
-    worker_setup(cfg.train, cfg.prior.cpus_per_worker)
-    session = RaySession(cfg.prior.seed, cfg.train.shuffle_buffer)
+    worker_setup(cfg.prior)
+    session = RaySession(cfg.prior.seed, cfg.prior.shuffle_buffer)
     return prior_loop.fit_prior(cfg, loop_config["run_dir"], session, loop_config["shape"],
                           fail_at_step=loop_config["fail_at_step"])
 
@@ -81,11 +80,10 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run.prior_pca)
     del sample
     names = prior_columns(cfg, shape["clip_dim"] > 0)
-    dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.train.materialize, cfg.prior.num_workers)
+    dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.prior.materialize, cfg.prior.num_workers)
     loop_config = {"cfg": to_dict(cfg), "run_dir": str(run_dir), "shape": shape, "fail_at_step": fail_at_step()}
-    trainer = torch_trainer(_prior_fn, loop_config, cfg.train, num_workers=cfg.prior.num_workers,
-                            cpus_per_worker=cfg.prior.cpus_per_worker,
-                            name=run.experiment("prior"), storage_path=str(run_dir), dataset=dataset)
+    trainer = torch_trainer(_prior_fn, loop_config, cfg.prior, name=run.experiment("prior"),
+                            storage_path=str(run_dir), dataset=dataset)
     start = time.time()
     result = fit(trainer)
     with result.checkpoint.as_directory() as d:

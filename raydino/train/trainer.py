@@ -41,7 +41,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from raydino.config import Config, TrainConfig, from_dict, save_config, to_dict
+from raydino.config import Config, RayWorkers, from_dict, save_config, to_dict
 from raydino.data_fit import fit_to_rows
 from raydino.layout import Checkpoint, Run
 from raydino.pyramids import schema
@@ -104,12 +104,12 @@ class RaySession:
                          checkpoint_dir_name=Checkpoint.folder(metrics["step"]))
 
 
-def worker_setup(tc: TrainConfig, cpus: float) -> None:
+def worker_setup(workers: RayWorkers) -> None:
     """Threads (one per CPU the worker holds) and log levels of a Ray Train worker process."""
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(max(1, int(workers.cpus_per_worker)))
     # Train V2 logs each report at INFO through a logger named by its file path (so its LoggingConfig
     # does not reach it) into the root logger's console handler; raydino's own lines stay at INFO.
-    logging.getLogger().setLevel(tc.ray_log_level)
+    logging.getLogger().setLevel(workers.ray_log_level)
     logging.getLogger("raydino").setLevel(logging.INFO)
 
 
@@ -118,7 +118,7 @@ def _train_fn(loop_config: dict) -> dict:
     from raydino.train import loop
 
     cfg = from_dict(loop_config["cfg"])
-    worker_setup(cfg.train, cfg.train.cpus_per_worker)
+    worker_setup(cfg.train)
     if loop_config["record_placement_group"] and ray.train.get_context().get_world_rank() == 0:
         record_placement_group(Run(loop_config["run_dir"]))
     # blocks above the current stage get no gradient yet
@@ -163,9 +163,8 @@ def build_trainer(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, *,
                    "fail_at_step": fail_at_step(), "holdout": holdout_payload(cfg, holdout, manifest["dino"]["hash"]),
                    "record_placement_group": record_placement_group}
     dataset = dataset if dataset is not None else training_dataset(cfg, pyramids_dir, manifest["rows"])
-    return torch_trainer(_train_fn, loop_config, cfg.train, num_workers=cfg.train.num_workers,
-                         cpus_per_worker=cfg.train.cpus_per_worker,
-                         name=name or Run(run_dir).experiment(), storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
+    return torch_trainer(_train_fn, loop_config, cfg.train, name=name or Run(run_dir).experiment(),
+                         storage_path=storage_path or str(run_dir), dataset=dataset, callbacks=callbacks)
 
 
 def cpus_short(num_workers: int, cpus_per_worker: float, cluster_cpus: float) -> str | None:
@@ -188,31 +187,31 @@ def fail_at_step() -> int:
     return int(os.environ.get(FAIL_ENV, "0") or 0)
 
 
-def torch_trainer(train_fn, loop_config: dict, tc: TrainConfig, *, num_workers: int, cpus_per_worker: float, name: str,
-                  storage_path: str, dataset: ray.data.Dataset, callbacks: list | None = None) -> TorchTrainer:
-    """The ``TorchTrainer`` the generator and the prior both train in.
+def torch_trainer(train_fn, loop_config: dict, workers: RayWorkers, *, name: str, storage_path: str,
+                  dataset: ray.data.Dataset, callbacks: list | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` the generator (``workers``: ``train.*``) and the prior (``prior.*``) both train in.
 
-    ``num_workers`` DDP workers of ``cpus_per_worker`` CPUs, shaped by ``train.*`` (device, GPUs per worker),
-    ``FailureConfig`` retries, kept checkpoints, and a dataset split in the
-    same order on every epoch and every run.
+    DDP workers, ``FailureConfig`` retries and kept checkpoints as
+    ``workers`` says, and a dataset split in the same order on every epoch
+    and every run.
     """
     # one progress line per print: Train V2 otherwise routes worker prints through a logger that echoes them twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    short = cpus_short(num_workers, cpus_per_worker, ray.cluster_resources().get("CPU", 0.0))
+    short = cpus_short(workers.num_workers, workers.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0))
     if short:
         log.warning("%s: %s", name, short)
     return TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker,
-                                                           **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}),
+        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                     resources_per_worker={"CPU": workers.cpus_per_worker,
+                                                           **({"GPU": workers.gpus_per_worker} if workers.use_gpu else {})}),
         run_config=RunConfig(name=name, storage_path=storage_path,
-                             failure_config=FailureConfig(max_failures=tc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
+                             failure_config=FailureConfig(max_failures=workers.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=workers.num_to_keep),
                              # Ray Train's INFO lines (a recovered failure's traceback among them) stay in the
                              # session's log files; the loop says in one line what a restart resumed from
-                             logging_config=LoggingConfig(log_level=tc.ray_log_level),
+                             logging_config=LoggingConfig(log_level=workers.ray_log_level),
                              callbacks=callbacks),
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=ordered_ingest(), enable_shard_locality=False),
