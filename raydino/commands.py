@@ -37,7 +37,7 @@ def cmd_synth_faces(args: argparse.Namespace) -> None:
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
     from raydino.models.shipping import SHIPPED, ship
-    from raydino.models.tiny import write_tiny_models
+    from raydino.models.tiny import folders, write_tiny_models
 
     cfg = _cfg(args)
     if args.ship:
@@ -52,7 +52,8 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
     elif not (args.out and args.faces):
         raise UserError("raydino tiny-models: --out and --faces are required (or --ship)")
     else:
-        paths = write_tiny_models(args.out, args.faces, seed=args.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes)
+        paths = write_tiny_models(args.out, args.faces, seed=args.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes,
+                                  names=folders(cfg))
     for name, path in paths.items():
         print(f"{name}: {path}")
 

@@ -54,7 +54,7 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
     from raydino.data.captions import caption_pairs
     from raydino.data.sources import Split
     from raydino.models.shipping import copy_shipped, recipe, shipped_build
-    from raydino.models.tiny import write_tiny_models
+    from raydino.models.tiny import folders, write_tiny_models
 
     captions = None
     if cfg.data.images:
@@ -64,10 +64,10 @@ def _models(cfg: Config, faces: Path, out: Path) -> None:
         log.info("tiny models: the package's build of this recipe (%s), trained from the same faces, seed and "
                  "steps; `raydino tiny-models --preset %s --ship --out DIR` rebuilds "
                  "it, tiny.shipped=false trains them all here", shipped, cfg.preset)
-        copy_shipped(shipped, out)
+        copy_shipped(shipped, out, folders(cfg))
         return
     write_tiny_models(out, faces, seed=cfg.data.seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes, captions=captions,
-                      recipe=None if cfg.data.images else recipe(cfg))
+                      recipe=None if cfg.data.images else recipe(cfg), names=folders(cfg))
 
 
 def _pyramids(cfg: Config, images: Path, out: Path, part: str | None = None) -> None:

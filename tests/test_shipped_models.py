@@ -7,10 +7,11 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from raydino.config import load_config
-from raydino.models.loading import load_clip
+from raydino.config import load_config, lookup
+from raydino.layout import Output
+from raydino.models.loading import load_clip, load_dino
 from raydino.models.shipping import CLIP_ROWS, CLIP_WEIGHTS, build_recipe, recipe, shipped_build
-from raydino.models.tiny import SUMMARY
+from raydino.models.tiny import MODEL_KEYS, SUMMARY, folders
 from raydino.pipeline import _models
 
 
@@ -39,14 +40,19 @@ def test_a_run_copies_the_shipped_build_of_its_own_recipe_only(tmp_path):
 
 
 def test_the_copy_rebuilds_the_whole_tiny_clip_and_writes_its_summary_last(tmp_path, faces_dir):
-    demo = load_config("demo")
+    """Into the folders the config loads the models from, renamed ones too."""
+    demo = load_config("demo", overrides=[f"out={tmp_path}", "pyramids.dino='{out}/models/my-dino'",
+                                          "pyramids.clip='{out}/models/my-clip'"])
     shipped = shipped_build(recipe(demo))
-    _models(demo, faces_dir, tmp_path / "models")
+    _models(demo, faces_dir, Output(demo.out).models)
     assert (tmp_path / "models" / SUMMARY).is_file()
-    copied, original = tensors(tmp_path / "models"), tensors(shipped)
+    assert json.loads((tmp_path / "models" / SUMMARY).read_text())["folders"] == folders(demo)
+    assert load_dino(demo.pyramids.dino).hash == load_dino(str(shipped / "dinov2-tiny")).hash
+    copied = tensors(tmp_path / "models", skip="my-clip")
+    original = {k.replace("dinov2-tiny/", "my-dino/"): v for k, v in tensors(shipped).items()}
     assert original.keys() == copied.keys() and len(copied) == 4
     assert all(torch.equal(original[n][k], copied[n][k]) for n in original for k in original[n])
-    clip = tmp_path / "models" / "clip-tiny"
+    clip = tmp_path / "models" / "my-clip"
     assert not (clip / CLIP_ROWS).exists()
     assert load_clip(str(clip)).hash == recorded_clip_hash(shipped)  # the fitted weights, every one of 3.4 M
 
@@ -71,3 +77,13 @@ def test_the_shipped_tiny_models_rebuild_bit_for_bit_whatever_the_thread_count(t
         theirs = json.loads((tmp_path / "rebuilt" / probes.relative_to(shipped)).read_text())
         assert json.loads(probes.read_text())["trained"] == theirs["trained"]
     assert json.loads((tmp_path / "rebuilt" / SUMMARY).read_text())["recipe"] == recipe(cfg)
+
+
+def test_the_tiny_models_go_where_the_preset_loads_them_from():
+    """The preset's model paths name the folders: `raydino run` writes each model into OUT/models/<that name>."""
+    for preset in ("demo", "faces64"):
+        cfg = load_config(preset)
+        names = folders(cfg)
+        assert {lookup(cfg, key) for key in MODEL_KEYS.values()} == {str(Output(cfg.out).models / names[k]) for k in MODEL_KEYS}
+    renamed = load_config("demo", overrides=["pyramids.dino='{out}/models/my-dino'"])
+    assert folders(renamed)["dino"] == "my-dino"

@@ -23,7 +23,7 @@ import torch
 
 from raydino.config import Config
 from raydino.models.loading import load_clip
-from raydino.models.tiny import SUMMARY, build_tiny_clip, write_tiny_models
+from raydino.models.tiny import SUMMARY, build_tiny_clip, folders, write_tiny_models
 
 SHIPPED = Path(__file__).parent / "shipped"  # prebuilt tiny models, one folder per recipe
 COMPACT = "clip"  # shipped as its used token-embedding rows (compact_clip): the whole is too large a file to track
@@ -82,17 +82,21 @@ def expand_clip(folder: Path, seed: int) -> None:
     (folder / CLIP_ROWS).unlink()
 
 
-def copy_shipped(shipped: Path, out: Path) -> None:
-    """The shipped build into ``out``, the tiny CLIP expanded and checked; the summary last (it marks done)."""
-    shutil.copytree(shipped, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SUMMARY))
+def copy_shipped(shipped: Path, out: Path, names: dict[str, str]) -> None:
+    """The shipped build into ``out``, each model in its folder of ``names`` (:func:`~raydino.models.tiny.folders`).
+
+    The tiny CLIP is expanded and checked; the summary goes last (it marks the step done).
+    """
     summary = json.loads((shipped / SUMMARY).read_text())
-    path = out / summary["folders"][COMPACT]
+    for key, folder in summary["folders"].items():
+        shutil.copytree(shipped / folder, out / names[key], dirs_exist_ok=True)
+    path = out / names[COMPACT]
     expand_clip(path, summary["seed"])
     if load_clip(str(path)).hash != summary["hashes"][COMPACT]:
         log.warning("tiny CLIP %s: weights hash differs from the build of this recipe (%s): this machine's torch "
                     "draws other initial weights, so figures may differ from the README's", path,
                     summary["hashes"][COMPACT])
-    shutil.copy(shipped / SUMMARY, out / SUMMARY)
+    (out / SUMMARY).write_text(json.dumps(summary | {"folders": names}, indent=1))
 
 
 def ship(cfg: Config, out: Path) -> dict[str, Path]:
@@ -117,6 +121,6 @@ def build_recipe(cfg: Config, out: Path) -> dict[str, Path]:
     faces = write_faces(out / f"synthetic-faces-seed{seed}-{count}x{size}px", count, seed=seed, size=size)
     try:
         return write_tiny_models(out, faces, seed=seed, budget=cfg.tiny, sizes=cfg.pyramids.sizes,
-                                 recipe=recipe(cfg))
+                                 recipe=recipe(cfg), names=folders(cfg))
     finally:
         shutil.rmtree(faces)

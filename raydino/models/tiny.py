@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydino.config import PyramidConfig, TinyModelsConfig
+from raydino.config import Config, PyramidConfig, TinyModelsConfig, load_config, lookup
 from raydino.data.captions import caption_pairs
 from raydino.data.face_set import FaceSet, from_folder, from_seed
 from raydino.data.images import UnreadableImage, read_image
@@ -50,6 +50,9 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+# the config keys each tiny model is loaded from: the last part of their paths names its folder
+MODEL_KEYS = {"dino": "pyramids.dino", "fd": "eval.fd_encoder", "clip": "pyramids.clip",
+              "attributes": "eval.attribute_classifier", "segmenter": "eval.part_segmenter"}
 PROBES = "probes.json"
 SUMMARY = "tiny-models.json"  # written last: the pipeline's proof that the step finished
 TRAIN_THREADS = 1  # intra-op threads of every tiny model's training (fixed_threads)
@@ -204,10 +207,15 @@ def write_probes(encoders: list[Path], sizes: list[int], count: int, seed: int) 
         (path / PROBES).write_text(json.dumps(figures, indent=1))
 
 
+def folders(cfg: Config) -> dict[str, str]:
+    """Each tiny model's folder name: the last part of the path ``cfg`` loads it from, so the preset names it once."""
+    return {key: Path(lookup(cfg, path)).name for key, path in MODEL_KEYS.items()}
+
+
 def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget: TinyModelsConfig | None = None,
                       sizes: list[int] | None = None,
                       captions: tuple[list[tuple[str, str]], str] | None = None,
-                      recipe: dict | None = None) -> dict[str, Path]:
+                      recipe: dict | None = None, names: dict[str, str] | None = None) -> dict[str, Path]:
     """The demo's encoders, trained on a ``raydino synth-faces`` folder, their probes, and the two judges.
 
     ``dino`` (the training DINOv2), ``fd`` (another seed and objective mix, so
@@ -218,15 +226,16 @@ def write_tiny_models(out: str | Path, faces: str | Path, seed: int = 0, budget:
     ``sizes``: the pyramid levels the encoders will see (default: the demo's).
     Trained with :data:`TRAIN_THREADS` threads each (:func:`fixed_threads`), ``budget.processes`` at once.
     ``recipe`` (:func:`raydino.models.shipping.recipe`) goes into the summary, where :func:`shipped_build` finds it.
+    ``names``: each model's folder in ``out`` (default: the demo preset's, :func:`folders`).
     """
     with fixed_threads():
         return _write_tiny_models(Path(out), faces, seed, budget or TinyModelsConfig(),
-                                  list(sizes or [56, 84, 112]), captions, recipe)
+                                  list(sizes or [56, 84, 112]), captions, recipe, names or folders(load_config("demo")))
 
 
 def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsConfig, sizes: list[int],
                captions: tuple[list[tuple[str, str]], str] | None) -> tuple[str, Path, float]:
-    """Train and save one tiny model (``key`` as in :func:`write_tiny_models`); a process pool's job.
+    """Train and save one tiny model (``key`` as in :func:`write_tiny_models`) into ``out``; a process pool's job.
 
     Each job seeds itself and runs on :data:`TRAIN_THREADS` threads, so its
     weights do not depend on which process, or in which order, it ran.
@@ -235,20 +244,19 @@ def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsCon
     with fixed_threads():
         if key == "clip":
             pairs, source = captions or (caption_pairs(faces), str(faces))
-            return key, write_tiny_clip(out / "clip-tiny", pairs, seed, budget.clip_fit_steps, source), time.time() - t0
+            return key, write_tiny_clip(out, pairs, seed, budget.clip_fit_steps, source), time.time() - t0
         train = from_folder(faces, max(sizes))
         note = f"trained on the {len(train)} synthetic faces of {faces}"
         if key == "dino":
-            path = write_tiny_encoder(out / "dinov2-tiny", train, faces, sizes, TRAINING_OBJECTIVE,
+            path = write_tiny_encoder(out, train, faces, sizes, TRAINING_OBJECTIVE,
                                       budget.encoder_steps, budget, seed)
         elif key == "fd":
-            path = write_tiny_encoder(out / "dinov2-tiny-fd", train, faces, sizes, FD_OBJECTIVE,
+            path = write_tiny_encoder(out, train, faces, sizes, FD_OBJECTIVE,
                                       budget.fd_encoder_steps, budget, seed + 1)
         elif key == "attributes":
-            path = save_classifier(train_classifier(train, budget.classifier_steps, seed=seed), out / "face-attributes",
-                                   note)
+            path = save_classifier(train_classifier(train, budget.classifier_steps, seed=seed), out, note)
         else:
-            path = save_segmenter(train_segmenter(train, budget.segmenter_steps, seed=seed), out / "part-segmenter",
+            path = save_segmenter(train_segmenter(train, budget.segmenter_steps, seed=seed), out,
                                   f"{note}, {budget.segmenter_steps} steps")
     return key, path, time.time() - t0
 
@@ -257,7 +265,8 @@ JOBS = ("dino", "fd", "clip", "attributes", "segmenter")  # longest first: two p
 
 
 def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyModelsConfig, sizes: list[int],
-                       captions: tuple[list[tuple[str, str]], str] | None, recipe: dict | None) -> dict[str, Path]:
+                       captions: tuple[list[tuple[str, str]], str] | None, recipe: dict | None,
+                       names: dict[str, str]) -> dict[str, Path]:
     """Every model as its own job on ``tiny.processes`` processes (spawned: no Ray or thread state inherited)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -265,7 +274,7 @@ def _write_tiny_models(out: Path, faces: str | Path, seed: int, budget: TinyMode
     out.mkdir(parents=True, exist_ok=True)
     paths, seconds = {}, {}
     with ProcessPoolExecutor(max_workers=budget.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_train_one, key, out, str(faces), seed, budget, sizes, captions) for key in JOBS]
+        jobs = [pool.submit(_train_one, key, out / names[key], str(faces), seed, budget, sizes, captions) for key in JOBS]
         for job in jobs:
             key, paths[key], seconds[key] = job.result()
             log.info("tiny model %s: %.1fs -> %s", key, seconds[key], paths[key])
