@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -46,3 +48,23 @@ def test_clip_spec_forms():
 def test_empty_prompt_refused(tiny_models):
     with pytest.raises(ValueError, match="empty prompt"):
         load_clip(str(tiny_models["clip"])).encode_text(["  "])
+
+
+def test_saved_weights_are_the_same_bytes_whatever_the_process(tmp_path):
+    """safetensors writes metadata in hash-map order; save_weights sorts it, so equal weights give equal files."""
+    import struct
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from raydino.models.loading import save_weights
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    metadata = {key: f"value of {key} ü" for key in ("grid", "code_tokens_dim", "z", "attributes", "size", "note")}
+    save_weights(tensors, tmp_path / "w.safetensors", metadata)
+    raw = (tmp_path / "w.safetensors").read_bytes()
+    head = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert list(head["__metadata__"]) == sorted(metadata)
+    assert safe_open(str(tmp_path / "w.safetensors"), "pt").metadata() == metadata
+    loaded = load_file(tmp_path / "w.safetensors")
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)

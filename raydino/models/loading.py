@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,31 @@ def bind_encoders(pyramids: PyramidConfig, manifest: dict, where: str) -> Pyrami
 JUDGE_WEIGHTS = "model.safetensors"
 
 
+def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, with the header's metadata in sorted order.
+
+    safetensors writes the metadata in its hash map's order, which changes
+    from process to process, so equal weights would give files that differ
+    in bytes. Sorting changes no byte count, so the header keeps its length.
+    """
+    from safetensors.torch import save
+
+    data = bytearray(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    size = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8:8 + size])
+    if "__metadata__" in head:
+        head["__metadata__"] = dict(sorted(head["__metadata__"].items()))
+        text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the library pads its header with spaces
+            data[8:8 + size] = text.ljust(size)
+    Path(path).write_bytes(data)
+
+
 def save_judge(model: nn.Module, out: str | Path, header: dict[str, str]) -> Path:
     """A synthetic-face judge (attribute classifier, part segmenter): its weights, with what rebuilds it in the header."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / JUDGE_WEIGHTS), metadata=header)
+    save_weights(model.state_dict(), out / JUDGE_WEIGHTS, header)
     return out
 
 

@@ -26,12 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from raydino.config import Config, load_config, save_config
 from raydino.layout import CONFIG, Checkpoint, Run
 from raydino.models.generator import ProgressiveGenerator
+from raydino.models.loading import save_weights
 from raydino.models.saved import CheckpointError, header, load_weights, read_file
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ def save(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, 
     """
     d = Path(directory)
     if rank == 0:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / Checkpoint.MODEL, metadata=metadata)
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, d / Checkpoint.EMA, metadata=metadata)
+        save_weights(model.state_dict(), d / Checkpoint.MODEL, metadata)
+        save_weights(ema.state_dict(), d / Checkpoint.EMA, metadata)
         torch.save(opt.state_dict(), d / Checkpoint.OPTIMIZER)
         (d / Checkpoint.STATE).write_text(json.dumps(asdict(progress), indent=1))
         save_config(cfg, d / CONFIG)
@@ -130,7 +131,7 @@ def restore_latest(directories: Iterable[Path], **kwargs) -> Progress | None:
 def export_ema(checkpoint_dir: str | Path, dest: str | Path) -> Path:
     """Copy a checkpoint's EMA weights, header included, to ``dest``: the finished model."""
     src = Path(checkpoint_dir) / Checkpoint.EMA
-    save_file(read_file(src, lambda p: load_file(str(p))), str(dest), metadata=read_file(src, header))
+    save_weights(read_file(src, lambda p: load_file(str(p))), dest, read_file(src, header))
     return Path(dest)
 
 
