@@ -87,7 +87,7 @@ def cmd_pyramids(args: argparse.Namespace) -> None:
         except ModelNotFoundError:
             logging.getLogger("raydino").info("no CLIP column: the preset's CLIP %s is not there (--clip names one)",
                                               cfg.clip)
-            cfg.clip = ""
+            cfg = dataclasses.replace(cfg, clip="")
     split = Split(args.split, run_cfg.data.holdout_fraction, run_cfg.eval.n) if args.split else None
     check_extraction(cfg, {name: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None})
     require_local(cfg.dino, "--dino" if args.dino else "pyramids.dino")

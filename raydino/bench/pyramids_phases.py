@@ -78,13 +78,14 @@ def encoder(dino_dir: str, sizes: list[int], batch_size: int, count: int, device
     """The actor stage alone, no Ray: uint8 crops in host memory -> Arrow table of every level."""
     import numpy as np
 
+    from raydino.pyramids import schema
     from raydino.pyramids.extract import ArrowPyramidEncoder
 
     enc = ArrowPyramidEncoder(dino_dir, sizes, device=device)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (batch_size, max(sizes), max(sizes), 3), dtype=np.uint8),
-             "id": np.array([f"{i}" for i in range(batch_size)], dtype=object)}
-    batch["path"] = batch["id"]
+    ids = np.array([f"{i}" for i in range(batch_size)], dtype=object)
+    batch = {schema.IMAGE: rng.integers(0, 256, (batch_size, max(sizes), max(sizes), 3), dtype=np.uint8),
+             schema.ID: ids, schema.PATH: ids}
     seconds = seconds_per_call(lambda: enc(batch), max(1, math.ceil(count / batch_size)), device, WARMUP)
     return {"images_per_s": batch_size / seconds, **peaks(device)}
 

@@ -72,12 +72,20 @@ def check_sweep(cfg: Config, holdout: str | Path | None) -> dict:
 
 
 def trial_config(cfg: Config, params: dict) -> Config:
-    """The base config with one trial's sampled values and the per-trial resources."""
+    """The base config with one trial's sampled values and the per-trial resources.
+
+    A trial's own Ray Train run never restarts its workers (``max_failures``
+    0): Tune retries the whole trial instead (:func:`tune_sweep`), which
+    resumes from the trial's last checkpoint. A Train controller that
+    restarts its workers while Tune is stopping its trial makes a placement
+    group no worker lives to record (:mod:`raydino.sweep.placement`).
+    """
     tc = cfg.tune
     return override(cfg, tc.overrides, {**params, "train.num_workers": tc.workers_per_trial,
                                         "train.use_gpu": tc.gpus_per_trial > 0,
                                         "train.cpus_per_worker": tc.cpus_per_trial / tc.workers_per_trial,
-                                        "train.gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial})
+                                        "train.gpus_per_worker": tc.gpus_per_trial / tc.workers_per_trial,
+                                        "train.max_failures": 0})
 
 
 def _trial(params: dict, base: dict, pyramids: str, holdout: str | None, sweep_dir: str, dataset,
@@ -152,6 +160,7 @@ def tune_sweep(cfg: Config, pyramids: str | Path, sweep_dir: str | Path, holdout
                                         max_t=len(cfg.train.stages)),
             ),
             run_config=ray.tune.RunConfig(name=Sweep.EXPERIMENT, storage_path=str(sweep_dir),
+                                          failure_config=ray.tune.FailureConfig(max_failures=cfg.train.max_failures),
                                           callbacks=[placement.GiveBack(str(sweep_dir))]),
         )
     grid = interruptible(tuner.fit)
