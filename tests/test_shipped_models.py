@@ -7,11 +7,11 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from raydino.config import load_config, lookup
+from raydino.config import TinyModelsConfig, load_config, lookup
 from raydino.layout import Output
 from raydino.models.loading import load_clip, load_dino
-from raydino.models.shipping import CLIP_ROWS, CLIP_WEIGHTS, build_recipe, recipe, shipped_build
-from raydino.models.tiny import MODEL_KEYS, SUMMARY, folders
+from raydino.models.shipping import CLIP_ROWS, CLIP_WEIGHTS, TRAINING_CODE, recipe, shipped_build
+from raydino.models.tiny import MODEL_KEYS, SUMMARY, folders, write_tiny_models
 from raydino.pipeline import _models
 
 
@@ -28,7 +28,9 @@ def recorded_clip_hash(shipped):
 def test_a_run_copies_the_shipped_build_of_its_own_recipe_only(tmp_path):
     demo = load_config("demo")
     shipped = shipped_build(recipe(demo))
-    assert shipped is not None and shipped.name == "demo"
+    assert shipped is not None and shipped.name == "demo", (
+        "no shipped build of the demo's recipe: the code that trains the tiny models changed since it was shipped; "
+        "run `raydino tiny-models --preset demo --ship` and commit raydino/models/shipped/demo")
     for change in ("data.synth_count=48", "data.seed=1", "tiny.encoder_steps=10", "pyramids.sizes=[56,84,112]"):
         assert shipped_build(recipe(load_config("demo", overrides=[change]))) is None, change
     # how many processes train them changes nothing in the weights, so it is not part of the recipe
@@ -57,26 +59,38 @@ def test_the_copy_rebuilds_the_whole_tiny_clip_and_writes_its_summary_last(tmp_p
     assert load_clip(str(clip)).hash == recorded_clip_hash(shipped)  # the fitted weights, every one of 3.4 M
 
 
-def test_the_shipped_tiny_models_rebuild_bit_for_bit_whatever_the_thread_count(tmp_path, monkeypatch):
-    """`raydino tiny-models --preset demo --ship` into a temporary folder: every tensor and every probe figure equal.
+def test_a_tiny_build_is_the_same_whatever_the_threads_and_processes(tmp_path, monkeypatch, faces_dir):
+    """Every tensor and probe figure of two small builds: 3 threads (OMP_NUM_THREADS) and 2 processes, then 1 and 1.
 
     OMP_NUM_THREADS once changed the tiny CLIP fit's weights: the jobs fix their own thread count.
     """
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    cfg = load_config("demo")
-    shipped = shipped_build(recipe(cfg))
-    build_recipe(cfg, tmp_path / "rebuilt")
-    rebuilt, original = tensors(tmp_path / "rebuilt"), tensors(shipped)
-    assert original.keys() == rebuilt.keys() and len(rebuilt) == 4
-    assert load_clip(str(tmp_path / "rebuilt" / "clip-tiny")).hash == recorded_clip_hash(shipped)
-    for name, weights in original.items():
-        assert weights.keys() == rebuilt[name].keys(), name
-        different = [k for k in weights if not torch.equal(weights[k], rebuilt[name][k])]
-        assert not different, f"{name}: {len(different)} tensors differ from the shipped build, e.g. {different[:3]}"
-    for probes in sorted(shipped.glob("*/probes.json")):
-        theirs = json.loads((tmp_path / "rebuilt" / probes.relative_to(shipped)).read_text())
+    budget = dict(encoder_steps=40, fd_encoder_steps=30, classifier_steps=40, segmenter_steps=40, probe_faces=32,
+                  clip_fit_steps=30)
+    for threads, processes in (("3", 2), ("1", 1)):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        write_tiny_models(tmp_path / threads, faces_dir, seed=3, budget=TinyModelsConfig(**budget, processes=processes))
+    first, second = tensors(tmp_path / "3", skip=None), tensors(tmp_path / "1", skip=None)
+    assert first.keys() == second.keys() and len(first) == 5
+    for name, weights in first.items():
+        different = [k for k in weights if not torch.equal(weights[k], second[name][k])]
+        assert not different, f"{name}: {len(different)} tensors differ between the builds, e.g. {different[:3]}"
+    for probes in sorted((tmp_path / "3").glob("*/probes.json")):
+        theirs = json.loads((tmp_path / "1" / probes.relative_to(tmp_path / "3")).read_text())
         assert json.loads(probes.read_text())["trained"] == theirs["trained"]
-    assert json.loads((tmp_path / "rebuilt" / SUMMARY).read_text())["recipe"] == recipe(cfg)
+
+
+def test_the_shipped_build_lists_every_module_that_trains_it():
+    """TRAINING_CODE, whose hash is in the recipe, is models/tiny.py and every raydino module it imports but config/."""
+    from test_architecture import PACKAGE, imported
+
+    closure, todo = set(), ["models/tiny.py"]
+    while todo:
+        if (module := todo.pop()) not in closure:
+            closure.add(module)
+            todo += sorted(imported(PACKAGE / module))
+    packages = {m.rsplit("/", 1)[0] + "/__init__.py" for m in closure}  # run by importing any of their modules
+    closure |= {p for p in packages if (PACKAGE / p).is_file() and (PACKAGE / p).stat().st_size > 0}
+    assert {m for m in closure if not m.startswith("config/")} == set(TRAINING_CODE)
 
 
 def test_the_tiny_models_go_where_the_preset_loads_them_from():

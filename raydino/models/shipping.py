@@ -3,8 +3,9 @@
 Building them is a minute and a half of a two-core machine's time, so the
 package ships the demo recipe's build (``shipped/``, made by ``raydino
 tiny-models --preset demo --ship``): a run whose :func:`recipe` is a shipped
-one's copies it, and the suite rebuilds it and checks every tensor
-(tests/test_shipped_models.py). The tiny CLIP's 49,408-token embedding is
+one's copies it. The recipe holds a hash of the training code, so a build
+that code no longer makes is never copied (the suite then says to ship
+again), and the suite checks that a build does not depend on threads. The tiny CLIP's 49,408-token embedding is
 13.5 MB, over the repository's 5 MiB a file, and its fit takes 45 s: it is
 shipped as the rows its captions moved (:func:`compact_clip`), the copy
 rebuilds the rest from the seed and checks the whole against the weights
@@ -14,6 +15,7 @@ hash the build recorded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -25,6 +27,7 @@ from raydino.config import Config
 from raydino.models.loading import load_clip
 from raydino.models.tiny import SUMMARY, build_tiny_clip, folders, write_tiny_models
 
+PACKAGE = Path(__file__).parents[1]
 SHIPPED = Path(__file__).parent / "shipped"  # prebuilt tiny models, one folder per recipe
 COMPACT = "clip"  # shipped as its used token-embedding rows (compact_clip): the whole is too large a file to track
 CLIP_WEIGHTS, CLIP_ROWS = "open_clip_model.safetensors", "open_clip_rows.safetensors"
@@ -32,15 +35,32 @@ CLIP_WEIGHTS, CLIP_ROWS = "open_clip_model.safetensors", "open_clip_rows.safeten
 log = logging.getLogger(__name__)
 
 
+# the modules the tiny models are drawn and trained by: models/tiny.py and what it imports, but config/
+# (the budget is in the recipe itself); tests/test_shipped_models.py checks the list against the imports
+TRAINING_CODE = ("models/tiny.py", "models/encoder_training.py", "models/face_attributes.py",
+                 "models/part_segmenter.py", "models/probes.py", "models/loading.py", "data/synth_faces.py",
+                 "data/face_set.py", "data/captions.py", "data/images.py", "data/sources.py",
+                 "pyramids/__init__.py", "pyramids/features.py", "pyramids/schema.py")
+
+
+def code_fingerprint() -> str:
+    """A hash of :data:`TRAINING_CODE`: a shipped build is stale once the code that trains the models changed."""
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update(name.encode() + b"\0" + (PACKAGE / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def recipe(cfg: Config) -> dict:
     """What the tiny models of a run on synthetic faces are a pure function of.
 
-    The faces (count, size, seed), the levels and the training budget; not
-    how many processes train them (:func:`raydino.models.tiny.fixed_threads`), nor folders.
+    The faces (count, size, seed), the levels, the training budget and the
+    code that trains them (:func:`code_fingerprint`); not how many processes
+    train them (:func:`raydino.models.tiny.fixed_threads`), nor folders.
     """
     budget = {k: v for k, v in dataclasses.asdict(cfg.tiny).items() if k not in ("build", "processes", "shipped")}
     return {"faces": {"count": cfg.data.synth_count, "size": cfg.data.synth_size, "seed": cfg.data.seed},
-            "sizes": list(cfg.pyramids.sizes), "budget": budget}
+            "sizes": list(cfg.pyramids.sizes), "budget": budget, "code": code_fingerprint()}
 
 
 def shipped_build(want: dict) -> Path | None:
