@@ -2,7 +2,7 @@
 
 The generated image goes through exactly the path the pyramid targets went
 through (antialiased resize, ImageNet normalisation, frozen DINOv2, via
-:func:`raydino.pyramids.features.dino_levels`), so the generator cannot learn
+:func:`raydino.models.encoders.dino_levels`), so the generator cannot learn
 the difference between two preprocessing paths. DINOv2 stays frozen and in
 eval mode; gradients flow through it into the image only.
 
@@ -45,9 +45,9 @@ import torch.nn.functional as F
 
 from raydino.config import LossConfig
 from raydino.config.checks import check_loss
+from raydino.models.encoders import dino_levels, resize
 from raydino.models.loading import Dino
 from raydino.pyramids.batch import Targets
-from raydino.pyramids.features import dino_levels, resize
 
 
 def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

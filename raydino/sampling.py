@@ -21,12 +21,12 @@ from torchvision.utils import make_grid
 
 from raydino.data.images import BadImage, UnreadableImage, decode_image, read_image
 from raydino.layout import Run
+from raydino.models.encoders import dino_levels, resize, to_float
 from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import Noise
 from raydino.models.loading import Clip, Dino, load_clip, load_dino
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.models.saved import load_generator, load_pca, load_prior
-from raydino.pyramids.features import dino_levels, resize, to_float
 
 REGIONS = ("top", "bottom", "left", "right")
 PRIORS = ("flow", "pca")

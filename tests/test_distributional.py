@@ -7,10 +7,10 @@ import torch
 
 from raydino.config import LossConfig, ModelConfig
 from raydino.losses import DinoPyramidLoss, energy_score, unit_features
+from raydino.models.encoders import dino_levels, resize
 from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import load_dino
 from raydino.pyramids.batch import Targets
-from raydino.pyramids.features import dino_levels, resize
 
 SIZES = [56, 84, 112]
 

@@ -17,10 +17,10 @@ from raydino.data.face_set import ATTRIBUTES, UNKNOWN, from_seed, prompt_labels
 from raydino.data.synth_faces import PARTS, face, render_parts
 from raydino.evaluation.attribute_agreement import accuracies, chance, tv_distances
 from raydino.models.encoder_training import TRAINING_OBJECTIVE, train_encoder
+from raydino.models.encoders import resize
 from raydino.models.face_attributes import SIZE, load_classifier, train_classifier
 from raydino.models.loading import weights_hash
 from raydino.models.tiny import build_tiny_dino
-from raydino.pyramids.features import resize
 
 PART_MARGIN = 0.05       # patch-part probe accuracy over a random encoder's, at every level
 ATTRIBUTE_MARGIN = 0.10  # mean CLS attribute probe accuracy over a random encoder's

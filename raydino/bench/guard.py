@@ -31,11 +31,11 @@ from raydino.config import Config, load_config
 from raydino.data.images import read_image
 from raydino.evaluation.metrics import level_distances
 from raydino.layout import Checkpoint
+from raydino.models.encoders import dino_levels, resize, to_float
 from raydino.models.loading import load_dino
 from raydino.models.saved import load_generator
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
-from raydino.pyramids.features import dino_levels, resize, to_float
 from raydino.train import loop
 from raydino.train.monitor import Validator
 from raydino.train.session import LocalSession

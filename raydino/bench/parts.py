@@ -29,9 +29,9 @@ from raydino.data.synth_faces import PARTS, write_faces
 from raydino.evaluation.metrics import match_resolution
 from raydino.evaluation.part_figures import HeldOut, error_ratios, held_out, ious, two_eyes_and_a_mouth
 from raydino.models.encoder_training import MAX_SPECKLE
+from raydino.models.encoders import resize
 from raydino.models.part_segmenter import PartSegmenter, train_segmenter
 from raydino.models.tiny import fixed_threads
-from raydino.pyramids.features import resize
 
 HELD_OUT_SEED = 10_000  # not the segmenter's training faces (seed 0)
 

@@ -43,8 +43,8 @@ def ceiling(dino_dir: str, sizes: list[int], batch_size: int, count: int, device
     """
     import torch
 
+    from raydino.models.encoders import dino_levels
     from raydino.models.loading import load_dino
-    from raydino.pyramids.features import dino_levels
 
     if threads:
         torch.set_num_threads(threads)

@@ -31,9 +31,9 @@ from raydino.data.synth_faces import render_face, sample_attributes
 from raydino.evaluation.metrics import match_resolution
 from raydino.evaluation.part_figures import SCORED
 from raydino.losses import cosine_distance
+from raydino.models.encoders import dino_levels
 from raydino.models.loading import load_dino
 from raydino.models.shipping import SHIPPED
-from raydino.pyramids.features import dino_levels
 
 FACE_SEED = 30_000  # faces of no run's training or held-out set
 

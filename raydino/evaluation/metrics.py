@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from raydino.losses import cosine_distance
+from raydino.models.encoders import clip_image_embedding, dino_levels, resize, to_float
 from raydino.models.loading import Clip, Dino
 from raydino.pyramids.batch import Targets
-from raydino.pyramids.features import clip_image_embedding, dino_levels, resize, to_float
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

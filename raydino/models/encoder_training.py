@@ -28,7 +28,7 @@ from torch import nn
 
 from raydino.data.face_set import ATTRIBUTES, FaceSet
 from raydino.data.synth_faces import PARTS
-from raydino.pyramids.features import normalise, resize
+from raydino.models.encoders import normalise, resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

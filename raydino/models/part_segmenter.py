@@ -23,8 +23,8 @@ from torch import nn
 from raydino.data.face_set import FaceSet
 from raydino.data.synth_faces import PARTS
 from raydino.models.encoder_training import speckle
+from raydino.models.encoders import resize
 from raydino.models.loading import load_judge, save_judge
-from raydino.pyramids.features import resize
 
 SIZE = 32
 

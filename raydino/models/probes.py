@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from raydino.data.face_set import ATTRIBUTES, UNKNOWN, FaceSet
 from raydino.data.synth_faces import PARTS
+from raydino.models.encoders import dino_levels
 from raydino.models.loading import Dino
-from raydino.pyramids.features import dino_levels
 
 PROBE_STEPS = 100  # L-BFGS iterations: converged for these sizes (48-dim features, a few thousand samples)
 

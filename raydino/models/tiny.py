@@ -38,11 +38,11 @@ from raydino.models.encoder_training import (
     Objective,
     train_encoder,
 )
+from raydino.models.encoders import normalise, to_float
 from raydino.models.face_attributes import save_classifier, train_classifier
 from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
 from raydino.models.part_segmenter import save_segmenter, train_segmenter
 from raydino.models.probes import majority_baseline, probe_encoder
-from raydino.pyramids.features import normalise, to_float
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
 TINY_CLIP = {

@@ -23,11 +23,11 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from raydino.evaluation.metrics import level_distances, level_figures, match_resolution, paired_distance
+from raydino.models.encoders import resize
 from raydino.models.generator import ProgressiveGenerator, draw_noise
 from raydino.models.loading import Dino
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
-from raydino.pyramids.features import resize
 
 
 class Validator:
