@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_recorded_groups_of_ended_trials_are_given_back_and_no_others(ray_local,
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from raydino.layout import Run
+    from raydino.layout import Run, Sweep
     from raydino.sweep import placement
     from raydino.train.trainer import record_placement_group
 
@@ -65,16 +66,23 @@ def test_recorded_groups_of_ended_trials_are_given_back_and_no_others(ray_local,
             return pg.id.hex()
 
     cpus = free_cpus(ray_local, 2)
-    stopped, running = Run(tmp_path / "stopped"), Run(tmp_path / "running")
+    sweep = Sweep(tmp_path)
+    stopped, running = sweep.trial("stopped"), sweep.trial("running")
     for run in (stopped, running):
-        run.path.mkdir()
+        run.path.mkdir(parents=True)
     controllers = [Controller.remote(), Controller.remote()]
     stopped_pg, running_pg = ray_local.get([c.start.remote(str(r.path)) for c, r in zip(controllers, (stopped, running), strict=True)])
     assert stopped.placement_groups.read_text().split() == [stopped_pg]
     ray_local.kill(controllers[0])  # its worker dies with it; its group stays
     assert placement.held([stopped, running]) == {stopped_pg, running_pg}
     assert free_cpus(ray_local, cpus - 1) == pytest.approx(cpus - 1)
-    assert placement.give_back([stopped]) == {stopped_pg}  # only the ended trial's
+    # the Tune callback: the ended trial's group goes once its grace has passed, the running one's stays
+    give_back = placement.GiveBack(str(sweep.path), grace_s=1.0, every_s=0.0)
+    give_back.on_trial_complete(0, [], SimpleNamespace(trial_id="stopped"))
+    give_back.on_step_end(0, [])
+    assert placement.held([stopped, running]) == {stopped_pg, running_pg}
+    time.sleep(1.1)
+    give_back.on_step_end(1, [])
     assert placement.held([stopped, running]) == {running_pg}
     assert free_cpus(ray_local, cpus - 0.5) == pytest.approx(cpus - 0.5)
     ray_local.kill(controllers[1])
