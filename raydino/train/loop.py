@@ -152,7 +152,7 @@ def fit_generator(cfg: Config, pyramid_dir: str | Path, run_dir: str | Path, ses
             if out.ok:
                 update_ema(ema, model, tc.ema_beta)
             else:
-                check_bad_steps(progress, tc.max_bad_steps, f"stage {stage.resolution}px")
+                check_bad_steps(progress, tc.max_bad_steps, f"stage {stage.resolution}px", "train")
             inject_fault(run_dir, progress.step, fail_at_step, session)
             if rank0 and progress.step % tc.log_every == 0:
                 log_step(monitor, progress, stage, steps, alpha, out)

@@ -86,7 +86,7 @@ def fit_prior(cfg: Config, run_dir: str | Path, session: Session, shape: dict, f
             update_ema(ema, model, pc.ema_beta)
             losses.append(loss.item())
         else:
-            check_bad_steps(progress, cfg.prior.max_bad_steps, "prior")
+            check_bad_steps(progress, cfg.prior.max_bad_steps, "prior", "prior")
         inject_fault(run_dir, progress.step, fail_at_step, session)
         if rank0 and progress.step % pc.log_every == 0:
             rate = monitor.throughput(progress.images_seen)

@@ -78,14 +78,14 @@ def data_stream(session: Session, progress: Progress, batch_size: int) -> Iterat
         progress.epoch, progress.epoch_batch = progress.epoch + 1, 0
 
 
-def check_bad_steps(progress: Progress, max_bad_steps: int, where: str) -> None:
-    """A skipped step is logged; ``max_bad_steps`` of them in a row stop the run."""
+def check_bad_steps(progress: Progress, max_bad_steps: int, where: str, section: str) -> None:
+    """A skipped step is logged; ``max_bad_steps`` of them in a row stop the run (``section``: whose limit it is)."""
     log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", progress.step,
                 progress.bad_in_row)
     if progress.bad_in_row >= max_bad_steps:
         raise NonFiniteLossError(
             f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient (up to step {progress.step}, "
-            f"{where}, train.max_bad_steps={max_bad_steps}): check the pyramid for NaN/inf values "
+            f"{where}, {section}.max_bad_steps={max_bad_steps}): check the pyramid for NaN/inf values "
             "or lower the learning rate")
 
 
