@@ -5,11 +5,10 @@ package ships the demo recipe's build (``shipped/``, made by ``raydino
 tiny-models --preset demo --ship``): a run whose :func:`recipe` is a shipped
 one's copies it. The recipe holds a hash of the training code, so a build
 that code no longer makes is never copied (the suite then says to ship
-again), and the suite checks that a build does not depend on threads. The tiny CLIP's 49,408-token embedding is
-13.5 MB, over the repository's 5 MiB a file, and its fit takes 45 s: it is
-shipped as the rows its captions moved (:func:`compact_clip`), the copy
-rebuilds the rest from the seed and checks the whole against the weights
-hash the build recorded.
+again). The tiny CLIP's token embedding is over the repository's 5 MiB a
+file: it is shipped as the rows its captions moved (:func:`compact_clip`),
+and the copy rebuilds the rest from the seed and checks the whole against
+the weights hash the build recorded.
 """
 
 from __future__ import annotations
