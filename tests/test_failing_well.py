@@ -39,6 +39,8 @@ def _nothing_written(tmp_path: Path, *keep: str) -> None:
     ("model.max_resolution=48", "model.max_resolution=48"),
     ("model.code_resolution=8", "model.code_resolution=8"),
     ("prior.cpus_per_worker=0", "prior.cpus_per_worker=0"),
+    ("prior.ray_log_level=LOUD", "prior.ray_log_level=LOUD"),
+    ("prior.max_failures=-1", "prior.max_failures=-1"),
     ("train.num_workers=0", "train.num_workers=0"),
     ("train.stages.0.batch_size=15", "train.stages.0.batch_size=15"),
     ("prior.patch=3", "prior.patch=3"),

@@ -14,10 +14,11 @@ Rules that need the data (a batch against the rows of a pyramid) are in
 from __future__ import annotations
 
 from raydino.config.sections import Config, LossConfig, ModelConfig, PyramidConfig, ServeConfig
-from raydino.config.training import PriorConfig, TrainConfig
+from raydino.config.training import PriorConfig, RayWorkers, TrainConfig
 
 LOSS_KINDS = ("energy", "regression")
 SOLVERS = ("euler", "heun")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DINO_PATCH = 14  # every DINOv2 (and the demo's tiny stand-ins) cuts 14 x 14 px patches
 BASE_RESOLUTION = 16  # the generator's first block
 
@@ -90,6 +91,20 @@ def check_loss(loss: LossConfig, levels: int) -> None:
               f"loss.stage_level_weights.{key} has {len(weights)} weights for {levels} pyramid levels")
 
 
+def check_workers(workers: RayWorkers, section: str) -> None:
+    """What a Ray Train run holds and tolerates (``train.*`` or ``prior.*``), refused before any worker starts."""
+    _need(workers.num_workers >= 1, f"{section}.num_workers={workers.num_workers} must be at least 1")
+    _need(workers.cpus_per_worker > 0, f"{section}.cpus_per_worker={workers.cpus_per_worker} must be above 0")
+    _need(not workers.use_gpu or workers.gpus_per_worker > 0,
+          f"{section}.gpus_per_worker={workers.gpus_per_worker} must be above 0 with {section}.use_gpu")
+    _need(workers.max_failures >= 0, f"{section}.max_failures={workers.max_failures} must be at least 0")
+    _need(workers.num_to_keep >= 1, f"{section}.num_to_keep={workers.num_to_keep} must be at least 1")
+    _need(workers.max_bad_steps >= 1, f"{section}.max_bad_steps={workers.max_bad_steps} must be at least 1")
+    _need(workers.shuffle_buffer >= 0, f"{section}.shuffle_buffer={workers.shuffle_buffer} must be at least 0")
+    _need(workers.ray_log_level in LOG_LEVELS,
+          f"{section}.ray_log_level={workers.ray_log_level} is not one of {', '.join(LOG_LEVELS)}")
+
+
 def check_prior(prior: PriorConfig, code_grid: int) -> None:
     """The flow prior's shape against the code's ``code_grid`` x ``code_grid`` tokens, and its schedule."""
     _need(prior.heads >= 1 and prior.width % prior.heads == 0,
@@ -97,8 +112,7 @@ def check_prior(prior: PriorConfig, code_grid: int) -> None:
     _need(prior.solver in SOLVERS, f"prior.solver={prior.solver} is not one of {', '.join(SOLVERS)}")
     _need(prior.patch >= 1 and code_grid % prior.patch == 0,
           f"prior.patch={prior.patch} does not tile the {code_grid}x{code_grid} code (pyramids.sizes first level / 14)")
-    _need(prior.num_workers >= 1, f"prior.num_workers={prior.num_workers} must be at least 1")
-    _need(prior.cpus_per_worker > 0, f"prior.cpus_per_worker={prior.cpus_per_worker} must be above 0")
+    check_workers(prior, "prior")
     _need(prior.batch_size >= 1 and prior.batch_size % prior.num_workers == 0,
           f"prior.batch_size={prior.batch_size} must be a positive multiple of prior.num_workers={prior.num_workers}")
     _need(prior.sample_steps >= 1, f"prior.sample_steps={prior.sample_steps} must be at least 1")
@@ -107,8 +121,7 @@ def check_prior(prior: PriorConfig, code_grid: int) -> None:
 
 def check_train(train: TrainConfig, resolutions: list[int]) -> None:
     """Workers, and stages the generator has, in order, with batches that split across the workers."""
-    _need(train.num_workers >= 1, f"train.num_workers={train.num_workers} must be at least 1")
-    _need(train.cpus_per_worker > 0, f"train.cpus_per_worker={train.cpus_per_worker} must be above 0")
+    check_workers(train, "train")
     _need(bool(train.stages), "train.stages is empty: give at least one stage")
     _need(0 <= train.ema_beta < 1, f"train.ema_beta={train.ema_beta} must be in [0, 1)")
     _need(train.checkpoint_every >= 1 and train.log_every >= 1 and train.sample_every >= 1,
