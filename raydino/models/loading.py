@@ -236,15 +236,19 @@ def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     """
     from safetensors.torch import save
 
-    data = bytearray(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    data = memoryview(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
     size = int.from_bytes(data[:8], "little")
-    head = json.loads(data[8:8 + size])
+    header = bytes(data[8:8 + size])
+    head = json.loads(header)
     if "__metadata__" in head:
         head["__metadata__"] = dict(sorted(head["__metadata__"].items()))
         text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
         if len(text) <= size:  # the library pads its header with spaces
-            data[8:8 + size] = text.ljust(size)
-    Path(path).write_bytes(data)
+            header = text.ljust(size)
+    with open(path, "wb") as f:  # the tensors' bytes are written from the library's buffer, not copied
+        f.write(data[:8])
+        f.write(header)
+        f.write(data[8 + size:])
 
 
 def save_judge(model: nn.Module, out: str | Path, header: dict[str, str]) -> Path:
