@@ -117,6 +117,7 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
     run = Run(args.run)
     if not args.overwrite:
         run_exists(run, "prior", args.resume, flag="--run")
+    # checks only, before Ray starts: an encoder or size the pyramid cannot serve is one sentence here
     bind_encoders(cfg.pyramids, manifest, args.pyramids)
     fit_to_rows(cfg, manifest["rows"], where=f"--pyramids {args.pyramids}", quiet=True)
     with hold(args.run, "raydino train-prior", "--run"):
