@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the labelled PNG grid to write")
     p.add_argument("--from-image", default=None, metavar="PATH", help="reconstruction and variations of an image")
     p.add_argument("--vary", type=float, default=None, metavar="T",
-                   help="with --from-image: vary the code along the prior's flow, T in [0, 1] (0: the reconstruction)")
-    p.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
+                   help="with --from-image: vary the code along the prior's flow, T in [0, 1] (0: the reconstruction); "
+                        "with --prompt too: edit the face toward each prompt (this face, but smiling)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a text prompt (repeatable); with --from-image and --vary, the edits' prompt")
     p.add_argument("--cfg", type=float, default=None, metavar="S",
                    help="classifier-free guidance scale of --prompt samples (default: prior.guidance)")
     p.add_argument("--prior", nargs="?", const="flow", default=None, choices=["flow", "pca"],

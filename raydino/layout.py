@@ -151,6 +151,7 @@ class Samples:
     """The sample grids ``raydino run`` draws, by file name in its samples folder."""
 
     IMAGE, VARY, PROMPTS, MIX = "image.png", "vary.png", "prompts.png", "mix.png"
+    EDITS = "edits.png"  # a held-out face edited toward each of the run's prompts
     PRIOR, PRIOR_PCA = "prior.png", "prior_pca.png"
     NOISE, NOISE_COMPARE = "noise.png", "noise-compare.png"  # the run's draws per code; its comparison run's
 

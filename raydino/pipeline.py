@@ -137,6 +137,8 @@ def _samples(cfg: Config, run: Run, held_out: Path, out: Path, compare: Run | No
     sample(sampler, out / Samples.PRIOR_PCA, prior="pca", n=n, seed=seed)
     if cfg.pyramids.clip and cfg.sample.prompts:
         sample(sampler, out / Samples.PROMPTS, prompts=cfg.sample.prompts, n=n, seed=seed)
+        sample(sampler, out / Samples.EDITS, from_image=str(images[0]), prompts=cfg.sample.prompts,
+               vary=cfg.sample.edit_t, n=n, seed=seed)
     sample(sampler, out / Samples.MIX, mix=[str(images[1]), str(images[2])], region="top", seed=seed)
 
 

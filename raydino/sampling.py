@@ -1,7 +1,7 @@
 """Sampling (``raydino sample``): coarse code -> image in one generator pass.
 
 Codes come from a real image (its coarsest DINOv2 level, or that code moved
-along the prior's flow to time T and back), from the flow prior
+along the prior's flow to time T and back, under a prompt for an edit), from the flow prior
 (unconditional, or conditioned on a prompt's CLIP text embedding with
 classifier-free guidance), from the PCA Gaussian baseline, or from mixing
 two codes. Loads the run's EMA generator and prior without Ray; batches on
@@ -10,16 +10,13 @@ the GPU when there is one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 
 from raydino.data.images import BadImage, UnreadableImage, decode_image, read_image
+from raydino.grids import Row, save_each, save_grid
 from raydino.layout import Run
 from raydino.models.encoders import dino_levels, resize, to_float
 from raydino.models.flow_prior import FlowPrior
@@ -31,15 +28,6 @@ from raydino.models.saved import load_generator, load_pca, load_prior
 REGIONS = ("top", "bottom", "left", "right")
 PRIORS = ("flow", "pca")
 TRAIN_PRIOR_HINT = "train one with `raydino train-prior --run RUN --pyramids PYRAMIDS`"
-
-
-@dataclass
-class Row:
-    """One labelled row of a sample grid."""
-
-    label: str
-    images: torch.Tensor  # [N, 3, H, W] in [0, 1]
-    captions: list[str] = field(default_factory=list)
 
 
 class Sampler:
@@ -129,11 +117,12 @@ class Sampler:
     # --- modes ----------------------------------------------------------------------------
 
     def from_image(self, path: str | Path | bytes, n: int, seed: int, vary: float | None = None,
-                   steps: int | None = None) -> list[Row]:
+                   steps: int | None = None, prompt: str | None = None, guidance: float | None = None) -> list[Row]:
         """Reconstruction, then variations: new noise, or (``vary`` = T) the code moved along the flow to T and back.
 
         Variations along the flow share the reconstruction's noise, so they differ from it by their code
-        alone: T = 0 gives the reconstruction. ``path`` may be an image's bytes (:meth:`load_image`).
+        alone: T = 0 gives the reconstruction. With a ``prompt`` they are edits: the code is integrated back
+        under the prompt's condition (this face, but smiling). ``path`` may be an image's bytes (:meth:`load_image`).
         """
         image = self.load_image(path)
         name = "upload" if isinstance(path, bytes) else Path(path).name
@@ -143,25 +132,47 @@ class Sampler:
             out = self.generate(code.expand(n, -1, -1), self.noise(n, seed))
             return [Row(f"image: {name}", torch.cat([source, out]),
                         ["input", "reconstruction"] + [f"variation {i}" for i in range(1, n)])]
-        prior = self.flow("--vary")
-        varied = prior.vary(code.expand(n - 1, -1, -1), vary, torch.Generator().manual_seed(seed), steps=steps)
+        varied = self.edit_codes(code.expand(n - 1, -1, -1), vary, seed, prompt, guidance, steps)
         # one code per pass: a batched pass differs from a single one in the last bits, and T = 0 must give
         # the reconstruction exactly
         out = torch.cat([self.generate(c[None], self.noise(1, seed)) for c in torch.cat([code, varied])])
-        return [Row(f"image: {name}, flow variations at T={vary} ({self._settings(steps)})",
-                    torch.cat([source, out]), ["input", "reconstruction"] + [f"T={vary} #{i}" for i in range(1, n)])]
+        what = (f'edits toward "{prompt}" at T={vary} ({self._settings(steps, self._guidance(guidance))})' if prompt
+                else f"flow variations at T={vary} ({self._settings(steps)})")
+        return [Row(f"image: {name}, {what}", torch.cat([source, out]),
+                    ["input", "reconstruction"] + [f"T={vary} #{i}" for i in range(1, n)])]
+
+    def edit_codes(self, codes: torch.Tensor, t: float, seed: int, prompt: str | list[str] | None = None,
+                   guidance: float | None = None, steps: int | None = None) -> torch.Tensor:
+        """``codes`` noised to flow time ``t`` and integrated back, under a prompt (one, or one per code) or none."""
+        prior = self.flow("--vary")
+        cond = None
+        if prompt is not None:
+            prompts = [prompt] * len(codes) if isinstance(prompt, str) else prompt
+            cond = self.text_condition(prompts)
+        return prior.vary(codes, t, torch.Generator().manual_seed(seed), cond=cond, steps=steps,
+                          guidance=self._guidance(guidance))
+
+    def _guidance(self, guidance: float | None) -> float:
+        return self.flow("--prompt").cfg.guidance if guidance is None else guidance
 
     def from_prompts(self, prompts: list[str], n: int, seed: int, guidance: float | None = None,
                      steps: int | None = None) -> list[Row]:
-        """Per prompt, ``n`` codes from the prior conditioned on its text embedding (the same noise for every prompt)."""
-        prior = self.flow("--prompt")
-        guidance = prior.cfg.guidance if guidance is None else guidance
-        rows = []
-        for prompt, emb in zip(prompts, self.text_condition(prompts), strict=True):
-            codes = prior.sample(n, torch.Generator().manual_seed(seed), cond=emb[None].expand(n, -1),
-                                 guidance=guidance, steps=steps)
-            rows.append(Row(f'"{prompt}" ({self._settings(steps, guidance)})', self.generate(codes, self.noise(n, seed))))
-        return rows
+        """Per prompt, ``n`` codes from the prior conditioned on its text embedding (the same noise for every prompt).
+
+        So column ``i`` of every row starts from the same prior noise and
+        the same generator noise: down a column, only the words change.
+        """
+        guidance = self._guidance(guidance)
+        return [Row(f'"{prompt}" ({self._settings(steps, guidance)})',
+                    self.from_condition(emb[None].expand(n, -1), seed, guidance, steps))
+                for prompt, emb in zip(prompts, self.text_condition(prompts), strict=True)]
+
+    def from_condition(self, cond: torch.Tensor, seed: int, guidance: float | None = None,
+                       steps: int | None = None) -> torch.Tensor:
+        """Images of the prior's codes for ``cond`` ``[n, clip_dim]`` (unit vectors), with the noise of ``seed``."""
+        codes = self.flow("--prompt").sample(len(cond), torch.Generator().manual_seed(seed), cond=cond,
+                                             guidance=self._guidance(guidance), steps=steps)
+        return self.generate(codes, self.noise(len(cond), seed))
 
     def prior_codes(self, n: int, seed: int, kind: str = "flow", steps: int | None = None) -> torch.Tensor:
         """Unconditional codes from the flow prior, or from the PCA Gaussian baseline (``kind="pca"``)."""
@@ -196,47 +207,6 @@ def swap_region(base: torch.Tensor, donor: torch.Tensor, region: str) -> torch.T
           "left": (slice(None), slice(0, h)), "right": (slice(None), slice(g - h, g))}[region]
     out[:, sl[0], sl[1]] = src[:, sl[0], sl[1]]
     return out.view(b, t, d)
-
-
-def save_grid(rows: list[Row], path: str | Path, cell: int = 96) -> Path:
-    """One PNG: a label strip above each row of images (upscaled to ``cell`` px)."""
-    tiles = []
-    for row in rows:
-        imgs = torch.nn.functional.interpolate(row.images, size=cell, mode="nearest")
-        grid = make_grid(imgs, nrow=len(imgs), padding=2, pad_value=1.0)
-        arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        strip = Image.new("RGB", (arr.shape[1], 30 if row.captions else 16), "white")
-        draw = ImageDraw.Draw(strip)
-        draw.text((4, 2), row.label, fill="black")
-        for i, caption in enumerate(row.captions):
-            draw.text((4 + i * (cell + 2), 16), caption[: cell // 6], fill=(90, 90, 90))
-        tiles.append(np.concatenate([np.asarray(strip), arr]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(stack(tiles)).save(path)
-    return path
-
-
-def stack(tiles: list[np.ndarray]) -> np.ndarray:
-    """HWC uint8 tiles one above the other, left-aligned on white."""
-    canvas = np.full((sum(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles), 3), 255, np.uint8)
-    y = 0
-    for t in tiles:
-        canvas[y : y + t.shape[0], : t.shape[1]] = t
-        y += t.shape[0]
-    return canvas
-
-
-def save_each(rows: list[Row], directory: str | Path) -> list[Path]:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for r, row in enumerate(rows):
-        for i, img in enumerate(row.images):
-            p = directory / f"row{r}_{i:02d}.png"
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(p)
-            paths.append(p)
-    return paths
 
 
 def _sampler(run: str | Path | Sampler) -> Sampler:
@@ -280,15 +250,21 @@ def sample(run: str | Path | Sampler, out: str | Path, *, from_image: str | None
 
     ``prior``: ``"flow"`` (the flow-matching prior) or ``"pca"`` (the
     baseline); ``steps``: the prior's K, ``cfg_scale``: the prompts'
-    guidance (default: the prior's config).
+    guidance (default: the prior's config). ``from_image`` with ``prompts``
+    and ``vary`` edits the image toward each prompt, one row each, instead
+    of sampling the prompts from scratch.
     """
     check_flags(from_image=from_image, vary=vary, prompts=prompts, cfg_scale=cfg_scale, prior=prior, mix=mix,
                 steps=steps)
     sampler = _sampler(run)
     rows: list[Row] = []
-    if from_image:
+    edits = bool(from_image and prompts and vary is not None)  # --from-image X --prompt P --vary T: this face, but P
+    if from_image and not edits:
         rows += sampler.from_image(from_image, n, seed, vary=vary, steps=steps)
-    if prompts:
+    if edits:
+        rows += [row for p in prompts for row in sampler.from_image(from_image, n, seed, vary=vary, steps=steps,
+                                                                   prompt=p, guidance=cfg_scale)]
+    elif prompts:
         rows += sampler.from_prompts(prompts, n, seed, guidance=cfg_scale, steps=steps)
     if prior:
         rows += sampler.from_prior(n, seed, kind=prior, steps=steps)

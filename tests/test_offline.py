@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raydino.models.tiny import save_tiny_clip, save_tiny_dino
+from raydino.models.tiny import save_tiny_dino
+from raydino.models.tiny_clip import save_tiny_clip
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,10 +29,35 @@ EVAL = {
     "clip_score/a face with red hair": 0.312345, "clip_score/a smiling face with glasses": 0.287654,
     "clip_score/matched": 0.3, "clip_score/mismatched": 0.2123456,
     "fd_dinov2/prior_pca": 67.89012, "fd_dinov2/floor": 1.234567, "fd_dinov2/n": 8, "fd_dinov2/prior_steps": 8,
-    "hair/n_per_prompt": 16, "hair/accuracy": 0.5833333, "hair/accuracy_real": 0.9791667,
-    "hair/red/sample_rgb": [180.1, 70.2, 40.3], "hair/red/real_rgb": [190.0, 62.5, 30.1], "hair/red/real_n": 3,
-    "hair/red/distance": 17.65432,
     "noise_spread": 0.3456789, "noise_spread/codes": 16, "noise_spread/draws": 8, "sharpness_ratio": 0.8123456,
+}
+CONTROLLED = ("hair_colour", "hair_style", "glasses", "smile")  # the text-control table's columns, then the mean
+TEXT_CONTROL_ROWS = {  # text_control/<what> -> the label of its row in the report's text-control table
+    "caption_words": "prompts in the captions' words", "user_words": "prompts in a user's words",
+    "full_captions": "full captions", "reconstructions": "reconstructions", "oracle": "oracle conditioning",
+    "unconditional": "unconditional samples", "chance": "chance",
+}
+EVAL |= {  # the text-control figures: every one distinct, so a figure in the wrong row or column shows
+    "text_control/n_per_prompt": 32, "text_control/guidance": 3.0,
+    "text_control/prompts": {"caption_words": ["a face with red hair", "a smiling face"],
+                             "user_words": ["someone with red hair", "someone smiling"]},
+    "text_control/full_captions/prompts": ["a smiling face with short red hair and glasses"],
+    **{f"text_control/{what}" + (f"/{name}" if name else ""): round(0.1012345 + 0.1 * i + 0.01 * j, 7)
+       for i, what in enumerate(TEXT_CONTROL_ROWS) for j, name in enumerate(("", *CONTROLLED))},
+    "text_control/curve": [{"guidance": 1.0, "user_words": 0.4123457, "oracle": 0.5234568, "fd_dinov2": 23.45678},
+                           {"guidance": 3.0, "user_words": 0.6345679, "oracle": 0.7456789, "fd_dinov2": 34.56789}],
+    "text_control/edits/t": 0.6, "text_control/edits/faces": 48,
+    "text_control/edits/asked": 0.5432109, "text_control/edits/kept": 0.8765431,
+    "text_control/edits/asked/hair_colour": 0.6012345, "text_control/edits/asked/hair_style": 0.4123456,
+    "text_control/edits/asked/glasses": 0.7234567, "text_control/edits/asked/smile": 0.4358025,
+    "text_control/edits/kept/hair_colour": 0.8901234, "text_control/edits/kept/hair_style": 0.8512345,
+    "text_control/edits/kept/glasses": 0.9123456, "text_control/edits/kept/smile": 0.8524691,
+    "text_control/edits/curve": [{"t": 0.3, "asked": 0.2345678, "kept": 0.9456789},
+                                 {"t": 0.9, "asked": 0.7654321, "kept": 0.6543219}],
+    "text_encoder/flip/n": 48, "text_encoder/flip/hair_colour": 0.9583333, "text_encoder/flip/hair_colour/margin": 0.0412345,
+    "text_encoder/flip/hair_style": 0.8541667, "text_encoder/flip/hair_style/margin": 0.0223456,
+    "text_encoder/flip/glasses": 0.6041667, "text_encoder/flip/glasses/margin": 0.0034567,
+    "text_encoder/flip/smile": 0.5208333, "text_encoder/flip/smile/margin": 0.0005678,
 }
 COMPARE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
                  "train_encoder/dist_unweighted": 0.0791357}
@@ -110,7 +137,7 @@ def layout(tmp_path_factory) -> Path:
         _events(sweep / "trials" / t["trial_id"] / "tb", {"val/dist_unweighted": [0.2, t["val/dist_unweighted"]]})
     samples = root / "samples"
     samples.mkdir()
-    for name in ("image.png", "prompts.png", "prior.png", "noise.png", "noise-compare.png"):  # no mix.png
+    for name in ("image.png", "prompts.png", "edits.png", "prior.png", "noise.png", "noise-compare.png"):  # no mix
         Image.fromarray(_grid(32, seed=len(name))).save(samples / name)
     (root / "runs" / "compare-energy").mkdir()
     (root / "runs" / "compare-energy" / "eval.json").write_text(json.dumps(COMPARE_EVAL))
@@ -145,7 +172,7 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert page == layout / "report" / "index.html"  # the standard layout's default
     sources = _check_images(page)
     names = {Path(s).name for s in sources}
-    assert {"stage_16.png", "stage_32.png", "image.png", "prompts.png", "prior.png"} <= names
+    assert {"stage_16.png", "stage_32.png", "image.png", "prompts.png", "edits.png", "prior.png"} <= names
     assert {"stage_16_step10.png", "stage_16_step40.png"} <= names  # snapshots from TensorBoard
     assert sum(n.startswith("pyramid_") for n in names) == 4 * 3  # 4 images x (thumbnail + 2 levels)
     text = page.read_text()
@@ -167,9 +194,48 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert {"noise.png", "noise-compare.png"} <= {Path(s).name for s in _sources(page)}
     assert "<svg" in text and "Validation patch distance" in text and "Validation curve of each trial" in text
     prior = text.split('<section id="prior-figures">', 1)[1].split("</section>", 1)[0]
-    for key in ("fd_dinov2/prior", "fd_dinov2/prior_pca", "fd_dinov2/floor", "hair/accuracy", "hair/red/distance"):
-        assert f"{EVAL[key]:.4g}" in prior, key  # flow and PCA side by side with their floor; the hair test
-    assert "K = 8" in prior and "[180.1, 70.2, 40.3]" in prior
+    for key in ("fd_dinov2/prior", "fd_dinov2/prior_pca", "fd_dinov2/floor"):
+        assert f"{EVAL[key]:.4g}" in prior, key  # flow and PCA side by side with their floor
+    assert "K = 8" in prior
+
+
+def _section(text: str, sid: str) -> str:
+    return text.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
+
+
+def _row(section: str, label: str) -> list[str]:
+    """The cells, as text, of the one table row whose first cell starts with ``label``."""
+    rows = [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", section)]
+    found = [cells for cells in rows if cells and cells[0].startswith(label)]
+    assert len(found) == 1, f"{len(found)} rows labelled {label!r}"
+    return found[0]
+
+
+def test_report_shows_text_control_figures_beside_their_labels(layout: Path) -> None:
+    text = write_report(layout / "runs" / "train", out=layout / "text-control" / "index.html").read_text()
+    control = _section(text, "text-control")
+    for what, label in TEXT_CONTROL_ROWS.items():  # per attribute, then the mean, in the row of its label
+        assert _row(control, label)[1:] == [fmt(EVAL[f"text_control/{what}/{name}"]) for name in CONTROLLED] + [
+            fmt(EVAL[f"text_control/{what}"])], label
+    assert "32 samples per prompt" in control and "guidance 3" in control
+    prompts = control.split("<details", 1)[1].split("</details>", 1)[0]  # the prompts of each wording
+    assert all(f"“{p}”" in prompts for p in ("a face with red hair", "someone smiling",
+                                             "a smiling face with short red hair and glasses"))
+    assert _row(control, "nearer the true caption")[1:] == [fmt(EVAL[f"text_encoder/flip/{n}"]) for n in CONTROLLED]
+    assert _row(control, "mean margin")[1:] == [fmt(EVAL[f"text_encoder/flip/{n}/margin"]) for n in CONTROLLED]
+    for point in EVAL["text_control/curve"]:  # guidance, user words, oracle, FD
+        assert _row(control, fmt(point["guidance"]))[1:] == [fmt(point[k]) for k in ("user_words", "oracle", "fd_dinov2")]
+    assert _row(control, "3 (the run's)")  # the run's own guidance is marked
+    for kind, label in (("asked", "asked value shown"), ("kept", "other attributes kept")):
+        assert _row(control, label)[1:] == [fmt(EVAL[f"text_control/edits/{kind}/{n}"]) for n in CONTROLLED] + [
+            fmt(EVAL[f"text_control/edits/{kind}"])], kind
+    for point in [*EVAL["text_control/edits/curve"], {"t": 0.6, "asked": EVAL["text_control/edits/asked"],
+                                                      "kept": EVAL["text_control/edits/kept"]}]:
+        assert _row(control, fmt(point["t"]))[1:] == [fmt(point["asked"]), fmt(point["kept"])], point["t"]
+    assert _row(control, "0.6 (sample.edit_t)")  # the preset T, in its place on the T curve
+    samples = _section(text, "samples")
+    assert "a column shows what the words change" in samples and "edits.png" in samples
 
 
 def test_report_with_only_a_config(tmp_path: Path) -> None:
@@ -180,7 +246,7 @@ def test_report_with_only_a_config(tmp_path: Path) -> None:
     _check_images(page)
     text = page.read_text()
     for said in ("No eval.json", "No metrics.json", "No validation grids", "No samples folder", "No pyramid found",
-                 "No TensorBoard scalars", "No Tune sweep"):
+                 "No TensorBoard scalars", "No Tune sweep", "No text-control figures"):
         assert said in text, said
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import chromium
 import numpy as np
@@ -30,14 +31,18 @@ from raydino.layout import Run
 from raydino.models.flow_prior import FlowPrior, metadata
 from raydino.models.generator import ProgressiveGenerator
 from raydino.sampling import Sampler
+from raydino.serve.faces import Faces
 from raydino.train import checkpoint
 
 LIMITS = ["serve.max_images=4", "serve.max_prompt_chars=40", "serve.max_body_bytes=20000", "serve.batch_wait_s=0.2",
           "serve.num_cpus=0.5", "serve.replicas=1"]
 
 
-def write_run(folder, tiny_models, prior: bool = True):
-    """A finished run of the demo's shapes with random weights: a config, a generator and, with ``prior``, a prior."""
+def write_run(folder, tiny_models, prior: bool = True, clip_dim: int = 32):
+    """A finished run of the demo's shapes with random weights: a config, a generator and, with ``prior``, a prior.
+
+    ``clip_dim=0``: the prior is unconditional, as one trained on a pyramid without a CLIP column.
+    """
     cfg = load_config("demo", overrides=[f"pyramids.dino={tiny_models['dino']}", f"pyramids.clip={tiny_models['clip']}",
                                          "prior.width=64", "prior.sample_steps=4", *LIMITS])
     folder.mkdir(parents=True)
@@ -47,7 +52,7 @@ def write_run(folder, tiny_models, prior: bool = True):
     generator = ProgressiveGenerator(cfg.model, 48, grid)
     save_file(generator.state_dict(), str(folder / Run.GENERATOR), metadata=checkpoint.generator_metadata(generator))
     if prior:
-        model = FlowPrior(cfg.prior, grid * grid, 48, clip_dim=32)
+        model = FlowPrior(cfg.prior, grid * grid, 48, clip_dim=clip_dim)
         save_file(model.state_dict(), str(Run(folder).prior), metadata=metadata(model))
     return folder
 
@@ -68,6 +73,20 @@ def server(tmp_path_factory, ray_local, tiny_models):
     serve.shutdown()
 
 
+@pytest.fixture(scope="module")
+def unconditional(server, tmp_path_factory, tiny_models):
+    """A second application beside ``server``'s, at ``/unconditional``: a run whose prior never saw text."""
+    from ray import serve
+
+    from raydino.serve.app import application
+
+    run = write_run(tmp_path_factory.mktemp("serve") / "run", tiny_models, clip_dim=0)
+    serve.run(application(run, load_config(config_file=str(run / "config.yaml"))), name="unconditional",
+              route_prefix="/unconditional")
+    yield "/unconditional"
+    serve.delete("unconditional")
+
+
 def call(server, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=120)
     conn.request(method, path, body, headers or {})
@@ -79,6 +98,12 @@ def call(server, method: str, path: str, body: bytes | str | None = None, header
 
 def generate(server, **body):
     status, _, data = call(server, "POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+    assert status == 200, data
+    return json.loads(data)
+
+
+def vary(server, face: bytes, prefix: str = "", **query) -> dict:
+    status, _, data = call(server, "POST", f"{prefix}/vary?{urlencode(query)}", face, {"Content-Type": "image/png"})
     assert status == 200, data
     return json.loads(data)
 
@@ -125,6 +150,51 @@ def test_vary_answers_an_uploaded_face_with_its_reconstruction_and_variations(se
     assert np.abs(got.astype(int) - as_uint8(row.images[1:]).astype(int)).max() <= 1
 
 
+def test_vary_with_a_prompt_answers_edits_and_echoes_prompt_and_cfg(server, faces_dir):
+    path = sorted(faces_dir.glob("*.png"))[0]
+    answer = vary(server, path.read_bytes(), t=0.6, n=3, seed=1, prompt=" someone smiling ", cfg=1.5)
+    assert (answer["prompt"], answer["cfg"], answer["t"], answer["n"]) == ("someone smiling", 1.5, 0.6, 3)
+    got = np.stack([pixels(b) for b in answer["images"]])
+    (row,) = Sampler(server["run"], device="cpu").from_image(path, 3, 1, vary=0.6, prompt="someone smiling",
+                                                             guidance=1.5)
+    assert got.shape == (3, 32, 32, 3)
+    assert np.abs(got.astype(int) - as_uint8(row.images[1:]).astype(int)).max() <= 1
+    guidance = json.loads(call(server, "GET", "/healthz")[2])["guidance"]
+    assert vary(server, path.read_bytes(), n=2, prompt="someone smiling")["cfg"] == guidance  # the prior's own
+    plain = vary(server, path.read_bytes(), n=2)
+    assert (plain["prompt"], plain["cfg"]) == (None, None)  # no prompt: no guidance
+
+
+def test_vary_at_t_0_with_a_prompt_gives_the_face_itself(server, faces_dir):
+    answer = vary(server, sorted(faces_dir.glob("*.png"))[1].read_bytes(), t=0, n=3, seed=2, prompt="someone smiling",
+                  cfg=4)
+    reconstruction, *edits = answer["images"]
+    assert len(edits) == 2 and all(edit == reconstruction for edit in edits)
+
+
+def test_faces_vary_edits_toward_the_prompt_with_its_guidance(tmp_path, tiny_models, faces_dir):
+    """The served prior's zero output layers ignore the prompt; nudged, its edits show the prompt and cfg arrive."""
+    faces = Faces(write_run(tmp_path / "run", tiny_models), device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in faces.prior.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    face = sorted(faces_dir.glob("*.png"))[0].read_bytes()
+    smiling = faces.vary(face, 0.6, 3, 1, prompt="someone smiling", guidance=3.0)
+    plain = faces.vary(face, 0.6, 3, 1)
+    assert torch.equal(smiling[0], plain[0])  # the reconstruction is the face's, whatever the prompt
+    assert not torch.equal(smiling[1:], plain[1:])
+    assert not torch.equal(smiling[1:], faces.vary(face, 0.6, 3, 1, prompt="someone frowning", guidance=3.0)[1:])
+    assert not torch.equal(smiling[1:], faces.vary(face, 0.6, 3, 1, prompt="someone smiling", guidance=1.0)[1:])
+
+
+def test_a_prompt_for_an_unconditional_prior_is_refused(server, unconditional, faces_dir):
+    face = sorted(faces_dir.glob("*.png"))[0].read_bytes()
+    status, _, data = call(server, "POST", f"{unconditional}/vary?prompt=someone%20smiling", face)
+    assert status == 422 and "this run's prior is unconditional" in data.decode() and "prompt" in data.decode(), data
+    assert len(vary(server, face, unconditional, n=2)["images"]) == 2  # its flow variations still come
+
+
 BAD = [
     ("POST", "/generate", {"prompt": ""}, 422, "prompt must be a non-empty string"),
     ("POST", "/generate", {"prompt": "x" * 41}, 422, "over serve.max_prompt_chars=40"),
@@ -143,6 +213,12 @@ BAD = [
     ("POST", "/vary", b"\x89PNG" + b"\0" * 20000, 413, "over serve.max_body_bytes=20000"),
     ("POST", "/vary?t=2", b"x", 422, "t=2.0 must be in [0, 1]"),
     ("POST", "/vary?seed=-3", b"x", 422, "seed=-3 must be at least 0"),
+    ("POST", "/vary?prompt=", b"x", 422, "prompt must be a non-empty string (leave it out for flow variations)"),
+    ("POST", "/vary?prompt=%20%20", b"x", 422, "prompt must be a non-empty string (leave it out for flow variations)"),
+    ("POST", f"/vary?prompt={'x' * 41}", b"x", 422, "prompt is 41 characters, over serve.max_prompt_chars=40"),
+    ("POST", "/vary?prompt=a%20face&cfg=high", b"x", 422, "cfg must be a number in [0, 20], got 'high'"),
+    ("POST", "/vary?prompt=a%20face&cfg=21", b"x", 422, "cfg must be a number in [0, 20], got 21.0"),
+    ("POST", "/vary?cfg=2", b"x", 422, "cfg is the guidance of a prompt's edits"),
 ]
 
 
@@ -190,6 +266,35 @@ def test_the_page_shows_faces_for_a_typed_prompt_in_headless_chromium(server):
         captions = browser.evaluate("[...document.querySelectorAll('#faces figcaption')].map(c => c.textContent)")
         assert all(" ms (batch of " in c for c in captions), captions
         assert browser.evaluate("document.getElementById('error').textContent") == ""
+    finally:
+        browser.close()
+
+
+@pytest.mark.skipif(chromium.find() is None, reason="no Chromium on this machine (apt-get install chromium)")
+def test_the_page_edits_an_uploaded_face_in_headless_chromium(server, faces_dir):
+    face = base64.b64encode(sorted(faces_dir.glob("*.png"))[0].read_bytes()).decode()
+    browser = chromium.Browser(chromium.find())
+    try:
+        browser.open(f"http://127.0.0.1:{server['port']}/")
+        browser.wait_for("document.getElementById('run').textContent.includes('32 px')")
+        browser.evaluate(f"""{{  // what choosing the file does: a page cannot be handed a path
+            const files = new DataTransfer();
+            files.items.add(new File([Uint8Array.from(atob("{face}"), (c) => c.charCodeAt(0))], "face.png"));
+            document.getElementById("face").files = files.files;
+        }}""")
+        browser.type("#edit-prompt", "someone smiling")
+        browser.evaluate("document.getElementById('edit-go').click()")
+        loaded = "[...document.querySelectorAll('#edits img')].filter(i => i.complete && i.naturalWidth === 32).length"
+        assert browser.wait_for(f"{loaded} === 4 && {loaded}") == 4
+        captions = browser.evaluate("[...document.querySelectorAll('#edits figcaption')].map(c => c.textContent)")
+        assert captions[0].startswith("reconstruction: ") and captions[1:] == [f"edit {i} at T=0.6" for i in (1, 2, 3)]
+        assert browser.evaluate("document.getElementById('edit-error').textContent") == ""
+
+        browser.type("#edit-prompt", "x" * 30)  # 45 characters now: the server's refusal is shown, not faces
+        browser.evaluate("document.getElementById('edit-go').click()")
+        error = browser.wait_for("document.getElementById('edit-error').textContent")
+        assert "over serve.max_prompt_chars=40" in error
+        assert browser.evaluate("document.querySelectorAll('#edits img').length") == 0
     finally:
         browser.close()
 

@@ -112,7 +112,16 @@ def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
     assert trained["prior/memorisation/train_rows"] > 0 and trained["prior/memorisation/n"] == 16
     assert trained["prior/memorisation/ratio"] > 0.5, trained["prior/memorisation/ratio"]
     assert "prior/memorisation/ratio" not in untrained
-    assert 0 <= trained["hair/accuracy"] <= 1 and trained["hair/n_per_prompt"] == 16
+    # text control: every wording and reference per attribute, the flip test, the curves (their values: test_text_control)
+    assert trained["text_control/n_per_prompt"] == 32 and trained["text_encoder/flip/n"] == 32
+    for what in ("caption_words", "user_words", "full_captions", "reconstructions", "oracle", "unconditional", "chance"):
+        assert all(0 <= trained[f"text_control/{what}/{a}"] <= 1 for a in ("hair_colour", "hair_style", "glasses",
+                                                                            "smile")), what
+    assert [p["guidance"] for p in trained["text_control/curve"]] == [1.0, 2.0, 3.0, 5.0]
+    assert "text_control/user_words" not in untrained
+    # the faces have captions: the prior learned from their text embeddings, as a prompt will reach it
+    assert json.loads((text_run["run"] / "prior.json").read_text())["conditioned_on"] == "text"
+    assert Sampler(text_run["run"], device="cpu").flow("").cfg.condition == "text"
     assert "dinov2-tiny-fd" in trained["eval_encoder"] and "dinov2-tiny " in trained["training_encoder"]
     assert trained["n"] == 32 and trained["fd_dinov2/n"] == 16 and trained["resolution"] == 16
     assert 0 < trained["fd_dinov2/floor"] == untrained["fd_dinov2/floor"]  # real halves: the run plays no part
@@ -131,6 +140,15 @@ def test_vary_zero_is_the_reconstruction_and_one_forgets_the_image(text_run):
     assert not torch.equal(a, same[2:])
     half = s.from_image(faces[0], n=3, seed=0, vary=0.5)[0].images
     assert not torch.equal(half[2], half[1]) and not torch.equal(half[2:], a)
+
+
+def test_an_edit_at_t_zero_is_the_face_itself_and_its_prompt_steers_it_above(text_run):
+    s, face = Sampler(text_run["run"], device="cpu"), sorted(text_run["faces"].glob("*.png"))[0]
+    (row,) = s.from_image(face, n=3, seed=0, vary=0.0, prompt=PROMPTS[0])
+    assert torch.equal(row.images[2], row.images[1]) and torch.equal(row.images[3], row.images[1])
+    assert row.label.startswith(f"image: {face.name}, edits toward \"{PROMPTS[0]}\" at T=0.0")
+    red, blue, plain = (s.from_image(face, n=3, seed=0, vary=0.7, prompt=p)[0].images[2:] for p in (*PROMPTS, None))
+    assert not torch.equal(red, blue) and not torch.equal(red, plain)  # the words reach the flow
 
 
 def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):

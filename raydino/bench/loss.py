@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 
 from raydino.bench.record import header, save
 from raydino.bench.train import device_phase
+from raydino.grids import stack
 from raydino.layout import Output, Run, Samples
-from raydino.sampling import stack
 
 FIGURES = ("noise_spread", "sharpness_ratio", "fd_dinov2/reconstructions", "fd_dinov2/floor", "fd_dinov2/n",
            "train_encoder/dist_unweighted")

@@ -18,6 +18,7 @@ from raydino.config.training import PriorConfig, RayWorkers, TrainConfig
 
 LOSS_KINDS = ("energy", "regression")
 SOLVERS = ("euler", "heun")
+CONDITIONS = ("text", "image")  # what the flow prior is conditioned on (train/conditions.py)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DINO_PATCH = 14  # every DINOv2 (and the demo's tiny stand-ins) cuts 14 x 14 px patches
 BASE_RESOLUTION = 16  # the generator's first block
@@ -115,6 +116,9 @@ def check_prior(prior: PriorConfig, code_grid: int) -> None:
     check_workers(prior, "prior")
     _need(prior.batch_size >= 1 and prior.batch_size % prior.num_workers == 0,
           f"prior.batch_size={prior.batch_size} must be a positive multiple of prior.num_workers={prior.num_workers}")
+    _need(prior.condition in CONDITIONS, f"prior.condition={prior.condition} is not one of {', '.join(CONDITIONS)}")
+    _need(prior.caption_variants >= 1, f"prior.caption_variants={prior.caption_variants} must be at least 1")
+    _need(prior.time_shift > 0, f"prior.time_shift={prior.time_shift} must be positive")
     _need(prior.sample_steps >= 1, f"prior.sample_steps={prior.sample_steps} must be at least 1")
     _need(prior.steps >= 0, f"prior.steps={prior.steps} must be at least 0")
 

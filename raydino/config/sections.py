@@ -48,6 +48,10 @@ class TinyModelsConfig:
     lr: float = 5e-3
     probe_faces: int = 192
     clip_fit_steps: int = 300  # the tiny CLIP: contrastive steps on the run's captions
+    clip_image_size: int = 64  # its image tower's input side
+    clip_lr: float = 1e-3
+    clip_minimal_pairs: bool = True  # synthetic faces: each face's counterfactual and its caption (models/tiny_clip.py)
+    clip_attribute_weight: float = 1.0  # synthetic faces: attribute read-outs of the image side, thrown away
     processes: int = 2  # models trained at once, one thread each (the same weights with any count)
 
 
@@ -120,11 +124,18 @@ class LossConfig:
 
 @dataclass
 class SampleConfig:
-    """Sampling: grid size, seed and the run's prompts (``raydino eval`` scores the same prompts)."""
+    """Sampling: grid size, seed and the run's prompts (``raydino eval`` scores the same prompts).
+
+    ``edit_t``: the flow time a text-guided edit noises a face's code to
+    (``raydino sample --from-image X --prompt P --vary T``'s default in the
+    report and ``raydino eval``): lower keeps more of the face, higher obeys
+    the prompt more (the T curve in docs/prior.md).
+    """
 
     n: int = 8
     seed: int = 0
     prompts: list[str] = field(default_factory=list)
+    edit_t: float = 0.6
 
 
 @dataclass

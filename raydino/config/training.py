@@ -90,7 +90,11 @@ class PriorConfig(RayWorkers):
     ``batch_size`` codes (global) through the generator's machinery.
     ``clip_noise``: LAFITE's perturbation level of the CLIP image embedding;
     ``cond_dropout``: the share of codes trained without their condition
-    (what classifier-free guidance needs). Sampling: ``sample_steps`` (K)
+    (what classifier-free guidance needs). ``condition``: ``text`` conditions
+    on the text embeddings of ``caption_variants`` captions per image where
+    the images have captions (else, and with ``image``, on the image
+    embedding; docs/prior.md). ``time_shift``: RAE's shift of the noise
+    schedule towards noise (1: none). Sampling: ``sample_steps`` (K)
     ``solver`` steps, guidance scale ``guidance``. The PCA Gaussian baseline
     keeps ``pca_components`` and is fitted, like the code statistics, on the
     first ``fit_rows`` rows only. Its workers, GPUs, retries and data
@@ -110,6 +114,9 @@ class PriorConfig(RayWorkers):
     grad_clip: float = 1.0
     clip_noise: float = 0.1
     cond_dropout: float = 0.1
+    condition: str = "text"
+    caption_variants: int = 8
+    time_shift: float = 1.0
     sample_steps: int = 8
     solver: str = "heun"
     guidance: float = 2.0

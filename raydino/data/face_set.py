@@ -55,8 +55,9 @@ def attribute_labels(attrs: FaceAttributes) -> list[int]:
 def prompt_labels(prompt: str) -> list[int]:
     """The attributes a caption-like prompt names (``UNKNOWN`` for the others).
 
-    Understands the captions' own words: "red hair", "short ... hair", "a bald
-    head", "smiling"/"neutral", "glasses" ("no glasses"/"without glasses").
+    Understands the captions' own words and the phrasings' (``data/phrasing.py``):
+    "red hair", "short ... hair", "a bald head", "smiling" ("neutral",
+    "serious", "not smiling"), "glasses" ("no", "without", "not wearing glasses").
     """
     text = prompt.lower()
     found: dict[str, str] = {}
@@ -66,11 +67,11 @@ def prompt_labels(prompt: str) -> list[int]:
         found["hair_style"] = m.group(1)
     if re.search(r"\bbald\b", text):
         found["hair_style"] = "bald"
-    if re.search(r"\b(smiling|smile|smiles)\b", text):
-        found["smile"] = "yes"
-    elif re.search(r"\bneutral\b", text):
+    if re.search(r"\b(neutral|serious|not smiling)\b", text):
         found["smile"] = "no"
-    if re.search(r"\b(no|without)\s+glasses\b", text):
+    elif re.search(r"\b(smiling|smile|smiles)\b", text):
+        found["smile"] = "yes"
+    if re.search(r"\b(no|without|not wearing)\s+glasses\b", text):
         found["glasses"] = "no"
     elif re.search(r"\bglasses\b", text):
         found["glasses"] = "yes"

@@ -21,8 +21,8 @@ resized to it before encoding, like the generated ones.
   *training* DINOv2 (labelled so: a generator trained on one network's
   features can score well on it without looking right);
 - CLIP score of prompt samples (through the flow prior), matched against
-  mismatched prompts; on synthetic faces, the hair colour of "red/blonde/black
-  hair" prompt samples against the real faces of that colour (``prompt_hair``);
+  mismatched prompts; on synthetic faces, text control per attribute: prompt
+  samples, text-guided edits, and their references (``text_control``);
 - colour error against the stored thumbnails;
 - attribute agreement of reconstructions, prompt and prior samples, by a
   classifier of the synthetic faces' attributes (``raydino.evaluation.attribute_agreement``);
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydino.data.face_set import labels_for_paths
+from raydino.data.face_set import attribute_labels, attributes_for_paths
 from raydino.data.images import read_image
 from raydino.evaluation.attribute_agreement import attribute_figures
 from raydino.evaluation.memorisation import memorisation_figures
@@ -58,8 +58,11 @@ from raydino.evaluation.metrics import (
     sharpness_ratio,
 )
 from raydino.evaluation.part_figures import part_figures
-from raydino.evaluation.prompt_hair import hair_colour_figures
+from raydino.evaluation.text_control import text_control_figures
+from raydino.evaluation.text_encoder import flip_test
 from raydino.layout import Run
+from raydino.models.encoders import to_float
+from raydino.models.face_attributes import load_classifier
 from raydino.models.loading import Dino, load_dino, require_local
 from raydino.pyramids import schema
 from raydino.pyramids.batch import Targets, columns
@@ -67,7 +70,6 @@ from raydino.sampling import Sampler
 
 SPREAD_DRAWS = 8    # noise draws per code for noise_spread
 SPREAD_CODES = 64   # held-out codes noise_spread averages over (at most)
-HAIR_SAMPLES = 16  # prompt samples per hair colour
 
 
 def prior_samples(s: Sampler, fd_dino: Dino, real_feats: np.ndarray, half: int, seed: int,
@@ -142,12 +144,28 @@ def evaluate(run_dir: str | Path, pyramids: str | Path, n: int | None = None, se
     out |= part_figures(s, recon, real, paths, prior, seed, prompts)
     if prompts and s.cfg.pyramids.clip and s.run.prior.is_file():
         out |= prompt_scores(s, prompts, per_prompt, seed)
-    labels = labels_for_paths(paths)
-    if labels is not None and s.cfg.pyramids.clip and s.run.prior.is_file():
-        out |= hair_colour_figures(s, real, labels, HAIR_SAMPLES, seed)
+    out |= text_control(s, pyramids, paths, targets.code, recon, prior, fd_dino, real_feats, size, seed)
     s.run.eval.write_text(json.dumps(out, indent=1))
     _to_tensorboard(s.run, out)
     return out
+
+
+def text_control(s: Sampler, pyramids: str | Path, paths: list[str], codes: torch.Tensor, recon: torch.Tensor,
+                 prior: torch.Tensor | None, fd_dino: Dino, real_feats: np.ndarray, size: int, seed: int) -> dict:
+    """The ``text_control/*`` figures (:mod:`raydino.evaluation.text_control`); none without a text-conditioned
+    prior, an attribute classifier, or synthetic held-out faces whose attributes are known."""
+    attrs = attributes_for_paths(paths)
+    spec = s.cfg.eval.attribute_classifier
+    if (attrs is None or not spec or not s.cfg.pyramids.clip or prior is None or not s.run.prior.is_file()
+            or not s.flow("").clip_dim):
+        return {}
+    classifier, _ = load_classifier(spec)
+    labels = torch.tensor([attribute_labels(a) for a in attrs], dtype=torch.long)
+    clip_column = torch.from_numpy(schema.read_first_rows(pyramids, [schema.CLIP], len(paths))[schema.CLIP])
+    faces = to_float(np.stack([read_image(p, s.clip.image_size) for p in paths]))
+    return flip_test(s.clip, attrs, faces, seed) | text_control_figures(
+        s, classifier, codes, labels, attrs, clip_column, classifier.predict(recon), prior, fd_dino, real_feats, size,
+        seed, s.cfg.sample.edit_t)
 
 
 def memorisation(s: Sampler, samples: torch.Tensor | None, held_out: torch.Tensor) -> dict:

@@ -40,6 +40,11 @@ def perturb(emb: torch.Tensor, noise: float, rng: torch.Generator | None = None)
     return F.normalize(emb + noise * eps, dim=-1)
 
 
+def shift_time(t: torch.Tensor | float, shift: float) -> torch.Tensor | float:
+    """RAE's schedule shift (Zheng et al. 2025, after SD3): ``s t / (1 + (s - 1) t)``; ``s > 1`` spends more time near noise."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal features of ``t`` in [0, 1] (scaled to 0-1000, as diffusion models' timesteps are)."""
     half = dim // 2
@@ -163,7 +168,9 @@ class FlowPrior(nn.Module):
         solver = solver or self.cfg.solver
         if steps < 1:
             raise ValueError(f"--steps: K must be at least 1, got {steps}")
-        times = torch.linspace(t_from, 0.0, steps + 1).tolist()
+        shift = self.cfg.time_shift  # the grid is even in unshifted time, which starts where t_from is
+        start = t_from / (shift - (shift - 1) * t_from)
+        times = [float(shift_time(u, shift)) for u in torch.linspace(start, 0.0, steps + 1)]
         for i, (t, s) in enumerate(zip(times[:-1], times[1:], strict=True)):
             v = self.velocity(x, t, cond, guidance)
             x_next = x + (s - t) * v
@@ -194,14 +201,14 @@ class FlowPrior(nn.Module):
 
 
 def flow_matching_loss(net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, rng: torch.Generator,
-                       clip_noise: float, cond_dropout: float) -> torch.Tensor:
+                       clip_noise: float, cond_dropout: float, time_shift: float = 1.0) -> torch.Tensor:
     """Rectified-flow loss of one batch of standardised codes ``x``; ``net`` may be DDP-wrapped.
 
     Every random draw (time, noise, perturbation, dropout) comes from
     ``rng``, which the checkpoint carries: a resumed run draws the same.
     """
     b, device = len(x), x.device
-    t = torch.rand(b, generator=rng).to(device)
+    t = shift_time(torch.rand(b, generator=rng), time_shift).to(device)
     noise = torch.randn(x.shape, generator=rng).to(device)
     keep = (torch.rand(b, generator=rng) >= cond_dropout).to(device)
     if cond is not None:
@@ -218,5 +225,5 @@ def metadata(model: FlowPrior) -> dict[str, str]:
 
 def prior_from_header(meta: dict[str, str]) -> FlowPrior:
     """An untrained prior of the config and shape a saved one's safetensors header names."""
-    return FlowPrior(PriorConfig(**json.loads(meta["prior"])), int(meta["tokens"]), int(meta["dim"]),
-                     int(meta["clip_dim"]))
+    cfg = {"condition": "image"} | json.loads(meta["prior"])  # a prior saved before text conditioning: image-conditioned
+    return FlowPrior(PriorConfig(**cfg), int(meta["tokens"]), int(meta["dim"]), int(meta["clip_dim"]))

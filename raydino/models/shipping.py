@@ -24,7 +24,8 @@ import torch
 
 from raydino.config import Config
 from raydino.models.loading import load_clip
-from raydino.models.tiny import SUMMARY, build_tiny_clip, folders, write_tiny_models
+from raydino.models.tiny import SUMMARY, folders, write_tiny_models
+from raydino.models.tiny_clip import build_tiny_clip
 
 PACKAGE = Path(__file__).parents[1]
 SHIPPED = Path(__file__).parent / "shipped"  # prebuilt tiny models, one folder per recipe
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 
 # the modules the tiny models are drawn and trained by: models/tiny.py and what it imports, but config/
 # (the budget is in the recipe itself); tests/test_shipped_models.py checks the list against the imports
-TRAINING_CODE = ("models/tiny.py", "models/encoder_training.py", "models/face_attributes.py",
+TRAINING_CODE = ("models/tiny.py", "models/tiny_clip.py", "models/encoder_training.py", "models/face_attributes.py",
                  "models/part_segmenter.py", "models/probes.py", "models/loading.py", "models/encoders.py",
-                 "data/synth_faces.py", "data/face_set.py", "data/captions.py", "data/images.py", "data/sources.py")
+                 "data/synth_faces.py", "data/face_set.py", "data/phrasing.py", "data/captions.py", "data/images.py",
+                 "data/sources.py")
 
 
 def code_fingerprint() -> str:
@@ -73,7 +75,7 @@ def compact_clip(folder: Path, seed: int) -> None:
     """Replace a fitted tiny CLIP's weights by what differs from its seeded init: 13.5 MB to 0.9 MB.
 
     Of the 49,408 token-embedding rows (most of the model) only the captions'
-    tokens move in the fit (:func:`raydino.models.tiny.fit_tiny_clip`); the rest are rebuilt from
+    tokens move in the fit (:func:`raydino.models.tiny_clip.fit_tiny_clip`); the rest are rebuilt from
     ``seed`` by :func:`expand_clip`.
     """
     from safetensors.torch import load_file, save_file

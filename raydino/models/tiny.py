@@ -23,13 +23,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from raydino.config import Config, PyramidConfig, TinyModelsConfig, load_config, lookup
+from raydino.config import Config, TinyModelsConfig, load_config, lookup
 from raydino.data.captions import caption_pairs
 from raydino.data.face_set import FaceSet, from_folder, from_seed
-from raydino.data.images import UnreadableImage, read_image
 from raydino.models.encoder_training import (
     FD_OBJECTIVE,
     IMAGENET_MEAN,
@@ -38,18 +36,13 @@ from raydino.models.encoder_training import (
     Objective,
     train_encoder,
 )
-from raydino.models.encoders import normalise, to_float
 from raydino.models.face_attributes import save_classifier, train_classifier
 from raydino.models.loading import MARKER, Dino, load_dino, weights_hash
 from raydino.models.part_segmenter import save_segmenter, train_segmenter
 from raydino.models.probes import majority_baseline, probe_encoder
+from raydino.models.tiny_clip import write_tiny_clip
 
 TINY_DINO = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, patch_size=14, image_size=224)
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 # the config keys each tiny model is loaded from: the last part of their paths names its folder
 MODEL_KEYS = {"dino": "pyramids.dino", "fd": "eval.fd_encoder", "clip": "pyramids.clip",
               "attributes": "eval.attribute_classifier", "segmenter": "eval.part_segmenter"}
@@ -81,83 +74,6 @@ def save_tiny_dino(out: str | Path, seed: int = 0, model: torch.nn.Module | None
     ).save_pretrained(out)
     (out / MARKER).write_text(f"{note}, seed {seed}: for tests and the offline demo only\n")
     return out
-
-
-def save_tiny_clip(out: str | Path, seed: int = 0, model: torch.nn.Module | None = None,
-                   note: str = "random weights") -> Path:
-    """A small open_clip model in the layout ``local-dir:`` loads (config + safetensors)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if model is None:
-        torch.manual_seed(seed)
-        model = build_tiny_clip()
-    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}, indent=2))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
-    (out / MARKER).write_text(f"{note}, seed {seed}: for tests and the offline demo only\n")
-    return out
-
-
-def build_tiny_clip() -> torch.nn.Module:
-    from open_clip.model import CLIP
-
-    return CLIP(**TINY_CLIP, output_dict=True)
-
-
-def fit_tiny_clip(model: torch.nn.Module, pairs: list[tuple[str, str]], steps: int = 300, batch_size: int = 64,
-                  seed: int = 0) -> torch.nn.Module:
-    """Contrastively fit a tiny CLIP to ``(image path, caption)`` pairs.
-
-    Real CLIP weights cannot be downloaded offline; a random CLIP would make
-    text control untestable. A few hundred steps of open_clip's own loss on
-    the captions make its text and image spaces agree on what they name.
-    Images decode as the pyramids decode them; a file that does not is
-    skipped and counted in the log. The token embedding takes no weight
-    decay, so the rows of tokens no caption uses keep their seeded values:
-    the shipped build stores only the used rows (:func:`compact_clip`).
-    """
-    import open_clip
-
-    size = TINY_CLIP["vision_cfg"]["image_size"]
-    crops, captions = [], []
-    for path, caption in pairs:
-        try:
-            crops.append(read_image(path, size, max_pixels=PyramidConfig.max_pixels))
-            captions.append(caption)
-        except UnreadableImage as exc:
-            log.info("tiny CLIP fit: skipping (%s)", exc)
-    if not crops:
-        raise ValueError("none of the captioned images can be read: the tiny CLIP has nothing to fit to")
-    images = normalise(to_float(np.stack(crops)), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-    tokens = open_clip.get_tokenizer("ViT-B-32", context_length=TINY_CLIP["text_cfg"]["context_length"])(captions)
-    gen = torch.Generator().manual_seed(seed)
-    loss_fn = open_clip.ClipLoss()
-    embedding = model.token_embedding.weight
-    rest = [p for p in model.parameters() if p is not embedding]
-    opt = torch.optim.AdamW([{"params": rest}, {"params": [embedding], "weight_decay": 0.0}], lr=1e-3, weight_decay=0.1)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
-        out = model(images[idx], tokens[idx])
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def write_tiny_clip(out: Path, pairs: list[tuple[str, str]], seed: int, steps: int, source: str) -> Path:
-    """The tiny CLIP fitted to ``pairs`` (``steps: 0`` or no pairs keep it random, and say so)."""
-    torch.manual_seed(seed)
-    clip = build_tiny_clip()
-    steps = steps if pairs else 0
-    if steps:
-        fit_tiny_clip(clip, pairs, steps=steps, seed=seed)
-    note = f"fitted to {len(pairs)} captions of {source}, {steps} steps" if steps else "random weights"
-    return save_tiny_clip(out, seed, model=clip, note=note)
 
 
 @contextlib.contextmanager
@@ -244,7 +160,7 @@ def _train_one(key: str, out: Path, faces: str, seed: int, budget: TinyModelsCon
     with fixed_threads():
         if key == "clip":
             pairs, source = captions or (caption_pairs(faces), str(faces))
-            return key, write_tiny_clip(out, pairs, seed, budget.clip_fit_steps, source), time.time() - t0
+            return key, write_tiny_clip(out, pairs, seed, budget, source), time.time() - t0
         train = from_folder(faces, max(sizes))
         note = f"trained on the {len(train)} synthetic faces of {faces}"
         if key == "dino":

@@ -4,8 +4,9 @@ The page is a plain file (no server, no JavaScript): images are copied into
 a folder beside it (``<page>_files/``) and curves are inline SVG drawn here
 from the TensorBoard event files. It shows the key figures of ``raydino
 eval``, the validation grids of every stage, the samples of ``raydino
-sample`` (reconstructions, prompts with their CLIP scores, prior, mix), the
-attribute agreement per attribute, the DINOv2 pyramid itself as PCA colours,
+sample`` (reconstructions, prompts with their CLIP scores, edits, prior, mix), the
+attribute agreement per attribute, text control per attribute (prompt samples,
+text-guided edits, the guidance curve), the DINOv2 pyramid itself as PCA colours,
 the training curves, the Tune trials and, for ``raydino tiny-models``
 encoders, their linear probes. A section whose inputs are missing says so and
 names the command that makes them; one unreadable input never costs the
@@ -36,6 +37,7 @@ from raydino.report.inputs import Context, find_inputs
 from raydino.report.markup import esc, missing
 from raydino.report.media import section_pyramid, section_samples, section_stages
 from raydino.report.provenance import section_encoders, section_run
+from raydino.report.text_control import section_text_control
 from raydino.report.training import section_curves, section_tune
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [  # id, title, what
     ("detail", "Detail: noise and sharpness", section_detail),
     ("attributes", "Attribute agreement", section_attributes),
     ("parts", "Parts: are eyes, mouth and glasses drawn?", section_parts),
-    ("prior-figures", "The prior: flow against PCA, and prompts", section_prior),
+    ("prior-figures", "The prior: flow against PCA", section_prior),
+    ("text-control", "Text control", section_text_control),
     ("stages", "Validation grids per stage", section_stages),
     ("samples", "Samples", section_samples),
     ("pyramid", "The feature pyramid", section_pyramid),

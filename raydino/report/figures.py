@@ -1,4 +1,4 @@
-"""Sections of the run's evaluation figures: key figures, detail, attribute agreement, parts, the prior.
+"""Sections of the run's evaluation figures: key figures, detail, attributes, parts, the prior, text control.
 
 Every figure comes with what it means and which way is better, since the
 page is read by people who did not write the evaluation.
@@ -198,7 +198,7 @@ def section_parts(ctx: Context) -> str:
 
 
 def section_prior(ctx: Context) -> str:
-    """The flow prior against the PCA baseline (FD, same floor), its training, and the hair-colour prompt test."""
+    """The flow prior against the PCA baseline (FD, same floor), and its training."""
     ev = ctx.evaluation or {}
     if "fd_dinov2/prior" not in ev:
         return missing(f"No prior figures in {ctx.run.eval.name}: the run has no prior.",
@@ -216,15 +216,4 @@ def section_prior(ctx: Context) -> str:
                      f'{fmt(trained.get("codes_seen"))} codes, final loss <b>{fmt(trained.get("loss"))}</b>, '
                      f'{fmt(trained.get("time_s"))} s; curves in '
                      f'<code>{esc(ctx.run.tb_prior.relative_to(ctx.run.path))}</code>.</p>')
-    if "hair/accuracy" in ev:
-        colours = [k.split("/")[1] for k in ev if k.startswith("hair/") and k.endswith("/distance")]
-        rows = [[f'“a face with {esc(c)} hair”', esc(ev[f"hair/{c}/sample_rgb"]), esc(ev[f"hair/{c}/real_rgb"]),
-                 fmt(ev[f"hair/{c}/real_n"]), fmt(ev[f"hair/{c}/distance"])] for c in colours]
-        parts.append('<h3>Hair colour of prompt samples</h3><p class="lead">Mean RGB of the hair region of '
-                     f'{fmt(ev["hair/n_per_prompt"])} samples per prompt, beside the held-out faces whose captions '
-                     'name that colour. A sample counts as right when its hair colour is nearer to its prompt\'s real '
-                     'mean than to the other two.</p>'
-                     + table(["prompt", "samples (RGB)", "real faces (RGB)", "real n", "distance"], rows)
-                     + f'<p class="small">Right colour: <b>{fmt(ev["hair/accuracy"])}</b> of the prompt samples '
-                       f'(real faces: {fmt(ev["hair/accuracy_real"])}; chance: 0.3333).</p>')
     return "".join(parts)

@@ -26,8 +26,14 @@ SAMPLE_FILES = {  # file in the samples folder -> (section id, title, what it sh
                     "(its coarsest DINOv2 level) alone; the rest: the same code with new noise.",
                     f"raydino sample --run RUN --from-image IMAGE --out SAMPLES/{Samples.IMAGE}"),
     Samples.PROMPTS: ("prompts", "Text prompts",
-                      "Each row: one prompt, CLIP text embedding -> coarse code -> image, with different noise.",
+                      "Each row: one prompt, CLIP text embedding -> coarse code -> image. The prior's noise and the "
+                      "generator's noise are the same down each column, so a column shows what the words change.",
                       f"raydino sample --run RUN --prompt TEXT ... --out SAMPLES/{Samples.PROMPTS}"),
+    Samples.EDITS: ("edits", "Text-guided edits",
+                    "Each row: a held-out face, its reconstruction, then edits toward one of the run's prompts: its "
+                    "coarse code noised to flow time T = sample.edit_t and carried back by the prior under the prompt "
+                    "(same generator noise). Lower T keeps more of the face, higher T obeys the prompt more.",
+                    f"raydino sample --run RUN --from-image IMAGE --prompt TEXT ... --vary T --out SAMPLES/{Samples.EDITS}"),
     Samples.VARY: ("vary", "Variations along the flow",
                    "The input, its reconstruction, then its coarse code noised to flow time T = 0.5 and carried back "
                    "by the prior (same generator noise: only the code varies).",

@@ -25,7 +25,7 @@ from ray import serve
 from raydino.config import Config, ServeConfig, load_config, to_dict
 from raydino.data.images import UnreadableImage
 from raydino.layout import Run
-from raydino.serve.faces import Ask, BadRequest, Faces, ask_from, png
+from raydino.serve.faces import Ask, BadRequest, Faces, ask_from, edit_from, png
 
 APP_NAME = "raydino"
 log = logging.getLogger(__name__)
@@ -118,8 +118,13 @@ class FaceServer:
                              "prompt": ask.prompt, "latency_ms": latency, "batch_size": batch})
 
     @api.post("/vary")
-    async def vary(self, request: Request, t: float = 0.5, n: int = 4, seed: int = 0) -> Response:
-        """An uploaded image (the raw body) -> its reconstruction and variations along the flow at ``t``."""
+    async def vary(self, request: Request, t: float = 0.5, n: int = 4, seed: int = 0, prompt: str | None = None,
+                   cfg: str | None = None) -> Response:
+        """An uploaded image (the raw body) -> its reconstruction and variations along the flow at ``t``.
+
+        With ``prompt`` (and ``cfg``, its guidance) the variations are edits toward the prompt: this face, but
+        smiling. The answer echoes the guidance the edits had, the prior's own when ``cfg`` is left out.
+        """
         start = time.perf_counter()
         try:
             image = await _body(request, self.limits.max_body_bytes)
@@ -132,11 +137,18 @@ class FaceServer:
         if seed < 0:
             return _error(422, f"seed={seed} must be at least 0")
         try:
-            images = await asyncio.to_thread(self.faces.vary, image, t, n, seed)
+            prompt, guidance = edit_from(prompt, cfg, self.limits, self.faces.text)
+        except BadRequest as exc:
+            return _error(422, str(exc))
+        if prompt is not None and guidance is None:
+            guidance = self.faces.prior.cfg.guidance
+        try:
+            images = await asyncio.to_thread(self.faces.vary, image, t, n, seed, prompt=prompt, guidance=guidance)
         except UnreadableImage as exc:
             return _error(415, str(exc))
         return JSONResponse({"images": [base64.b64encode(png(x)).decode() for x in images], "n": n, "seed": seed,
-                             "t": t, "latency_ms": round((time.perf_counter() - start) * 1000, 2)})
+                             "t": t, "prompt": prompt, "cfg": guidance,
+                             "latency_ms": round((time.perf_counter() - start) * 1000, 2)})
 
 
 def gpus(sc: ServeConfig) -> float:

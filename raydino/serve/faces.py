@@ -55,24 +55,55 @@ def ask_from(body: object, limits: ServeConfig, text: bool) -> Ask:
     unknown = set(body) - {"prompt", "n", "seed", "cfg", "steps"}
     if unknown:
         raise BadRequest(f"unknown fields {sorted(unknown)}: the fields are prompt, n, seed, cfg, steps")
-    prompt = body.get("prompt")
-    if prompt is not None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise BadRequest("prompt must be a non-empty string (leave it out for unconditional faces)")
-        if len(prompt) > limits.max_prompt_chars:
-            raise BadRequest(f"prompt is {len(prompt)} characters, over serve.max_prompt_chars={limits.max_prompt_chars}")
-        if not text:
-            raise BadRequest("this run's prior is unconditional (its pyramid had no CLIP column): leave out prompt")
-    guidance = body.get("cfg")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)
-                                 or not 0 <= guidance <= 20):
-        raise BadRequest(f"cfg must be a number in [0, 20], got {guidance!r}")
+    prompt = _prompt(body.get("prompt"), limits, text, "unconditional faces")
+    guidance = _guidance(body.get("cfg"))
     steps = body.get("steps")
-    return Ask(prompt=prompt.strip() if prompt else None,
+    return Ask(prompt=prompt,
                n=_integer(body.get("n", 1), "n", 1, limits.max_images),
                seed=_integer(body.get("seed", 0), "seed", 0, 2**63 - 2),
-               guidance=None if guidance is None else float(guidance),
+               guidance=guidance,
                steps=None if steps is None else _integer(steps, "steps", 1, limits.max_steps))
+
+
+def edit_from(prompt: str | None, cfg: str | None, limits: ServeConfig, text: bool) -> tuple[str | None, float | None]:
+    """``/vary``'s ``prompt`` and ``cfg`` query parameters, checked as ``/generate``'s fields: (prompt, guidance).
+
+    ``cfg`` comes as text, so that a non-number is refused with the same
+    message as ``/generate``'s; without a prompt it would guide nothing.
+    """
+    if cfg is not None and prompt is None:
+        raise BadRequest("cfg is the guidance of a prompt's edits: give a prompt, or leave out cfg")
+    return _prompt(prompt, limits, text, "flow variations"), _guidance(_number(cfg))
+
+
+def _prompt(prompt: object, limits: ServeConfig, text: bool, without: str) -> str | None:
+    """A prompt, stripped, or None; ``without`` says what a request without one gets."""
+    if prompt is None:
+        return None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest(f"prompt must be a non-empty string (leave it out for {without})")
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadRequest(f"prompt is {len(prompt)} characters, over serve.max_prompt_chars={limits.max_prompt_chars}")
+    if not text:
+        raise BadRequest("this run's prior is unconditional (its pyramid had no CLIP column): leave out prompt")
+    return prompt.strip()
+
+
+def _guidance(value: object) -> float | None:
+    """``cfg``: None (the prior's own guidance) or a number in [0, 20]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 20:
+        raise BadRequest(f"cfg must be a number in [0, 20], got {value!r}")
+    return float(value)
+
+
+def _number(text: str | None) -> float | str | None:
+    """A query parameter as a float where it reads as one, else as given: the check names what came."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return text
 
 
 def png(image: torch.Tensor) -> bytes:
@@ -117,7 +148,12 @@ class Faces:
         images = self.sampler.generate(torch.cat(codes), noise)
         return list(images.split([a.n for a in asks]))
 
-    def vary(self, image: bytes, t: float, n: int, seed: int, steps: int | None = None) -> torch.Tensor:
-        """The upload's reconstruction and ``n - 1`` variations along the flow at ``t`` (``raydino sample --vary``)."""
-        (row,) = self.sampler.from_image(image, n, seed, vary=t, steps=steps)
+    def vary(self, image: bytes, t: float, n: int, seed: int, steps: int | None = None, prompt: str | None = None,
+             guidance: float | None = None) -> torch.Tensor:
+        """The upload's reconstruction and ``n - 1`` variations along the flow at ``t`` (``raydino sample --vary``).
+
+        With a ``prompt`` the variations are edits: integrated back from ``t`` under the prompt, so they keep
+        what ``t`` leaves of the face and take the words (``--from-image --vary --prompt``).
+        """
+        (row,) = self.sampler.from_image(image, n, seed, vary=t, steps=steps, prompt=prompt, guidance=guidance)
         return row.images[1:]  # without the input

@@ -5,7 +5,8 @@ Same :class:`~raydino.train.session.Session` (Ray Train DDP or
 optimizer, data position and every RNG), same NaN guard, fault injection
 and TensorBoard writer as ``loop.py``; only the model and its loss differ.
 Each batch holds the coarsest level's tokens and, when the pyramid has
-them, the CLIP image embeddings.
+them, the condition: its captions' text embeddings (one drawn per step,
+``train/conditions.py``) or the CLIP image embeddings.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from raydino.progress import CountFile
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.checkpoint import Progress
+from raydino.train.conditions import TEXT, pick
 from raydino.train.monitor import RunLog
 from raydino.train.runtime import check_bad_steps, data_stream, inject_fault, optimizer_step
 from raydino.train.session import Session
 from raydino.train.step import requires_grad, update_ema
 
 
-def prior_columns(cfg: Config, with_clip: bool) -> list[str]:
-    """The pyramid columns the prior reads: the coarse level, and the CLIP embedding when there is one."""
-    return [schema.tokens_col(cfg.pyramids.sizes[0])] + ([schema.CLIP] if with_clip else [])
+def prior_columns(cfg: Config, with_clip: bool, with_text: bool = False) -> list[str]:
+    """The pyramid columns the prior reads: the coarse level, and the CLIP embedding or the paths its captions join on."""
+    return [schema.tokens_col(cfg.pyramids.sizes[0])] + ([schema.PATH] if with_text else
+                                                         [schema.CLIP] if with_clip else [])
 
 
 def build_prior(cfg: Config, shape: dict, device: torch.device) -> tuple[FlowPrior, FlowPrior, torch.optim.Optimizer]:
@@ -76,8 +79,9 @@ def fit_prior(cfg: Config, run_dir: str | Path, session: Session, shape: dict, f
     while progress.step < pc.steps:
         batch = next(stream)
         x = model.standardise(batch[code_col].to(device))
-        cond = batch[schema.CLIP].to(device) if with_clip else None
-        loss = flow_matching_loss(net, x, cond, rng, pc.clip_noise, pc.cond_dropout)
+        cond = (pick(batch[TEXT], rng).to(device) if TEXT in batch else
+                batch[schema.CLIP].to(device) if with_clip else None)
+        loss = flow_matching_loss(net, x, cond, rng, pc.clip_noise, pc.cond_dropout, pc.time_shift)
         ok, grad_norm = optimizer_step(loss, model.parameters(), opt, pc.grad_clip)
         progress.advance(pc.batch_size, ok)
         if rank0:

@@ -27,6 +27,7 @@ from raydino.models.loading import bind_encoders
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
+from raydino.train.conditions import add_text_column, resolved, text_table
 from raydino.train.preflight import run_exists
 from raydino.train.prior_loop import prior_columns
 from raydino.train.ray_data import parquet_dataset
@@ -79,8 +80,11 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     run_dir.mkdir(parents=True, exist_ok=True)
     PCAGaussianPrior.fit(sample, cfg.prior.pca_components).save(run.prior_pca)
     del sample
-    names = prior_columns(cfg, shape["clip_dim"] > 0)
-    dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.prior.materialize, cfg.prior.num_workers)
+    texts = text_table(cfg, pyramids_dir, manifest)
+    cfg = resolved(cfg, texts)
+    names = prior_columns(cfg, shape["clip_dim"] > 0, with_text=texts is not None)
+    dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.prior.materialize, cfg.prior.num_workers,
+                              transform=None if texts is None else add_text_column(texts))
     loop_config = {"cfg": to_dict(cfg), "run_dir": str(run_dir), "shape": shape, "fail_at_step": fail_at_step()}
     trainer = torch_trainer(_prior_fn, loop_config, cfg.prior, name=run.experiment("prior"),
                             storage_path=str(run_dir), dataset=dataset)
@@ -90,7 +94,7 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
         checkpoint.export_ema(d, run.prior)
     figures = dict(result.return_value or {}) | {
         "time_s": round(time.time() - start, 1), "pyramids": str(Path(pyramids_dir).resolve()),
-        "columns": names, "condition": manifest.get("clip"), "fit_rows": min(cfg.prior.fit_rows, manifest["rows"])}
+        "columns": names, "condition": manifest.get("clip"), "conditioned_on": cfg.prior.condition, "fit_rows": min(cfg.prior.fit_rows, manifest["rows"])}
     run.prior_figures.write_text(json.dumps(figures, indent=1))
     log.info("trained prior: %s (PCA baseline: %s)", run.prior, run.prior_pca)
     return figures

@@ -8,6 +8,7 @@ shuffle seeded by (seed, epoch) (:class:`~raydino.train.trainer.RaySession`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import ray.data
@@ -25,10 +26,16 @@ def training_dataset(cfg: Config, pyramids_dir: str | Path, rows: int) -> ray.da
 
 
 def parquet_dataset(pyramids_dir: str | Path, names: list[str], rows: int, materialize: bool,
-                    num_workers: int) -> ray.data.Dataset:
-    """Some columns of a pyramid as a Ray Data dataset, in file order, streamed unless ``materialize``."""
+                    num_workers: int, transform: Callable[[dict], dict] | None = None) -> ray.data.Dataset:
+    """Some columns of a pyramid as a Ray Data dataset, in file order, streamed unless ``materialize``.
+
+    ``transform``: a ``map_batches`` function applied to every batch first
+    (the prior's join of its captions' text embeddings).
+    """
     dataset = ray.data.read_parquet(schema.shard_files(pyramids_dir), columns=names)
     dataset.context.execution_options.preserve_order = True  # also for the materialized blocks' order
+    if transform is not None:
+        dataset = dataset.map_batches(transform, batch_format="numpy")
     if materialize:
         # one equal block per worker: the per-epoch split then never has to cut a block, which takes a
         # remote task (often a fresh worker process) at every epoch start
