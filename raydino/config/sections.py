@@ -47,11 +47,11 @@ class TinyModelsConfig:
     batch_size: int = 32
     lr: float = 5e-3
     probe_faces: int = 192
-    clip_fit_steps: int = 300  # the tiny CLIP: contrastive steps on the run's captions
+    clip_fit_steps: int = 1200  # the tiny CLIP: contrastive steps on the run's captions (docs/encoders.md)
     clip_image_size: int = 64  # its image tower's input side
-    clip_lr: float = 1e-3
+    clip_lr: float = 2e-3
     clip_minimal_pairs: bool = True  # synthetic faces: each face's counterfactual and its caption (models/tiny_clip.py)
-    clip_attribute_weight: float = 1.0  # synthetic faces: attribute read-outs of the image side, thrown away
+    clip_attribute_weight: float = 10.0  # synthetic faces: attribute read-outs of the image side, thrown away
     processes: int = 2  # models trained at once, one thread each (the same weights with any count)
 
 

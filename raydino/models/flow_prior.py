@@ -87,7 +87,7 @@ class FlowPrior(nn.Module):
     weights alone turn samples back into DINOv2 token units.
     """
 
-    def __init__(self, cfg: PriorConfig, tokens: int, dim: int, clip_dim: int):
+    def __init__(self, cfg: PriorConfig, tokens: int, dim: int, clip_dim: int, cond_stats: bool = True):
         super().__init__()
         self.grid, p = math.isqrt(tokens), cfg.patch
         if self.grid ** 2 != tokens:
@@ -109,6 +109,11 @@ class FlowPrior(nn.Module):
             nn.init.zeros_(layer.bias)
         self.register_buffer("code_mean", torch.zeros(dim))
         self.register_buffer("code_std", torch.ones(dim))
+        # the conditions are standardised (train/conditions.py: condition_stats); False: a prior saved before that
+        self.cond_stats = bool(clip_dim and cond_stats)
+        if self.cond_stats:
+            self.register_buffer("cond_mean", torch.zeros(clip_dim))
+            self.register_buffer("cond_std", torch.ones(clip_dim))
 
     # --- units ------------------------------------------------------------------------------
 
@@ -141,8 +146,12 @@ class FlowPrior(nn.Module):
         """Velocity at ``x_t`` (standardised); ``keep[i]``: sample ``i`` sees its condition, else the null one."""
         c = self.t_mlp(time_embedding(t, self.cfg.width))
         null = self.null.expand(len(x), -1)
-        c = c + (torch.where(keep[:, None], self.c_in(cond), null) if self.c_in is not None and cond is not None
-                 else null)
+        if self.c_in is not None and cond is not None:
+            if self.cond_stats:
+                cond = (cond - self.cond_mean) / self.cond_std
+            c = c + torch.where(keep[:, None], self.c_in(cond), null)
+        else:
+            c = c + null
         h = self.x_in(self.patchify(x)) + self.pos
         for block in self.blocks:
             h = block(h, c)
@@ -220,10 +229,11 @@ def flow_matching_loss(net: nn.Module, x: torch.Tensor, cond: torch.Tensor | Non
 def metadata(model: FlowPrior) -> dict[str, str]:
     """What the saved weights need to be rebuilt: the prior's config and the code's shape."""
     return {"prior": json.dumps(dataclasses.asdict(model.cfg)), "tokens": str(model.tokens), "dim": str(model.dim),
-            "clip_dim": str(model.clip_dim)}
+            "clip_dim": str(model.clip_dim), "cond_stats": str(int(model.cond_stats))}
 
 
 def prior_from_header(meta: dict[str, str]) -> FlowPrior:
     """An untrained prior of the config and shape a saved one's safetensors header names."""
     cfg = {"condition": "image"} | json.loads(meta["prior"])  # a prior saved before text conditioning: image-conditioned
-    return FlowPrior(PriorConfig(**cfg), int(meta["tokens"]), int(meta["dim"]), int(meta["clip_dim"]))
+    return FlowPrior(PriorConfig(**cfg), int(meta["tokens"]), int(meta["dim"]), int(meta["clip_dim"]),
+                     cond_stats=meta.get("cond_stats") == "1")

@@ -40,13 +40,17 @@ def prior_columns(cfg: Config, with_clip: bool, with_text: bool = False) -> list
 def build_prior(cfg: Config, shape: dict, device: torch.device) -> tuple[FlowPrior, FlowPrior, torch.optim.Optimizer]:
     """The prior (same initial weights on every rank, the code statistics set), its EMA and the optimizer.
 
-    ``shape``: ``tokens``, ``dim``, ``clip_dim`` and the per-channel
-    ``code_mean``/``code_std`` the driver measured on a bounded sample.
+    ``shape``: ``tokens``, ``dim``, ``clip_dim``, the per-channel
+    ``code_mean``/``code_std`` the driver measured on a bounded sample, and
+    ``cond_mean``/``cond_std`` of the conditions when there are any.
     """
     torch.manual_seed(cfg.prior.seed)
     model = FlowPrior(cfg.prior, shape["tokens"], shape["dim"], shape["clip_dim"])
     model.code_mean.copy_(shape["code_mean"])
     model.code_std.copy_(shape["code_std"])
+    if model.cond_stats:
+        model.cond_mean.copy_(shape["cond_mean"])
+        model.cond_std.copy_(shape["cond_std"])
     model.to(device)
     ema = copy.deepcopy(model)
     requires_grad(ema, False)

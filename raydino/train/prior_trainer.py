@@ -27,7 +27,7 @@ from raydino.models.loading import bind_encoders
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.pyramids import schema
 from raydino.train import checkpoint
-from raydino.train.conditions import add_text_column, resolved, text_table
+from raydino.train.conditions import add_text_column, condition_stats, resolved, text_table
 from raydino.train.preflight import run_exists
 from raydino.train.prior_loop import prior_columns
 from raydino.train.ray_data import parquet_dataset
@@ -82,6 +82,8 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     del sample
     texts = text_table(cfg, pyramids_dir, manifest)
     cfg = resolved(cfg, texts)
+    if shape["clip_dim"]:
+        shape |= condition_stats(pyramids_dir, texts, cfg.prior.fit_rows)
     names = prior_columns(cfg, shape["clip_dim"] > 0, with_text=texts is not None)
     dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.prior.materialize, cfg.prior.num_workers,
                               transform=None if texts is None else add_text_column(texts))
