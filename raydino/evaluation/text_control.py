@@ -40,7 +40,6 @@ from raydino.models.loading import Dino
 CONTROLLED = ("hair_colour", "hair_style", "glasses", "smile")
 PER_PROMPT = 32        # samples per prompt
 FULL_CAPTIONS = 4      # held-out faces whose whole caption is a prompt
-ORACLE = 128           # held-out faces sampled from their own condition (at most)
 CURVE = (1.0, 2.0, 3.0, 5.0)  # guidance scales of the accuracy/FD curve
 CURVE_PER_PROMPT = 8   # user-word samples per prompt at the curve's other scales
 EDIT_FACES = 24        # held-out faces edited, each toward one new value per attribute
@@ -178,7 +177,7 @@ def text_control_figures(sampler, classifier: AttributeClassifier, codes: torch.
     figures["full_captions"] = full_caption_rates(classifier, sampler, attrs[:FULL_CAPTIONS], seed)
     out["text_control/full_captions/prompts"] = [a.caption() for a in attrs[:FULL_CAPTIONS]]
     figures["reconstructions"] = agreement(recon_pred, labels)
-    n = min(ORACLE, len(attrs))
+    n = len(attrs) // 2  # FD's generated half: the first held-out faces, never the real half it is compared with
     oracle = oracle_conditions(sampler, attrs[:n], None if clip_column is None else clip_column[:n])
     curve = []
     for g in sorted({*CURVE, guidance}):
