@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from raydino.config import Config
@@ -72,6 +73,10 @@ def text_table(cfg: Config, pyramids_dir: str | Path, manifest: dict) -> dict[st
     """
     pc = cfg.prior
     if pc.condition != "text" or not manifest.get("clip"):
+        return None
+    if schema.PATH not in pq.read_schema(schema.shard_files(pyramids_dir)[0]).names:
+        log.info("prior: %s has no %s column to find captions by: conditioning on the CLIP image embedding",
+                 pyramids_dir, schema.PATH)
         return None
     paths = [str(p) for p in schema.load_arrays(pyramids_dir, [schema.PATH])[schema.PATH]]
     captions = row_captions(paths, str(manifest.get("source", "")), pc.caption_variants, pc.seed)

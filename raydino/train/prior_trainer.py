@@ -54,14 +54,16 @@ def _prior_fn(loop_config: dict) -> dict:
 
 
 def code_shape(cfg: Config, pyramids_dir: str | Path, manifest: dict) -> tuple[dict, torch.Tensor]:
-    """The prior's ``shape`` (tokens, dim, CLIP width, code statistics) and the bounded sample it came from."""
+    """The prior's ``shape`` (tokens, dim, CLIP width, code statistics, and the image embeddings' statistics when
+    the pyramid has them) and the bounded sample of codes it came from."""
     col = schema.tokens_col(cfg.pyramids.sizes[0])
     codes = torch.from_numpy(schema.read_sample(pyramids_dir, [col], cfg.prior.fit_rows)[col]).float()
     clip_dim = int(manifest["clip"]["dim"]) if manifest.get("clip") else 0
     stats = FlowPrior(cfg.prior, codes.shape[1], codes.shape[2], clip_dim)
     stats.set_code_stats(codes)
+    conds = condition_stats(pyramids_dir, None, cfg.prior.fit_rows) if clip_dim else {}
     return {"tokens": codes.shape[1], "dim": codes.shape[2], "clip_dim": clip_dim,
-            "code_mean": stats.code_mean, "code_std": stats.code_std}, codes
+            "code_mean": stats.code_mean, "code_std": stats.code_std, **conds}, codes
 
 
 def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
@@ -82,7 +84,7 @@ def train_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, resu
     del sample
     texts = text_table(cfg, pyramids_dir, manifest)
     cfg = resolved(cfg, texts)
-    if shape["clip_dim"]:
+    if texts is not None:  # the statistics of the captions' embeddings, not the images'
         shape |= condition_stats(pyramids_dir, texts, cfg.prior.fit_rows)
     names = prior_columns(cfg, shape["clip_dim"] > 0, with_text=texts is not None)
     dataset = parquet_dataset(pyramids_dir, names, manifest["rows"], cfg.prior.materialize, cfg.prior.num_workers,
