@@ -217,3 +217,15 @@ def holdout_pyramids(tmp_path_factory, tiny_models):
     faces = write_faces(tmp_path_factory.mktemp("holdout_faces"), count=16, seed=1, size=128)
     return write_test_pyramid(tmp_path_factory.mktemp("holdout_pyramids"), faces.glob("*.png"),
                               str(tiny_models["dino"]))
+
+
+def interruptible() -> None:
+    """A child's ``preexec_fn``: SIGINT back to its default, so Python turns Ctrl-C into KeyboardInterrupt.
+
+    A child inherits an ignored SIGINT, and some of the suite's worker processes have it ignored by the
+    time a drill runs (seen under `make test`: the stopped `raydino run` wrote all its 100 000 faces);
+    a user's terminal does not ignore it.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import interruptible
 from test_user_errors import _fails
 
 from raydino.config import ConfigError, load_config
@@ -219,7 +220,7 @@ def test_a_stopped_command_says_where_to_resume_without_a_traceback(tmp_path, si
     out = tmp_path / "out"
     argv = ["run", "--out", str(out), "data.synth_count=100000", "tune.trials=0"]  # long enough to be stopped
     proc = subprocess.Popen([sys.executable, "-m", "raydino.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     assert proc.stdout.readline().startswith("[1/")  # the first step has begun
     time.sleep(0.5)
     proc.send_signal(sig)

@@ -22,6 +22,7 @@ import chromium
 import numpy as np
 import pytest
 import torch
+from conftest import interruptible
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -340,7 +341,7 @@ def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_models):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}  # its own Ray
     proc = subprocess.Popen([sys.executable, "-m", "raydino.cli", "serve", "--run", str(run), "--port", str(port), "serve.num_cpus=0.5"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=interruptible)
     try:
         for line in proc.stdout:
             if "Ctrl-C stops" in line:
