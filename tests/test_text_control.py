@@ -187,3 +187,13 @@ def test_each_row_gets_its_own_caption_then_phrasings_and_a_user_folder_its_one_
     assert own == [["a man by the sea"] * 3, ["a woman in a hat"] * 3]
     (folder / "captions.csv").unlink()
     assert row_captions([str(folder / "0.png")], str(folder), variants=3, seed=0) is None
+
+
+def test_an_edit_always_asks_for_a_value_the_face_does_not_have_and_every_other_one_in_turn():
+    from raydino.evaluation.text_control import edit_prompts, value_of
+
+    attrs = faces(120, seed=4)
+    jobs = edit_prompts(attrs)
+    assert all(value_of(attrs[i], name) != value for i, name, value in jobs)
+    asked = {(name, value) for _, name, value in jobs}
+    assert asked == {(n, v) for n in CONTROLLED for v in ATTRIBUTES[n]}  # no value left unasked

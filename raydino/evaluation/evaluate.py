@@ -157,7 +157,7 @@ def text_control(s: Sampler, pyramids: str | Path, paths: list[str], codes: torc
     attrs = attributes_for_paths(paths)
     spec = s.cfg.eval.attribute_classifier
     if (attrs is None or not spec or not s.cfg.pyramids.clip or prior is None or not s.run.prior.is_file()
-            or not s.flow("").clip_dim):
+            or not s.flow("--prompt").clip_dim):
         return {}
     classifier, _ = load_classifier(spec)
     labels = torch.tensor([attribute_labels(a) for a in attrs], dtype=torch.long)

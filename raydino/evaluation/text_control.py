@@ -121,16 +121,15 @@ def oracle_conditions(sampler, attrs: list[FaceAttributes], clip_column: torch.T
 
 
 def edit_prompts(attrs: list[FaceAttributes]) -> list[tuple[int, str, str]]:
-    """``(face, attribute, new value)``: per face and attribute, the next value it does not have (bald faces keep
-    their hair colour unnamed)."""
+    """``(face, attribute, new value)``: per face and attribute, a value it does not have (bald faces keep their
+    hair colour unnamed)."""
     out = []
     for i, a in enumerate(attrs):
         for name in CONTROLLED:
             if name == "hair_colour" and a.hair_style == "bald":
                 continue
-            values = ATTRIBUTES[name]
-            out.append((i, name, values[(values.index(value_of(a, name)) + 1 + i) % len(values)]
-                        if len(values) > 2 else values[1 - values.index(value_of(a, name))]))
+            values = ATTRIBUTES[name]  # another value, a different one for each face: 1 to len - 1 places on
+            out.append((i, name, values[(values.index(value_of(a, name)) + 1 + i % (len(values) - 1)) % len(values)]))
     return out
 
 
