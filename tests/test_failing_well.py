@@ -46,6 +46,10 @@ def _nothing_written(tmp_path: Path, *keep: str) -> None:
     ("train.stages.0.batch_size=15", "train.stages.0.batch_size=15"),
     ("prior.patch=3", "prior.patch=3"),
     ("tiny.processes=0", "tiny.processes=0"),
+    ("tiny.clip_image_size=60", "tiny.clip_image_size=60"),
+    ("sample.edit_t=1.5", "sample.edit_t=1.5"),
+    ("prior.condition=words", "prior.condition=words"),
+    ("prior.caption_variants=0", "prior.caption_variants=0"),
     ("eval.compare_loss=fancy", "eval.compare_loss=fancy"),
 ])
 def test_a_bad_value_is_refused_where_the_config_is_loaded(capsys, tmp_path, train_pyramids, override, named):

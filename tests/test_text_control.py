@@ -96,15 +96,13 @@ class FakeSampler:
         for k, prompt in enumerate(prompts):
             attrs = faces(n, seed=1000 + seed * 100 + k)
             if self.obeys:
-                name, value = wanted[prompt]
-                change = {name: value == "yes"} if name in ("glasses", "smile") else {name: value}
-                attrs = [_with(a, change) for a in attrs]
+                attrs = [_with(a, dict([wanted[prompt]])) for a in attrs]
             rows.append(Row(prompt, draw(attrs)))
         return rows
 
 
-def _with(a: FaceAttributes, change: dict) -> FaceAttributes:
-    out = dataclasses.replace(a, **change)
+def _with(a: FaceAttributes, change: dict[str, str]) -> FaceAttributes:
+    out = counterfactual(a, change)
     if "hair_colour" in change and out.hair_style == "bald":  # a named hair colour is drawn on hair
         out = dataclasses.replace(out, hair_style="short")
     return out

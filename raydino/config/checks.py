@@ -150,6 +150,11 @@ def check(cfg: Config) -> Config:
     _need(0 <= cfg.data.holdout_fraction < 1, f"data.holdout_fraction={cfg.data.holdout_fraction} must be in [0, 1)")
     _need(cfg.data.synth_count >= 1, f"data.synth_count={cfg.data.synth_count} must be at least 1")
     _need(cfg.tiny.processes >= 1, f"tiny.processes={cfg.tiny.processes} must be at least 1")
+    _need(cfg.tiny.clip_fit_steps >= 0, f"tiny.clip_fit_steps={cfg.tiny.clip_fit_steps} must be at least 0")
+    _need(cfg.tiny.clip_image_size >= 8 and cfg.tiny.clip_image_size % 8 == 0,
+          f"tiny.clip_image_size={cfg.tiny.clip_image_size} must be a positive multiple of the tiny CLIP's 8 px patch")
+    _need(cfg.tiny.clip_attribute_weight >= 0,
+          f"tiny.clip_attribute_weight={cfg.tiny.clip_attribute_weight} must be at least 0")
     resolutions = check_model(cfg.model)
     check_loss(cfg.loss, len(sizes))
     check_train(cfg.train, resolutions)
@@ -160,6 +165,7 @@ def check(cfg: Config) -> Config:
     _need(cfg.tune.trials >= 0, f"tune.trials={cfg.tune.trials} must be at least 0")
     _need(cfg.tune.workers_per_trial >= 1, f"tune.workers_per_trial={cfg.tune.workers_per_trial} must be at least 1")
     _need(cfg.sample.n >= 1, f"sample.n={cfg.sample.n} must be at least 1")
+    _need(0 <= cfg.sample.edit_t <= 1, f"sample.edit_t={cfg.sample.edit_t} must be in [0, 1] (0: the face itself)")
     check_serve(cfg.serve)
     return cfg
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from raydino.data.face_set import ATTRIBUTES, UNKNOWN
+from raydino.data.phrasing import named_values
 from raydino.data.synth_faces import FaceAttributes
 from raydino.evaluation.metrics import dino_cls, fd_with_floor
 from raydino.models.face_attributes import AttributeClassifier
@@ -109,8 +110,8 @@ def chance() -> dict[str, float]:
 
 
 def value_of(attrs: FaceAttributes, name: str) -> str:
-    return {"glasses": "yes" if attrs.glasses else "no", "smile": "yes" if attrs.smile else "no"}.get(
-        name, getattr(attrs, name))
+    """A face's value of ``name`` as prompts name it (a bald head has no hair colour: callers skip it)."""
+    return named_values(attrs)[name]
 
 
 def oracle_conditions(sampler, attrs: list[FaceAttributes], clip_column: torch.Tensor | None) -> torch.Tensor:

@@ -10,27 +10,25 @@ a word gives both captions one embedding: a margin of 0, and no face passes.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import torch
 
-from raydino.data.phrasing import VALUES
+from raydino.data.phrasing import VALUES, named_values
 from raydino.data.synth_faces import FaceAttributes
 from raydino.models.encoders import clip_image_embedding
 from raydino.models.loading import Clip
+from raydino.models.tiny_clip import counterfactual
 
 FLIPPED = ("hair_colour", "hair_style", "glasses", "smile")  # what the classifier of generated faces reads too
 
 
 def flipped(attrs: FaceAttributes, name: str, rng: random.Random) -> FaceAttributes | None:
     """``attrs`` with ``name`` changed to another value; None where the caption does not name it (a bald head's colour)."""
-    if name == "hair_colour" and attrs.hair_style == "bald":
+    current = named_values(attrs).get(name)
+    if current is None:
         return None
-    current = {"glasses": "yes" if attrs.glasses else "no", "smile": "yes" if attrs.smile else "no"}.get(
-        name, getattr(attrs, name))
-    value = rng.choice([v for v in VALUES[name] if v != current])
-    return dataclasses.replace(attrs, **{name: value == "yes" if name in ("glasses", "smile") else value})
+    return counterfactual(attrs, {name: rng.choice([v for v in VALUES[name] if v != current])})
 
 
 @torch.no_grad()
