@@ -11,6 +11,7 @@ import sys
 from raydino.bench.commands import add_bench_parser, int_list
 from raydino.commands import (
     Terminated,
+    cmd_distill_prior,
     cmd_eval,
     cmd_pyramids,
     cmd_report,
@@ -101,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="prior.key=value overrides (e.g. prior.steps=2000)")
     p.set_defaults(func=cmd_train_prior)
 
+    p = sub.add_parser("distill-prior",
+                       help="distil a run's flow prior into a few-step student, guidance included (Ray Data + Ray Train)")
+    p.add_argument("--run", required=True, help="a run directory with its flow prior (prior.safetensors)")
+    p.add_argument("--pyramids", required=True, help="the pyramid the prior was trained on (its conditions)")
+    p.add_argument("--resume", action="store_true", help="continue the student run in --run")
+    p.add_argument("--overwrite", action="store_true", help="distil again from scratch, removing the old student")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("overrides", nargs="*", help="distill.key=value overrides (e.g. distill.steps=600)")
+    p.set_defaults(func=cmd_distill_prior)
+
     p = sub.add_parser("sample", help="images from a real image, the prior, text prompts or a mix (no Ray)")
     p.add_argument("--run", required=True, help="a finished training run directory")
     p.add_argument("--out", required=True, help="the labelled PNG grid to write")
@@ -115,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", nargs="?", const="flow", default=None, choices=["flow", "pca"],
                    help="unconditional samples from the flow prior, or from the PCA Gaussian baseline (--prior pca)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
-                   help="the prior's ODE steps (default: prior.sample_steps)")
+                   help="the prior's ODE steps (default: the student's distill.sample_steps, else prior.sample_steps)")
+    p.add_argument("--teacher", action="store_true",
+                   help="sample the flow prior itself (K guided Heun steps) where the run has a distilled student")
     p.add_argument("--mix", nargs=2, default=None, metavar=("A", "B"), help="two images whose coarse codes to mix")
     p.add_argument("--region", default="top", choices=["top", "bottom", "left", "right"])
     p.add_argument("--n", type=int, default=8, help="images per row")
@@ -177,7 +190,7 @@ def _terminate(signum, frame) -> None:
 def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     """Where a stopped command picks up again, as the command to type."""
     again = shlex.join(["raydino", *argv])
-    if args.command in ("train", "train-prior", "fit-codes"):
+    if args.command in ("train", "train-prior", "fit-codes", "distill-prior"):
         return f"resume from the last checkpoint with: {again}" + ("" if args.resume else " --resume")
     if args.command in ("run", "tune"):
         return f"resume with the same command (finished {'steps' if args.command == 'run' else 'trials'} are kept): {again}"

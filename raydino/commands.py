@@ -132,13 +132,44 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
           f"PCA baseline: {run.prior_pca}; TensorBoard: tensorboard --logdir {run.tb_prior}")
 
 
+def cmd_distill_prior(args: argparse.Namespace) -> None:
+    from raydino.layout import Run
+    from raydino.ray_init import init_ray
+    from raydino.train.distill import distill_prior
+    from raydino.train.preflight import resume_config, run_exists
+    from raydino.train.trainer import TrainingError
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite: choose one (continue the student in --run, or distil it again)")
+    require_run(args.run, prior=True)
+    require_writable(args.run, "--run")
+    require_pyramid(args.pyramids)
+    cfg = resume_config(args.run, args.overrides)  # the run's config: its prior, its distill.* settings
+    if cfg.distill.steps < 1:
+        raise UserError(f"distill.steps={cfg.distill.steps}: give the student some steps (e.g. distill.steps=600)")
+    run = Run(args.run)
+    if not args.overwrite:
+        run_exists(run, "student", args.resume, flag="--run")
+    with hold(args.run, "raydino distill-prior", "--run"):
+        if args.overwrite:
+            run.clear("student")
+        init_ray(args.address)
+        try:
+            figures = distill_prior(cfg, args.pyramids, args.run, resume=args.resume)
+        except TrainingError as exc:  # a failure on the workers, not in what was asked: exit 1
+            sys.exit(f"raydino distill-prior: error: {exc}")
+    print(f"student prior: {run.student} ({figures['step']} steps on {figures['pairs']} teacher pairs, loss "
+          f"{figures.get('loss', float('nan')):.4f}); sampling, serving and eval now use it (--teacher: the "
+          f"prior); TensorBoard: tensorboard --logdir {run.tb_student}")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from raydino.sampling import sample
 
     require_run(args.run)
     rows = sample(args.run, args.out, from_image=args.from_image, vary=args.vary, prompts=args.prompt,
                   cfg_scale=args.cfg, prior=args.prior, mix=args.mix, region=args.region, steps=args.steps, n=args.n,
-                  seed=args.seed, save_each_dir=args.save_each)
+                  seed=args.seed, save_each_dir=args.save_each, teacher=args.teacher)
     print(f"wrote {sum(len(r.images) for r in rows)} images in {len(rows)} rows to {args.out}")
 
 

@@ -52,7 +52,9 @@ class Run:
 
     GENERATOR = "generator.safetensors"  # the finished generator's EMA weights
     PROGRESS, PRIOR_PROGRESS = "progress.json", "prior-progress.json"  # work done (rank 0), for progress bars
-    EXPERIMENTS = {"generator": "checkpoints", "prior": "prior_checkpoints"}  # Ray Train's run folders, by model
+    STUDENT_PROGRESS = "student-progress.json"
+    # Ray Train's run folders, by model
+    EXPERIMENTS = {"generator": "checkpoints", "prior": "prior_checkpoints", "student": "student_checkpoints"}
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -65,13 +67,17 @@ class Run:
     prior = property(lambda self: self.path / "prior.safetensors")        # the flow prior's EMA weights
     prior_pca = property(lambda self: self.path / "prior_pca.safetensors")  # the PCA Gaussian baseline
     prior_figures = property(lambda self: self.path / "prior.json")     # the prior's training figures
+    student = property(lambda self: self.path / "prior-student.safetensors")  # the few-step prior distilled from it
+    student_figures = property(lambda self: self.path / "student.json")  # its distillation's figures
     metrics = property(lambda self: self.path / "metrics.json")         # the generator's training figures
     eval = property(lambda self: self.path / "eval.json")               # `raydino eval`
     tb = property(lambda self: self.path / "tb")
     tb_prior = property(lambda self: self.path / "tb" / "prior")  # its own folder: resuming the prior keeps these
+    tb_student = property(lambda self: self.path / "tb" / "student")
     grids = property(lambda self: self.path / "grids")
     progress = property(lambda self: self.path / Run.PROGRESS)  # images done
     prior_progress = property(lambda self: self.path / Run.PRIOR_PROGRESS)  # prior steps done
+    student_progress = property(lambda self: self.path / Run.STUDENT_PROGRESS)  # distillation steps done
     # a sweep trial's Ray Train worker groups, one id per line, so the sweep can give them back
     placement_groups = property(lambda self: self.path / "placement_groups.txt")
 
@@ -92,7 +98,7 @@ class Run:
         return out
 
     def experiment(self, model: str = "generator") -> str:
-        """Ray Train's run folder name for ``model`` ("generator" or "prior"), inside the run."""
+        """Ray Train's run folder name for ``model`` ("generator", "prior" or "student"), inside the run."""
         return Run.EXPERIMENTS[model]
 
     def started(self, model: str = "generator") -> bool:
@@ -105,13 +111,22 @@ class Run:
         return any((self.path / self.experiment(model)).glob(Checkpoint.folder("*")))
 
     def clear(self, model: str) -> None:
-        """Remove what training ``model`` wrote here (``--overwrite``); the generator's is the whole run."""
-        if model == "generator":  # the prior, the figures and the samples all come from it
+        """Remove what training ``model`` wrote here (``--overwrite``), and what was made from it.
+
+        The generator's is the whole run (the prior, the figures and the
+        samples all come from it); the prior's includes its student.
+        """
+        if model == "generator":
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        for path in (self.prior, self.prior_pca, self.prior_figures, self.prior_progress):
+        files = [self.student, self.student_figures, self.student_progress]
+        folders = [self.tb_student, self.path / self.experiment("student")]
+        if model == "prior":
+            files += [self.prior, self.prior_pca, self.prior_figures, self.prior_progress]
+            folders += [self.tb_prior, self.path / self.experiment("prior")]
+        for path in files:
             path.unlink(missing_ok=True)
-        for folder in (self.tb_prior, self.path / self.experiment("prior")):
+        for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
 
     def config_of(self) -> Config:
@@ -121,7 +136,7 @@ class Run:
         return load_config(config_file=str(self.config))
 
     def figures(self, name: str = "eval") -> dict | None:
-        """A JSON file of the run (``eval``, ``metrics`` or ``prior_figures``), None when absent."""
+        """A JSON file of the run (``eval``, ``metrics``, ``prior_figures`` or ``student_figures``), None when absent."""
         return read_json(getattr(self, name))
 
 

@@ -92,6 +92,12 @@ def _train_prior(pyramids: Path, run: Run) -> None:
     train_prior(cfg, pyramids, run.path, resume=run.started("prior"))
 
 
+def _distill(pyramids: Path, run: Run) -> None:
+    from raydino.train.distill import distill_prior
+
+    distill_prior(run.config_of(), pyramids, run.path, resume=run.started("student"))
+
+
 def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run: Run) -> None:
     """The same schedule with ``loss.kind = kind``, trained and evaluated: the report's comparison for the detail figures."""
     from raydino.evaluation.evaluate import evaluate
@@ -211,6 +217,10 @@ def plan(cfg: Config) -> list[Step]:
     steps.append(Step("flow prior", run.prior, lambda: _train_prior(pyramids, run), needs_ray=True,
                       progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
                                                lambda: read_done(run.path, Run.PRIOR_PROGRESS))))
+    if cfg.distill.steps > 0:  # distill.steps=0: sampling stays with the prior's K steps
+        steps.append(Step("one-step prior (distillation)", run.student, lambda: _distill(pyramids, run), needs_ray=True,
+                          progress=lambda: Tracker("student", cfg.distill.steps, "steps",
+                                                   lambda: read_done(run.path, Run.STUDENT_PROGRESS))))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep.best, lambda: _tune(sized(), pyramids, val_pyramids, sweep.path),
                           needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))

@@ -4,12 +4,17 @@ Codes come from a real image (its coarsest DINOv2 level, or that code moved
 along the prior's flow to time T and back, under a prompt for an edit), from the flow prior
 (unconditional, or conditioned on a prompt's CLIP text embedding with
 classifier-free guidance), from the PCA Gaussian baseline, or from mixing
-two codes. Loads the run's EMA generator and prior without Ray; batches on
-the GPU when there is one.
+two codes. The flow prior is the run's distilled student where it has one
+(one evaluation per code, guidance included), else the prior itself, the
+*teacher* (K guided Heun steps); ``teacher=True`` picks the teacher. Loads
+the run's EMA generator and prior without Ray; batches on the GPU when
+there is one.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from functools import cached_property
 from pathlib import Path
 
@@ -33,8 +38,8 @@ TRAIN_PRIOR_HINT = "train one with `raydino train-prior --run RUN --pyramids PYR
 class Sampler:
     """A trained run, ready to turn codes into images."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None):
-        self.run = Run(run_dir)
+    def __init__(self, run_dir: str | Path, device: str | None = None, teacher: bool = False):
+        self.run, self.teacher = Run(run_dir), teacher
         if not self.run.generator.is_file():
             raise FileNotFoundError(f"{self.run.path}: not a finished run ({self.run.generator.name} missing; "
                                     "train it first)")
@@ -82,7 +87,22 @@ class Sampler:
 
     @cached_property
     def _flow(self) -> FlowPrior | None:
-        return load_prior(self.run, self.device)
+        return load_prior(self.run, self.device, teacher=self.teacher)
+
+    def variant(self, teacher: bool, steps: int | None = None) -> Sampler:
+        """This sampler (its models shared, nothing loaded again) with the teacher or the student, at ``steps`` K."""
+        other = copy.copy(self)
+        other.teacher = teacher
+        other.__dict__.pop("_flow", None)
+        if steps is not None and other._flow is not None:
+            flow = copy.copy(other._flow)  # the same weights, another default K
+            flow.cfg = dataclasses.replace(flow.cfg, sample_steps=steps)
+            other._flow = flow
+        return other
+
+    def describe_prior(self, steps: int | None = None, conditioned: bool = True) -> str:
+        """Which flow prior samples and what a code costs ("student, K=1 euler, 1 evaluations")."""
+        return self.flow("--prior").describe(steps, conditioned)
 
     def flow(self, flag: str) -> FlowPrior:
         """The run's flow prior; ``flag`` is the option that needs it, named when there is none."""
@@ -110,8 +130,7 @@ class Sampler:
         return emb
 
     def _settings(self, steps: int | None, guidance: float | None = None) -> str:
-        pc = self.flow("--prior").cfg
-        text = f"K={steps or pc.sample_steps} {pc.solver}"
+        text = self.describe_prior(steps, conditioned=guidance is not None)
         return text if guidance is None else f"cfg {guidance}, {text}"
 
     # --- modes ----------------------------------------------------------------------------
@@ -209,9 +228,11 @@ def swap_region(base: torch.Tensor, donor: torch.Tensor, region: str) -> torch.T
     return out.view(b, t, d)
 
 
-def _sampler(run: str | Path | Sampler) -> Sampler:
+def _sampler(run: str | Path | Sampler, teacher: bool = False) -> Sampler:
     """A loaded run is reused: each grid of `raydino run` would otherwise load the generator and encoders again."""
-    return run if isinstance(run, Sampler) else Sampler(run)
+    if isinstance(run, Sampler):
+        return run if run.teacher == teacher else run.variant(teacher)
+    return Sampler(run, teacher=teacher)
 
 
 def noise_grid(run: str | Path | Sampler, images: list[str], out: str | Path, n: int = 8, seed: int = 0) -> list[Row]:
@@ -245,18 +266,19 @@ def check_flags(*, from_image: str | None, vary: float | None, prompts: list[str
 def sample(run: str | Path | Sampler, out: str | Path, *, from_image: str | None = None, vary: float | None = None,
            prompts: list[str] | None = None, cfg_scale: float | None = None, prior: str | None = None,
            mix: list[str] | None = None, region: str = "top", steps: int | None = None, n: int = 8, seed: int = 0,
-           save_each_dir: bool = False) -> list[Row]:
+           save_each_dir: bool = False, teacher: bool = False) -> list[Row]:
     """Run every requested mode and write one labelled grid to ``out``.
 
     ``prior``: ``"flow"`` (the flow-matching prior) or ``"pca"`` (the
     baseline); ``steps``: the prior's K, ``cfg_scale``: the prompts'
-    guidance (default: the prior's config). ``from_image`` with ``prompts``
+    guidance (default: the prior's config); ``teacher``: the prior itself
+    even where the run has a distilled student. ``from_image`` with ``prompts``
     and ``vary`` edits the image toward each prompt, one row each, instead
     of sampling the prompts from scratch.
     """
     check_flags(from_image=from_image, vary=vary, prompts=prompts, cfg_scale=cfg_scale, prior=prior, mix=mix,
                 steps=steps)
-    sampler = _sampler(run)
+    sampler = _sampler(run, teacher)
     rows: list[Row] = []
     edits = bool(from_image and prompts and vary is not None)  # --from-image X --prompt P --vary T: this face, but P
     if from_image and not edits:

@@ -12,16 +12,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from raydino.config import load_config, override
+from raydino.config import load_config, override, to_dict
 from raydino.errors import UserError
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior
+from raydino.models.flow_prior import FlowPrior, metadata, prior_from_header, student_of, teacher_codes
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.models.saved import load_prior
 from raydino.pyramids import schema
 from raydino.train import checkpoint, prior_loop
+from raydino.train.distill import TeacherPairs, draw
+from raydino.train.prior_loop import CODE, COND, GUIDANCE, NOISE
 from raydino.train.prior_trainer import code_shape, train_prior
 from raydino.train.runtime import FAULT_MARKER
 from raydino.train.session import LocalSession
@@ -160,3 +162,128 @@ def test_patches_group_neighbouring_tokens_and_must_tile_the_grid():
     assert prior(x, torch.rand(2), None, torch.zeros(2, dtype=torch.bool)).shape == x.shape
     with pytest.raises(ValueError, match="prior.patch=2 does not tile the 3x3 code"):
         FlowPrior(cfg, tokens=9, dim=3, clip_dim=0)
+
+
+# --- the student: the prior distilled to one evaluation, guidance included ----------------------------------------
+
+
+def distil_toy(teacher: FlowPrior, out, steps: int, **distill) -> tuple[FlowPrior, dict]:
+    """The toy prior distilled through the student's real pieces, in one process: its Ray Data actor's pairs
+    (one-hot cluster conditions), then the prior's loop; checkpoints in ``out/ckpt``, resumed when there."""
+    settings = {"steps": steps, "pairs": 256, "batch_size": 64, "lr": 2e-3, "guidance": "[1.0,3.0]",
+                "checkpoint_every": 10, "log_every": 100, "sample_steps": 1} | distill
+    cfg = override(prior_cfg(), [f"distill.{k}={v}" for k, v in settings.items()])
+    Run(out).path.mkdir(parents=True, exist_ok=True)
+    save_file(teacher.state_dict(), str(Run(out).prior), metadata=metadata(teacher))
+    conds = torch.eye(CLUSTERS).repeat(8, 1).numpy()
+    pairs = TeacherPairs(str(out), to_dict(cfg.distill), conds, use_gpu=False)({"id": np.arange(cfg.distill.pairs)})
+    session = LocalSession(pairs, list(pairs), seed=cfg.distill.seed, checkpoints=out / "ckpt")
+    job = prior_loop.student_job(cfg, Run(out), load_prior(Run(out), teacher=True), session.device)
+    metrics = prior_loop.fit_flow(cfg, out, session, job)
+    checkpoint.export_ema(next(session.checkpoint_dirs()), Run(out).student)
+    return load_prior(Run(out)), metrics
+
+
+class TwoClusters(FlowPrior):
+    """A teacher whose velocity is the exact one of two Gaussian clusters ``N(+-MU, S^2 I)``: the known answer.
+
+    On ``x_t = (1 - t) x + t e`` each cluster's ``x_t`` is Gaussian, so the
+    posterior over clusters and the expected code are closed-form, and
+    ``v = (x_t - E[x | x_t]) / t``. The condition, one-hot, names the cluster.
+    """
+
+    MU, S = 1.0, 0.2
+
+    def forward(self, x, t, cond, keep, guidance=None):
+        t = t.clamp_min(1e-4)[:, None, None]
+        mu = torch.stack([torch.full_like(x, self.MU), torch.full_like(x, -self.MU)])  # [2, B, T, D]
+        var = ((1 - t) * self.S) ** 2 + t ** 2
+        logits = -((x - (1 - t) * mu) ** 2).sum((2, 3), keepdim=True) / (2 * var)
+        if cond is not None:  # a kept condition picks its cluster
+            picked = torch.stack([cond[:, 0], cond[:, 1]]).log()[:, :, None, None]
+            logits = torch.where(keep[None, :, None, None], picked, logits)
+        weights = logits.softmax(0)
+        expected = (weights * (mu + (1 - t) * self.S ** 2 / var * (x - (1 - t) * mu))).sum(0)
+        return (x - expected) / t
+
+
+def two_cluster_teacher() -> TwoClusters:
+    cfg = load_config("demo", overrides=["prior.width=32", "prior.depth=2", "prior.patch=1", "prior.sample_steps=16"])
+    return TwoClusters(cfg.prior, tokens=4, dim=8, clip_dim=2, cond_stats=False)
+
+
+def cluster_of(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's nearer cluster (0: +MU) and its RMS distance to that centre, in units of S."""
+    rms = torch.stack([(samples - m).pow(2).mean((1, 2)).sqrt() for m in (TwoClusters.MU, -TwoClusters.MU)])
+    return rms.argmin(0), rms.min(0).values / TwoClusters.S
+
+
+def test_a_student_at_one_evaluation_lands_in_the_clusters_where_its_teacher_lands_between(tmp_path):
+    """Two well-separated clusters, the exact teacher: one student evaluation lands in a cluster, with the cluster's
+    spread; one teacher Euler step goes to the expected code, between the clusters (or a collapsed centre)."""
+    teacher = two_cluster_teacher()
+    cfg = override(prior_cfg(), ["distill.steps=600", "distill.pairs=2048", "distill.batch_size=64", "distill.lr=0.002",
+                                 "distill.guidance=[1.0,3.0]", "distill.uncond_share=0.5", "distill.log_every=1000",
+                                 "distill.checkpoint_every=600"])
+    conds = torch.eye(2).repeat(4, 1)
+    rows = draw(np.arange(cfg.distill.pairs), cfg.distill, 4, 8, len(conds))
+    cond = conds[rows.pop("index")]
+    guidance = torch.from_numpy(rows[GUIDANCE])
+    code = teacher_codes(teacher, torch.from_numpy(rows[NOISE]), cond, guidance, cfg.distill.teacher_steps)
+    pairs = rows | {CODE: code.numpy(), COND: cond.numpy()}
+    session = LocalSession(pairs, list(pairs), seed=0, checkpoints=tmp_path / "ckpt")
+    job = prior_loop.student_job(cfg, Run(tmp_path), teacher, session.device)
+    assert prior_loop.fit_flow(cfg, tmp_path, session, job)["step"] == 600
+    checkpoint.export_ema(next(session.checkpoint_dirs()), Run(tmp_path).student)
+    student = load_prior(Run(tmp_path))
+    assert student.student and student.evaluations() == 1
+
+    which, dist = cluster_of(student.sample(400, torch.Generator().manual_seed(2)))
+    assert (dist < 3).float().mean() >= 0.9, f"only {(dist < 3).float().mean():.0%} within 3 S of a centre"
+    assert 0.3 <= which.float().mean() <= 0.7, which.float().mean()
+    _, between = cluster_of(teacher.sample(400, torch.Generator().manual_seed(2), steps=1))
+    assert (between > 3).all()  # the known answer's one step: the codes' mean
+    for k in range(2):
+        cond = torch.eye(2)[k].expand(200, -1)
+        which, dist = cluster_of(student.sample(200, torch.Generator().manual_seed(k), cond=cond, guidance=2.0))
+        assert (which == k).float().mean() >= 0.95 and 0.5 <= dist.median() <= 2.0, (k, dist.median())
+        _, collapsed = cluster_of(teacher.sample(200, torch.Generator().manual_seed(k), cond=cond, steps=1, guidance=1.0))
+        assert collapsed.median() < 0.5  # the teacher's one conditional step: the centre, without the spread
+
+
+def test_the_student_has_the_teachers_shape_and_costs_one_evaluation_per_step(toy_prior):
+    teacher, _ = toy_prior
+    student = student_of(teacher, sample_steps=2)
+    x, cond = torch.randn(3, TOKENS, DIM), torch.eye(CLUSTERS)[:3]
+    assert student.velocity(x, 0.5, cond, torch.tensor([1.0, 2.0, 3.0])).shape == x.shape
+    assert student.sample(3, cond=cond).shape == (3, TOKENS, DIM)
+    # it predicts the code, starting from the mean one (0, standardised): its velocity is the line from x_t there
+    keep = torch.ones(3, dtype=torch.bool)
+    assert torch.allclose(student(x, torch.full((3,), 0.5), cond, keep, torch.full((3,), 2.0)), x / 0.5)
+    assert torch.equal(student.x_in.weight, teacher.x_in.weight)  # the rest of the teacher's weights, kept
+    assert (student.evaluations(), student.evaluations(4), teacher.evaluations(16)) == (2, 4, 31 * 2)
+    assert teacher.evaluations(16, conditioned=False) == 31
+    rebuilt = prior_from_header(metadata(student))
+    assert rebuilt.student and rebuilt.cfg.solver == "euler" and rebuilt.cfg.sample_steps == 2
+
+
+def test_a_stopped_student_resumes_bitwise(toy_prior, tmp_path):
+    """Stopped after its step-20 checkpoint and continued to 30, it ends as the run of 30 steps in one go."""
+    teacher, _ = toy_prior
+    quick = {"pairs": 128, "teacher_steps": 2}
+    reference, _ = distil_toy(teacher, tmp_path / "reference", steps=30, **quick)
+    distil_toy(teacher, tmp_path / "stopped", steps=20, **quick)
+    resumed, metrics = distil_toy(teacher, tmp_path / "stopped", steps=30, **quick)
+    assert metrics["resumed_from_step"] == 20 and metrics["step"] == 30
+    a, b = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sampling_takes_the_student_where_there_is_one(toy_prior, tmp_path):
+    teacher, _ = toy_prior
+    run = Run(tmp_path)
+    save_file(teacher.state_dict(), str(run.prior), metadata=metadata(teacher))
+    assert not load_prior(run).student
+    student = student_of(teacher, sample_steps=1)
+    save_file(student.state_dict(), str(run.student), metadata=metadata(student))
+    assert load_prior(run).student and not load_prior(run, teacher=True).student

@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from raydino.cli import main
 from raydino.config import load_config, save_config
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior, metadata
+from raydino.models.flow_prior import FlowPrior, metadata, student_of
 from raydino.models.generator import ProgressiveGenerator
 from raydino.sampling import Sampler
-from raydino.serve.faces import Faces
+from raydino.serve.faces import Ask, Faces
 from raydino.train import checkpoint
 
 LIMITS = ["serve.max_images=4", "serve.max_prompt_chars=40", "serve.max_body_bytes=20000", "serve.batch_wait_s=0.2",
@@ -187,6 +187,28 @@ def test_faces_vary_edits_toward_the_prompt_with_its_guidance(tmp_path, tiny_mod
     assert not torch.equal(smiling[1:], plain[1:])
     assert not torch.equal(smiling[1:], faces.vary(face, 0.6, 3, 1, prompt="someone frowning", guidance=3.0)[1:])
     assert not torch.equal(smiling[1:], faces.vary(face, 0.6, 3, 1, prompt="someone smiling", guidance=1.0)[1:])
+
+
+def test_the_serve_path_samples_the_student_where_the_run_has_one(tmp_path, tiny_models):
+    """A run with a distilled student: the server's codes are the student's, one evaluation each, not the teacher's."""
+    run = write_run(tmp_path / "run", tiny_models)
+    teacher = Faces(run, device="cpu").prior
+    student = student_of(teacher, sample_steps=1)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a student that moves: its zero output layers would give every request the mean code
+        for weight in (*student.out.parameters(), *student.ada.parameters()):
+            weight.add_(0.05 * torch.randn_like(weight))
+    save_file(student.state_dict(), str(Run(run).student), metadata=metadata(student))
+    faces, taught = Faces(run, device="cpu"), Faces(run, device="cpu", teacher=True)
+    assert faces.prior.student and faces.prior.describe().startswith("student, K=1 euler, 1 evaluations")
+    assert not taught.prior.student
+    asks = [Ask("someone with red hair", 2, 7, guidance=3.0), Ask(None, 1, 3)]
+    served = faces.generate(asks)
+    sampler = Sampler(run, device="cpu")
+    cond = sampler.text_condition(["someone with red hair"]).expand(2, -1)
+    assert torch.allclose(served[0], sampler.from_condition(cond, 7, guidance=3.0), atol=1e-5)
+    assert torch.allclose(served[1], sampler.from_prior(1, 3)[0].images, atol=1e-5)
+    assert not torch.allclose(served[0], taught.generate(asks)[0], atol=1e-3)
 
 
 def test_a_prompt_for_an_unconditional_prior_is_refused(server, unconditional, faces_dir):

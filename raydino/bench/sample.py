@@ -1,10 +1,12 @@
 """``raydino bench sample``: the whole sampling path against diffusion sampling, same device, same run.
 
-The project's promise over diffusion is speed: an image costs K ODE steps of
-the small prior over 16 coarse tokens (with guidance: a conditional and a
-null evaluation per step, batched) and one pass of the generator, instead of
-hundreds of evaluations of a large network over 256 latent tokens. The
-preset's prior and generator are timed alone and as the whole path. The
+The project's promise over diffusion is speed: an image costs one
+evaluation of the distilled student prior over 16 coarse tokens (its
+teacher: K guided Heun steps, a conditional and a null evaluation each) and
+one pass of the generator, instead of hundreds of evaluations of a large
+network over 256 latent tokens. The preset's prior (the student where the
+preset distils one, and its teacher beside it) and generator are timed
+alone and as the whole path. The
 baseline is DiT-XL/2 at 256 px (diffusers' ``DiTTransformer2DModel`` plus the SD VAE
 decoder, random weights: speed does not depend on them) with 250 steps and
 classifier-free guidance (two evaluations per step, batched). Needs the
@@ -20,7 +22,7 @@ import torch
 from raydino.bench.measure import default_device, median_seconds, peak_gpu_mib
 from raydino.bench.record import header, save
 from raydino.config import PriorConfig, load_config
-from raydino.models.flow_prior import FlowPrior
+from raydino.models.flow_prior import FlowPrior, student_of
 from raydino.models.generator import ProgressiveGenerator
 
 
@@ -42,18 +44,21 @@ def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int
     return sample, res, sum(p.numel() for p in g.parameters())
 
 
-def build_prior(preset: str, device: torch.device, dim: int = 768, grid: int = 4,
-                clip_dim: int = 512) -> tuple[Callable[[int], torch.Tensor], PriorConfig, int]:
-    """The preset's prior, drawing codes conditioned on a CLIP vector with guidance: its costlier path."""
+def build_prior(preset: str, device: torch.device, dim: int = 768, grid: int = 4, clip_dim: int = 512,
+                student: bool = False) -> tuple[Callable[[int], torch.Tensor], PriorConfig, int]:
+    """The preset's prior (or its student), drawing codes conditioned on a CLIP vector with guidance."""
     cfg = load_config(preset)
-    prior = FlowPrior(cfg.prior, grid * grid, dim, clip_dim).to(device).eval().requires_grad_(False)
+    prior = FlowPrior(cfg.prior, grid * grid, dim, clip_dim).to(device)
+    if student:
+        prior = student_of(prior, cfg.distill.sample_steps)
+    prior = prior.eval().requires_grad_(False)
 
     def sample(batch: int) -> torch.Tensor:
         cond = torch.nn.functional.normalize(torch.randn(batch, clip_dim, device=device), dim=-1)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return prior.sample(batch, cond=cond)
 
-    return sample, cfg.prior, sum(p.numel() for p in prior.parameters())
+    return sample, prior.cfg, sum(p.numel() for p in prior.parameters())
 
 
 def build_dit(device: torch.device, steps: int, guidance: float = 4.0) -> tuple[Callable[[int], torch.Tensor], int]:
@@ -92,21 +97,35 @@ def run_bench(preset: str = "ffhq256", batches: tuple[int, ...] = (1, 64), dit_s
     dev = torch.device(default_device(device))
     torch.backends.cudnn.benchmark = True
     gen, res, gen_params = build_generator(preset, dev, compile=compile)
-    prior, pc, prior_params = build_prior(preset, dev)
+    distils = load_config(preset).distill.steps > 0
+    prior, pc, prior_params = build_prior(preset, dev, student=distils)
+    teacher, tc, _ = build_prior(preset, dev)
     figures: dict = {**header("sample"), "preset": preset, "resolution": res, "generator_params": gen_params,
-                     "prior_params": prior_params, "prior_steps": pc.sample_steps, "prior_solver": pc.solver,
-                     "compile": compile, "generator": {}, "prior": {}, "path": {}}
+                     "prior_params": prior_params, "prior_kind": "student" if distils else "teacher",
+                     "prior_steps": pc.sample_steps, "prior_solver": pc.solver, "teacher_steps": tc.sample_steps,
+                     "compile": compile, "generator": {}, "prior": {}, "path": {}, "prior_teacher": {},
+                     "path_teacher": {}}
+    parts = (("prior", lambda b: prior(b)), ("generator", lambda b: gen(b)), ("path", lambda b: gen(b, prior(b))))
+    if distils:
+        parts += (("prior_teacher", lambda b: teacher(b)), ("path_teacher", lambda b: gen(b, teacher(b))))
     for b in batches:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        for part, fn in (("prior", lambda b=b: prior(b)), ("generator", lambda b=b: gen(b)),
-                         ("path", lambda b=b: gen(b, prior(b)))):
-            t = median_seconds(fn, dev)
+        for part, fn in parts:
+            t = median_seconds(lambda fn=fn, b=b: fn(b), dev)
             figures[part][b] = {"latency_ms": t * 1e3, "images_per_s": b / t}
         figures["path"][b]["peak_mem_gib"] = peak_gpu_mib() / 1024 if dev.type == "cuda" else None
-        print(f"batch {b}: prior (K={pc.sample_steps} {pc.solver}, guided) {figures['prior'][b]['latency_ms']:.2f} ms, "
-              f"generator {res}px {figures['generator'][b]['latency_ms']:.2f} ms, whole path "
-              f"{figures['path'][b]['latency_ms']:.2f} ms, {figures['path'][b]['images_per_s']:.1f} images/s", flush=True)
+        print(f"batch {b}: prior ({figures['prior_kind']}, K={pc.sample_steps} {pc.solver}, guided) "
+              f"{figures['prior'][b]['latency_ms']:.2f} ms, generator {res}px "
+              f"{figures['generator'][b]['latency_ms']:.2f} ms, whole path {figures['path'][b]['latency_ms']:.2f} ms, "
+              f"{figures['path'][b]['images_per_s']:.1f} images/s", flush=True)
+        if distils:
+            speedup = figures["path_teacher"][b]["latency_ms"] / figures["path"][b]["latency_ms"]
+            figures["path"][b]["speedup_of_student"] = speedup
+            print(f"batch {b}: the teacher (K={tc.sample_steps} {tc.solver}, guided) "
+                  f"{figures['prior_teacher'][b]['latency_ms']:.2f} ms, its whole path "
+                  f"{figures['path_teacher'][b]['latency_ms']:.2f} ms: the student's path is {speedup:.1f}x faster",
+                  flush=True)
     m = figures["machine"]
     print(f"machine: {m['gpu'] or m['cpu']} ({m['cores']} cores), torch {m['torch']}")
     if not skip_dit:

@@ -5,8 +5,11 @@ threads share a fixed count of ``POST /generate`` requests (one image each,
 a seed per request, keep-alive connections), and the figures are the
 clients' p50 and p99 latency, images/s, failed requests, and the share of
 requests the replica served in a batch of more than one (from ``/stats``).
-The baseline is the same server at one client: the ratio says what dynamic
-batching buys.
+
+Two baselines, from the same run: the same server at one client (the
+ratio says what dynamic batching buys), and, where the run has a distilled
+student, the same server on the teacher (``serve.teacher=true``, K guided
+Heun steps) at every level (the ratio says what the student buys).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from raydino.bench.record import header, save
 from raydino.config import load_config
 from raydino.layout import Run
 
-GOALS = {"p50_ms_one_client": 50.0, "throughput_ratio_32": 5.0, "failed": 0}
+GOALS = {"p50_ms_one_client": 40.0, "images_per_s_32": 60.0, "failed": 0}
 
 
 def _request(conn: http.client.HTTPConnection, body: dict) -> tuple[int, float]:
@@ -86,36 +89,67 @@ def load(port: int, clients: int, requests: int, prompt: str | None, steps: int 
             "mean_batch": round(served / max(1, sum(sizes.values())), 2)}
 
 
-def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | None, port: int,
-              overrides: list[str], out: str | None, steps: int | None = None) -> dict:
-    """Start ``raydino serve`` on ``run`` in a local Ray, load it at each concurrency, print and record the figures."""
-    import ray
+def _levels(run: str | Path, cfg, clients: list[int], requests: int, prompt: str | None, port: int,
+            steps: int | None) -> list[dict]:
+    """One deployment of ``run`` as ``cfg.serve`` says, loaded at each concurrency; the ratio to one client."""
     from ray import serve
 
     from raydino.serve.app import APP_NAME, application
 
-    cfg = load_config(config_file=str(Run(run).config), overrides=overrides)
-    results = header("serve") | {"run": str(Path(run).resolve()), "serve": vars(cfg.serve), "prompt": prompt,
-                                 "steps": steps or cfg.prior.sample_steps, "solver": cfg.prior.solver, "goals": GOALS}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(run, cfg), name=APP_NAME, route_prefix="/")
-        load(port, 4, 16, prompt, steps)  # warm-up: the replica's first passes allocate
-        levels = [load(port, c, max(requests, 4 * c), prompt, steps) for c in clients]
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    serve.run(application(run, cfg), name=APP_NAME, route_prefix="/")
+    load(port, 4, 16, prompt, steps)  # warm-up: the replica's first passes allocate
+    levels = [load(port, c, max(requests, 4 * c), prompt, steps) for c in clients]
+    serve.delete(APP_NAME)
     base = levels[0]["images_per_s"]
     for level in levels:
         level["throughput_ratio"] = round(level["images_per_s"] / base, 2) if base else None
-    results["levels"] = levels
-    print(f"raydino serve on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
-          f"run {run}, prompt {prompt!r}, K={results['steps']} {results['solver']}")
+    return levels
+
+
+def _table(title: str, levels: list[dict], teacher: list[dict] | None = None) -> None:
+    print(title)
     print(f"{'clients':>8} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>9} {'vs 1 client':>12} {'batched':>8} "
-          f"{'mean batch':>11} {'failed':>7}")
-    for lv in levels:
+          f"{'mean batch':>11} {'failed':>7}" + (f" {'vs teacher':>11}" if teacher else ""))
+    for i, lv in enumerate(levels):
+        ratio = f" {lv['images_per_s'] / teacher[i]['images_per_s']:>10.1f}x" if teacher else ""
         print(f"{lv['clients']:>8} {lv['p50_ms']:>8} {lv['p99_ms']:>8} {lv['images_per_s']:>9} "
-              f"{lv['throughput_ratio']:>11}x {lv['batched_share']:>8} {lv['mean_batch']:>11} {lv['failed']:>7}")
+              f"{lv['throughput_ratio']:>11}x {lv['batched_share']:>8} {lv['mean_batch']:>11} {lv['failed']:>7}{ratio}")
+
+
+def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | None, port: int,
+              overrides: list[str], out: str | None, steps: int | None = None) -> dict:
+    """Start ``raydino serve`` on ``run`` in a local Ray, load it at each concurrency, print and record the figures.
+
+    The run's default prior first (its student where it has one), then the teacher on the same levels.
+    """
+    import dataclasses
+
+    import ray
+    from ray import serve
+
+    from raydino.models.saved import load_prior
+
+    cfg = load_config(config_file=str(Run(run).config), overrides=overrides)
+    teacher_cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, teacher=True))
+    served = load_prior(Run(run), teacher=cfg.serve.teacher)
+    has_student = served.student
+    results = header("serve") | {"run": str(Path(run).resolve()), "serve": vars(cfg.serve), "prompt": prompt,
+                                 "prior": served.describe(steps, conditioned=bool(prompt)), "goals": GOALS}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        results["levels"] = _levels(run, cfg, clients, requests, prompt, port, steps)
+        if has_student:
+            teacher = load_prior(Run(run), teacher=True)
+            results["teacher"] = teacher.describe(conditioned=bool(prompt))
+            results["teacher_levels"] = _levels(run, teacher_cfg, clients, requests, prompt, port, None)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    m = results["machine"]
+    print(f"raydino serve on {m['cpu']} ({m['cores']} cores), run {run}, prompt {prompt!r}")
+    _table(f"prior: {results['prior']}", results["levels"], results.get("teacher_levels"))
+    if has_student:
+        _table(f"baseline, the teacher: {results['teacher']}", results["teacher_levels"])
     save(results, out)
     return results

@@ -33,9 +33,9 @@ from raydino.config.sections import (
     ServeConfig,
     TinyModelsConfig,
 )
-from raydino.config.training import PriorConfig, RayWorkers, StageConfig, TrainConfig, TuneConfig
+from raydino.config.training import DistillConfig, PriorConfig, RayWorkers, StageConfig, TrainConfig, TuneConfig
 
-__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "PriorConfig",
+__all__ = ["Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig", "LossConfig", "ModelConfig", "PriorConfig",
            "PyramidConfig", "RayWorkers", "SampleConfig", "ServeConfig", "StageConfig", "TinyModelsConfig", "TrainConfig", "TuneConfig",
            "apply_overrides", "from_dict", "is_local", "load_config", "lookup", "override", "save_config", "to_dict"]
 

@@ -14,7 +14,7 @@ Rules that need the data (a batch against the rows of a pyramid) are in
 from __future__ import annotations
 
 from raydino.config.sections import Config, LossConfig, ModelConfig, PyramidConfig, ServeConfig
-from raydino.config.training import PriorConfig, RayWorkers, TrainConfig
+from raydino.config.training import DistillConfig, PriorConfig, RayWorkers, TrainConfig
 
 LOSS_KINDS = ("energy", "regression")
 SOLVERS = ("euler", "heun")
@@ -123,6 +123,26 @@ def check_prior(prior: PriorConfig, code_grid: int) -> None:
     _need(prior.steps >= 0, f"prior.steps={prior.steps} must be at least 0")
 
 
+def check_distill(d: DistillConfig) -> None:
+    """The student's pairs, guidance range and schedule."""
+    check_workers(d, "distill")
+    _need(d.steps >= 0, f"distill.steps={d.steps} must be at least 0 (0: no student)")
+    _need(d.batch_size >= 1 and d.batch_size % d.num_workers == 0,
+          f"distill.batch_size={d.batch_size} must be a positive multiple of distill.num_workers={d.num_workers}")
+    _need(d.pairs >= d.batch_size, f"distill.pairs={d.pairs} must be at least distill.batch_size={d.batch_size}")
+    _need(len(d.guidance) == 2 and 0 <= d.guidance[0] <= d.guidance[1],
+          f"distill.guidance={d.guidance} must be [low, high] with 0 <= low <= high")
+    _need(0 <= d.uncond_share <= 1, f"distill.uncond_share={d.uncond_share} must be in [0, 1]")
+    _need(0 <= d.one_step_share <= 1, f"distill.one_step_share={d.one_step_share} must be in [0, 1]")
+    _need(d.teacher_steps >= 1, f"distill.teacher_steps={d.teacher_steps} must be at least 1")
+    _need(d.sample_steps >= 1, f"distill.sample_steps={d.sample_steps} must be at least 1")
+    _need(d.teacher_batch >= 1 and d.actors >= 1,
+          f"distill.teacher_batch={d.teacher_batch} and distill.actors={d.actors} must be at least 1")
+    _need(0 <= d.ema_beta < 1, f"distill.ema_beta={d.ema_beta} must be in [0, 1)")
+    _need(d.checkpoint_every >= 1 and d.log_every >= 1,
+          "distill.checkpoint_every and distill.log_every must be at least 1")
+
+
 def check_train(train: TrainConfig, resolutions: list[int]) -> None:
     """Workers, and stages the generator has, in order, with batches that split across the workers."""
     check_workers(train, "train")
@@ -159,6 +179,7 @@ def check(cfg: Config) -> Config:
     check_loss(cfg.loss, len(sizes))
     check_train(cfg.train, resolutions)
     check_prior(cfg.prior, sizes[0] // DINO_PATCH)
+    check_distill(cfg.distill)
     _need(cfg.eval.n >= 1, f"eval.n={cfg.eval.n} must be at least 1")
     _need(cfg.eval.compare_loss in ("", *LOSS_KINDS),
           f"eval.compare_loss={cfg.eval.compare_loss} is not empty or one of {', '.join(LOSS_KINDS)}")

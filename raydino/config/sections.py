@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raydino.config.training import PriorConfig, TrainConfig, TuneConfig
+from raydino.config.training import DistillConfig, PriorConfig, TrainConfig, TuneConfig
 
 
 @dataclass
@@ -171,7 +171,8 @@ class ServeConfig:
     (clients that were answered together ask again together, spread by the
     proxy's hop: 5 ms caught 1.75 of 8 on a 2-core CPU, 20 ms 7.4).
     ``num_cpus``: per replica, also its torch threads. ``num_gpus``: per
-    replica; -1 takes one when the cluster has a GPU.
+    replica; -1 takes one when the cluster has a GPU. ``teacher``: the
+    flow prior itself instead of its distilled student.
     """
 
     max_batch_size: int = 32
@@ -183,6 +184,7 @@ class ServeConfig:
     replicas: int = 1
     num_cpus: float = 2.0
     num_gpus: float = -1.0
+    teacher: bool = False  # serve the prior itself (K guided steps) where the run has a distilled student
 
 
 @dataclass
@@ -199,6 +201,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)

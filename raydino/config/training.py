@@ -125,3 +125,38 @@ class PriorConfig(RayWorkers):
     pca_components: int = 16
     fit_rows: int = 4096
     seed: int = 0
+
+
+@dataclass
+class DistillConfig(RayWorkers):
+    """The few-step student of the flow prior (docs/prior.md): rectified-flow distillation, guidance distilled in.
+
+    The teacher (the trained prior, ``teacher_steps`` Heun steps with
+    guidance) maps ``pairs`` noise draws to codes, each under a training
+    condition and a guidance scale drawn from ``guidance`` ``[low, high]``
+    (an ``uncond_share`` of them under the null condition). The student
+    starts from the teacher's weights, takes the guidance scale as an input,
+    and learns the straight path from each noise draw to its code
+    (InstaFlow: Liu et al. 2024), in ``steps`` optimizer steps of
+    ``batch_size`` pairs; a ``one_step_share`` of each batch is taken at
+    the noise end, where one evaluation must land. It samples in
+    ``sample_steps`` Euler evaluations by default. ``steps: 0``: no student.
+    """
+
+    steps: int = 0
+    pairs: int = 2048
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_beta: float = 0.98
+    grad_clip: float = 1.0
+    guidance: list[float] = field(default_factory=lambda: [1.0, 7.0])
+    uncond_share: float = 0.2
+    teacher_steps: int = 16
+    one_step_share: float = 0.5
+    sample_steps: int = 1
+    teacher_batch: int = 256  # pairs per teacher pass (a Ray Data batch)
+    actors: int = 1           # teacher actors drawing the pairs
+    checkpoint_every: int = 200
+    log_every: int = 100
+    seed: int = 0

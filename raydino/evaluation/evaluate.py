@@ -44,6 +44,7 @@ import torch
 from raydino.data.face_set import attribute_labels, attributes_for_paths
 from raydino.data.images import read_image
 from raydino.evaluation.attribute_agreement import attribute_figures
+from raydino.evaluation.few_step import few_step_rows
 from raydino.evaluation.memorisation import memorisation_figures
 from raydino.evaluation.metrics import (
     clip_score,
@@ -58,7 +59,7 @@ from raydino.evaluation.metrics import (
     sharpness_ratio,
 )
 from raydino.evaluation.part_figures import part_figures
-from raydino.evaluation.text_control import text_control_figures
+from raydino.evaluation.text_control import oracle_conditions, text_control_figures
 from raydino.evaluation.text_encoder import flip_test
 from raydino.layout import Run
 from raydino.models.encoders import to_float
@@ -89,7 +90,9 @@ def prior_samples(s: Sampler, fd_dino: Dino, real_feats: np.ndarray, half: int, 
             if kind == "flow":
                 flow, flow_codes = images, codes
     if flow is not None:
-        out["fd_dinov2/prior_steps"] = s.flow("--prior").cfg.sample_steps
+        prior = s.flow("--prior")
+        out |= {"fd_dinov2/prior_steps": prior.cfg.sample_steps, "fd_dinov2/prior_kind": "student" if prior.student
+                else "teacher", "fd_dinov2/prior_evaluations": prior.evaluations(conditioned=False)}
     return flow, flow_codes, out
 
 
@@ -163,9 +166,12 @@ def text_control(s: Sampler, pyramids: str | Path, paths: list[str], codes: torc
     labels = torch.tensor([attribute_labels(a) for a in attrs], dtype=torch.long)
     clip_column = torch.from_numpy(schema.read_first_rows(pyramids, [schema.CLIP], len(paths))[schema.CLIP])
     faces = to_float(np.stack([read_image(p, s.clip.image_size) for p in paths]))
+    half = len(paths) // 2  # FD's generated half, never the real half it is compared with
+    oracle = oracle_conditions(s, attrs[:half], None if clip_column is None else clip_column[:half])
     return flip_test(s.clip, attrs, faces, seed) | text_control_figures(
         s, classifier, codes, labels, attrs, clip_column, classifier.predict(recon), prior, fd_dino, real_feats, size,
-        seed, s.cfg.sample.edit_t)
+        seed, s.cfg.sample.edit_t) | {"few_step": few_step_rows(s, classifier, labels[:half], oracle, fd_dino,
+                                                                 real_feats, size, seed)}
 
 
 def memorisation(s: Sampler, samples: torch.Tensor | None, held_out: torch.Tensor) -> dict:

@@ -17,10 +17,16 @@ lies near but not on the image embeddings, stands in for it at sampling
 time; a ``cond_dropout`` share of training codes see a learned null
 condition instead, which gives the unconditional model of classifier-free
 guidance: ``v = v_null + s (v_cond - v_null)``.
+
+A *student* (:func:`student_of`) is the same network with the guidance
+scale as one more input, distilled from the teacher's guided ODE so that a
+step is one evaluation (docs/prior.md); ``velocity`` and ``integrate``
+treat both alike.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -31,6 +37,9 @@ from torch import nn
 
 from raydino.config import PriorConfig
 from raydino.config.checks import check_prior
+
+STUDENT_MIN_T = 1e-3  # a student is never asked for t = 0 (the last step ends there), but a division must not be
+GUIDANCE_UNIT = 10.0  # a student's guidance scale enters as a time would: 0-10 as 0-1
 
 
 def perturb(emb: torch.Tensor, noise: float, rng: torch.Generator | None = None) -> torch.Tensor:
@@ -87,7 +96,8 @@ class FlowPrior(nn.Module):
     weights alone turn samples back into DINOv2 token units.
     """
 
-    def __init__(self, cfg: PriorConfig, tokens: int, dim: int, clip_dim: int, cond_stats: bool = True):
+    def __init__(self, cfg: PriorConfig, tokens: int, dim: int, clip_dim: int, cond_stats: bool = True,
+                 student: bool = False):
         super().__init__()
         self.grid, p = math.isqrt(tokens), cfg.patch
         if self.grid ** 2 != tokens:
@@ -107,6 +117,12 @@ class FlowPrior(nn.Module):
         for layer in (self.ada, self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        # a student's guidance scale enters beside the time (zero at first: the teacher's weights, unchanged)
+        self.student = student
+        self.g_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if student else None
+        if student:
+            nn.init.zeros_(self.g_mlp[2].weight)
+            nn.init.zeros_(self.g_mlp[2].bias)
         self.register_buffer("code_mean", torch.zeros(dim))
         self.register_buffer("code_std", torch.ones(dim))
         # the conditions are standardised (train/conditions.py: condition_stats); False: a prior saved before that
@@ -142,9 +158,15 @@ class FlowPrior(nn.Module):
         x = x.view(b, g // p, g // p, p, p, self.dim).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(b, g * g, self.dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
-        """Velocity at ``x_t`` (standardised); ``keep[i]``: sample ``i`` sees its condition, else the null one."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, keep: torch.Tensor,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity at ``x_t`` (standardised); ``keep[i]``: sample ``i`` sees its condition, else the null one.
+
+        ``guidance`` ``[B]``: a student's guidance scales (0 where ``keep`` is False); a teacher takes none.
+        """
         c = self.t_mlp(time_embedding(t, self.cfg.width))
+        if self.g_mlp is not None:
+            c = c + self.g_mlp(time_embedding(guidance / GUIDANCE_UNIT, self.cfg.width))
         null = self.null.expand(len(x), -1)
         if self.c_in is not None and cond is not None:
             if self.cond_stats:
@@ -156,17 +178,45 @@ class FlowPrior(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada(F.silu(c))[:, None].chunk(2, dim=-1)
-        return self.unpatchify(self.out(self.norm(h) * (1 + scale) + shift))
+        out = self.unpatchify(self.out(self.norm(h) * (1 + scale) + shift))
+        if self.student:  # it predicts the code itself; its velocity is the straight line from x_t to it
+            return (x - out) / t.clamp_min(STUDENT_MIN_T)[:, None, None]
+        return out
 
-    def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None, guidance: float) -> torch.Tensor:
-        """The guided velocity: conditional and null in one batch when there is a condition."""
-        b = len(x)
-        tt = torch.full((b,), t, device=x.device)
+    def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None,
+                 guidance: float | torch.Tensor) -> torch.Tensor:
+        """The guided velocity; ``guidance``: one scale, or one per sample ``[B]``.
+
+        A teacher runs its conditional and null evaluations in one batch when
+        there is a condition; a student, one evaluation.
+        """
+        b, device = len(x), x.device
+        tt = torch.full((b,), t, device=device)
+        g = torch.as_tensor(guidance, dtype=torch.float32, device=device).expand(b)
         if cond is None:
-            return self(x, tt, None, torch.zeros(b, dtype=torch.bool, device=x.device))
-        keep = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(x.device)
+            return self(x, tt, None, torch.zeros(b, dtype=torch.bool, device=device), torch.zeros_like(g))
+        if self.student:
+            return self(x, tt, cond, torch.ones(b, dtype=torch.bool, device=device), g)
+        keep = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(device)
         v_cond, v_null = self(torch.cat([x, x]), tt.repeat(2), cond.repeat(2, 1), keep).chunk(2)
-        return v_null + guidance * (v_cond - v_null)
+        return v_null + g[:, None, None] * (v_cond - v_null)
+
+    def evaluations(self, steps: int | None = None, conditioned: bool = True) -> int:
+        """Network evaluations per sample for ``steps`` (default: the prior's own K): what a sample costs.
+
+        Heun takes two velocities per step but one on the last; a teacher's
+        guided velocity is two evaluations (conditional and null), a
+        student's one.
+        """
+        steps = self.cfg.sample_steps if steps is None else steps
+        calls = 2 * steps - 1 if self.cfg.solver == "heun" else steps
+        return calls * (2 if conditioned and self.clip_dim and not self.student else 1)
+
+    def describe(self, steps: int | None = None, conditioned: bool = True) -> str:
+        """Which prior and what a sample costs, as sampling, serving and evaluation say it."""
+        steps = self.cfg.sample_steps if steps is None else steps
+        kind = "student" if self.student else "teacher"
+        return f"{kind}, K={steps} {self.cfg.solver}, {self.evaluations(steps, conditioned)} evaluations"
 
     @torch.no_grad()
     def integrate(self, x: torch.Tensor, t_from: float, cond: torch.Tensor | None = None, *, steps: int | None = None,
@@ -226,14 +276,60 @@ def flow_matching_loss(net: nn.Module, x: torch.Tensor, cond: torch.Tensor | Non
     return F.mse_loss(net(x_t, t, cond, keep), noise - x)
 
 
+def distillation_loss(net: nn.Module, noise: torch.Tensor, code: torch.Tensor, cond: torch.Tensor | None,
+                      guidance: torch.Tensor, rng: torch.Generator, one_step_share: float) -> torch.Tensor:
+    """The student's loss on teacher pairs: the straight path from ``noise`` to the teacher's ``code``.
+
+    Rectified-flow distillation (InstaFlow, Liu et al. 2024): on the line
+    ``x_t = (1 - t) code + t noise`` the velocity is ``noise - code`` at
+    every ``t``, so one Euler step from ``t = 1`` lands on the code. The
+    student predicts the code (its velocity is the line to it: no identity
+    of the 3,072-number noise to copy through the network, as a velocity
+    would need at ``t = 1``), and the loss is on that code. A
+    ``one_step_share`` of the batch is taken at ``t = 1``, where the
+    noise alone decides the code (no two pairs' lines meet there); the rest
+    at uniform times, which the few-step and edit paths pass through.
+    ``guidance`` ``[B]``: each pair's scale, 0 for the unconditional ones,
+    which see the null condition.
+    """
+    b, device = len(code), code.device
+    t = torch.where(torch.rand(b, generator=rng) < one_step_share, torch.ones(b), torch.rand(b, generator=rng))
+    t = t.clamp_min(STUDENT_MIN_T).to(device)
+    x_t = (1 - t)[:, None, None] * code + t[:, None, None] * noise
+    keep = guidance > 0
+    predicted = x_t - t[:, None, None] * net(x_t, t, cond, keep, guidance)  # the student's code, back from its velocity
+    return F.mse_loss(predicted, code)
+
+
+@torch.no_grad()
+def teacher_codes(teacher: FlowPrior, noise: torch.Tensor, cond: torch.Tensor | None, guidance: torch.Tensor,
+                  steps: int) -> torch.Tensor:
+    """Where the teacher's guided flow takes each noise draw (standardised); guidance 0 is the null model's own flow."""
+    return teacher.integrate(noise, 1.0, cond, steps=steps, guidance=guidance, solver="heun")
+
+
+def student_of(teacher: FlowPrior, sample_steps: int) -> FlowPrior:
+    """A student with the teacher's weights and statistics, sampling in ``sample_steps`` Euler steps on an even grid."""
+    cfg = dataclasses.replace(teacher.cfg, sample_steps=sample_steps, solver="euler", time_shift=1.0)
+    student = FlowPrior(cfg, teacher.tokens, teacher.dim, teacher.clip_dim, cond_stats=teacher.cond_stats,
+                        student=True).to(teacher.code_mean.device)
+    missing, unexpected = student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)
+    assert not unexpected and all(k.startswith("g_mlp.") for k in missing), (missing, unexpected)
+    for layer in (student.ada, student.out):  # its output is a code now, not a velocity: it starts at the mean code
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return student
+
+
 def metadata(model: FlowPrior) -> dict[str, str]:
     """What the saved weights need to be rebuilt: the prior's config and the code's shape."""
     return {"prior": json.dumps(dataclasses.asdict(model.cfg)), "tokens": str(model.tokens), "dim": str(model.dim),
-            "clip_dim": str(model.clip_dim), "cond_stats": str(int(model.cond_stats))}
+            "clip_dim": str(model.clip_dim), "cond_stats": str(int(model.cond_stats)),
+            "student": str(int(model.student))}
 
 
 def prior_from_header(meta: dict[str, str]) -> FlowPrior:
     """An untrained prior of the config and shape a saved one's safetensors header names."""
     cfg = {"condition": "image"} | json.loads(meta["prior"])  # a prior saved before text conditioning: image-conditioned
     return FlowPrior(PriorConfig(**cfg), int(meta["tokens"]), int(meta["dim"]), int(meta["clip_dim"]),
-                     cond_stats=meta.get("cond_stats") == "1")
+                     cond_stats=meta.get("cond_stats") == "1", student=meta.get("student") == "1")

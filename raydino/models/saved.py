@@ -66,12 +66,13 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu",
     return model.eval().requires_grad_(False).to(device), cfg
 
 
-def load_prior(run: Run, device: str | torch.device = "cpu") -> FlowPrior | None:
-    """A run's trained flow prior, None when it has none."""
-    if not run.prior.is_file():
+def load_prior(run: Run, device: str | torch.device = "cpu", teacher: bool = False) -> FlowPrior | None:
+    """A run's flow prior: its distilled student where there is one, unless ``teacher``; None when it has none."""
+    path = run.student if run.student.is_file() and not teacher else run.prior
+    if not path.is_file():
         return None
-    model = prior_from_header(read_file(run.prior, header))
-    load_weights(run.prior, model)
+    model = prior_from_header(read_file(path, header))
+    load_weights(path, model)
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -26,6 +26,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from raydino.layout import Output
+from raydino.report.few_step import section_few_step
 from raydino.report.figures import (
     section_attributes,
     section_detail,
@@ -49,6 +50,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [  # id, title, what
     ("parts", "Parts: are eyes, mouth and glasses drawn?", section_parts),
     ("prior-figures", "The prior: flow against PCA", section_prior),
     ("text-control", "Text control", section_text_control),
+    ("one-step", "The one-step prior: student against teacher", section_few_step),
     ("stages", "Validation grids per stage", section_stages),
     ("samples", "Samples", section_samples),
     ("pyramid", "The feature pyramid", section_pyramid),

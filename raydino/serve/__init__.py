@@ -11,6 +11,14 @@ from raydino.config import Config
 log = logging.getLogger(__name__)
 
 
+def describe(run: Path, teacher: bool) -> str:
+    """Which flow prior the server samples, and what a code costs, read from its header."""
+    from raydino.layout import Run
+    from raydino.models.saved import load_prior
+
+    return load_prior(Run(run), teacher=teacher).describe()
+
+
 def serve_run(run: Path, cfg: Config, port: int, host: str = "127.0.0.1", address: str | None = None) -> None:
     """Serve ``run`` at ``http://HOST:PORT/`` until Ctrl-C or SIGTERM, then take the app down.
 
@@ -28,7 +36,7 @@ def serve_run(run: Path, cfg: Config, port: int, host: str = "127.0.0.1", addres
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(run, cfg), name=APP_NAME, route_prefix="/")
         print(f"serving {run} at http://{host}:{port}/ (the page; API: POST /generate, POST /vary, GET /healthz); "
-              "Ctrl-C stops", flush=True)
+              f"prior: {describe(run, cfg.serve.teacher)}; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     finally:

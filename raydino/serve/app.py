@@ -60,7 +60,7 @@ class FaceServer:
     def __init__(self, run: str, limits: dict):
         self.run = str(Path(run).resolve())
         self.limits = ServeConfig(**limits)
-        self.faces = Faces(run)
+        self.faces = Faces(run, teacher=self.limits.teacher)
         self._generate.set_max_batch_size(self.limits.max_batch_size)
         self._generate.set_batch_wait_timeout_s(self.limits.batch_wait_s)
         self.batches: Counter[int] = Counter()  # requests per generator pass -> passes
@@ -83,7 +83,8 @@ class FaceServer:
         sampler = self.faces.sampler
         return {"status": "ok", "run": self.run, "resolution": sampler.resolution, "device": str(sampler.device),
                 "text": self.faces.text, "max_images": self.limits.max_images,
-                "guidance": self.faces.prior.cfg.guidance, "steps": self.faces.prior.cfg.sample_steps}
+                "guidance": self.faces.prior.cfg.guidance, "steps": self.faces.prior.cfg.sample_steps,
+                "prior": self.faces.prior.describe()}
 
     @api.get("/stats")
     def stats(self) -> dict:

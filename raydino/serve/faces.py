@@ -116,8 +116,8 @@ def png(image: torch.Tensor) -> bytes:
 class Faces:
     """A trained run's generator, flow prior and CLIP text tower, loaded once."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None):
-        self.sampler = Sampler(run_dir, device)
+    def __init__(self, run_dir: str | Path, device: str | None = None, teacher: bool = False):
+        self.sampler = Sampler(run_dir, device, teacher=teacher)
         self.prior = self.sampler.flow("raydino serve")
         self.text = bool(self.prior.clip_dim)
         if self.text:

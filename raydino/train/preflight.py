@@ -79,7 +79,7 @@ def run_exists(run: Run, model: str, resume: bool, flag: str = "--out") -> bool:
     from raydino.errors import UserError
 
     started, experiment = run.started(model), run.experiment(model)
-    done = run.generator if model == "generator" else run.prior
+    done = {"generator": run.generator, "prior": run.prior, "student": run.student}[model]
     if (started or done.exists()) and not resume:
         raise UserError(f"{flag} {run.path} already holds a {model} run ({experiment}/): pass --resume to continue "
                         f"it, --overwrite to start it again, or choose another {flag}")

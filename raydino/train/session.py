@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,12 +50,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class LocalSession:
-    """One process, no Ray: the whole (small) pyramid in memory, this rank's rows per epoch."""
+    """One process, no Ray: the whole (small) pyramid in memory, this rank's rows per epoch.
 
-    def __init__(self, pyramid_dir: str | Path, columns: list[str], *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, device: str | torch.device = "cpu", checkpoints: str | Path | None = None):
+    ``source``: a pyramid folder, or columns already in memory (the
+    student's teacher pairs), of which ``columns`` are kept.
+    """
+
+    def __init__(self, source: str | Path | dict[str, np.ndarray], columns: list[str], *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 checkpoints: str | Path | None = None):
         self.rank, self.world_size, self.device, self.seed = rank, world_size, torch.device(device), seed
-        arrays = schema.load_arrays(pyramid_dir, columns)
+        arrays = ({k: source[k] for k in columns} if isinstance(source, dict) else
+                  schema.load_arrays(source, columns))
         n = len(next(iter(arrays.values()))) // world_size * world_size  # equal shards, like Ray's split
         self.rows = {k: torch.from_numpy(v[rank:n:world_size].copy()) for k, v in arrays.items()}
         self.checkpoint_root = Path(checkpoints or tempfile.mkdtemp(prefix="raydino-ckpt-"))
