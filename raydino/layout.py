@@ -52,7 +52,7 @@ class Run:
 
     GENERATOR = "generator.safetensors"  # the finished generator's EMA weights
     PROGRESS, PRIOR_PROGRESS = "progress.json", "prior-progress.json"  # work done (rank 0), for progress bars
-    STUDENT_PROGRESS = "student-progress.json"
+    STUDENT, STUDENT_PROGRESS = "prior-student.safetensors", "student-progress.json"
     # Ray Train's run folders, by model
     EXPERIMENTS = {"generator": "checkpoints", "prior": "prior_checkpoints", "student": "student_checkpoints"}
 
@@ -67,7 +67,7 @@ class Run:
     prior = property(lambda self: self.path / "prior.safetensors")        # the flow prior's EMA weights
     prior_pca = property(lambda self: self.path / "prior_pca.safetensors")  # the PCA Gaussian baseline
     prior_figures = property(lambda self: self.path / "prior.json")     # the prior's training figures
-    student = property(lambda self: self.path / "prior-student.safetensors")  # the few-step prior distilled from it
+    student = property(lambda self: self.path / Run.STUDENT)  # the few-step prior distilled from it
     student_figures = property(lambda self: self.path / "student.json")  # its distillation's figures
     metrics = property(lambda self: self.path / "metrics.json")         # the generator's training figures
     eval = property(lambda self: self.path / "eval.json")               # `raydino eval`

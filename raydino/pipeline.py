@@ -19,9 +19,9 @@ from pathlib import Path
 from raydino.config import Config, save_config
 from raydino.data.synth_faces import METADATA as FACES_METADATA
 from raydino.data_fit import MIN_EVAL_ROWS, fit_to_rows
-from raydino.layout import Output, Run, Samples, Sweep, read_json
+from raydino.layout import Output, Run, Samples, read_json
 from raydino.lock import hold
-from raydino.progress import Tracker, read_done, watch
+from raydino.progress import Tracker, counted, watch
 from raydino.pyramids import schema
 from raydino.ray_init import init_ray
 
@@ -85,17 +85,13 @@ def _train(cfg: Config, pyramids: Path, run: Run, holdout: Path) -> None:
     train(cfg, pyramids, run.path, resume=run.started(), holdout=holdout)  # resume: a crashed earlier attempt
 
 
-def _train_prior(pyramids: Path, run: Run) -> None:
+def _flow(model: str, pyramids: Path, run: Run) -> None:
+    """The flow ``prior`` or its ``student``, from the run's config (its encoders bound to the pyramid)."""
+    from raydino.train.distill import distill_prior
     from raydino.train.prior_trainer import train_prior
 
-    cfg = run.config_of()  # with the encoders training bound to the pyramid
-    train_prior(cfg, pyramids, run.path, resume=run.started("prior"))
-
-
-def _distill(pyramids: Path, run: Run) -> None:
-    from raydino.train.distill import distill_prior
-
-    distill_prior(run.config_of(), pyramids, run.path, resume=run.started("student"))
+    fit = train_prior if model == "prior" else distill_prior
+    fit(run.config_of(), pyramids, run.path, resume=run.started(model))
 
 
 def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run: Run) -> None:
@@ -163,22 +159,10 @@ def fitted(cfg: Config, out: Output) -> Config:
     return sized
 
 
-def _images(cfg: Config) -> int:
-    """Images one training run of ``cfg`` sees, over all its stages."""
-    return sum(stage.images for stage in cfg.train.stages)
-
-
-def _sweep_tracker(cfg: Config, sweep: Sweep) -> Tracker:
-    """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
-    from raydino.sweep.tune import trial_config
-
-    total = cfg.tune.trials * _images(trial_config(cfg, {}))
-    return Tracker("sweep", total, "images", lambda: read_done(sweep.trials, f"*/{Run.PROGRESS}"))
-
-
 def plan(cfg: Config) -> list[Step]:
     """The steps of a run, in order, each with the file that proves it finished."""
     from raydino.models.tiny import SUMMARY as TINY_SUMMARY
+    from raydino.sweep.tune import sweep_progress
 
     out = Output(cfg.out)
     steps = []
@@ -205,25 +189,24 @@ def plan(cfg: Config) -> list[Step]:
     run, sweep = out.run, out.sweep
     sized = functools.cache(lambda: fitted(cfg, out))  # read once the pyramids exist
     steps.append(Step("progressive training", run.generator, lambda: _train(sized(), pyramids, run, val_pyramids),
-                      needs_ray=True, progress=lambda: Tracker("training", _images(sized()), "images",
-                                                               lambda: read_done(run.path, Run.PROGRESS))))
+                      needs_ray=True, progress=lambda: counted("training", sized().train.images, "images", run.path,
+                                                               Run.PROGRESS)))
     kind = cfg.eval.compare_loss
     compare = out.compare(kind) if kind and kind != cfg.loss.kind else None
     if compare:
         steps.append(Step(f"comparison: the same run with loss.kind={kind}", compare.eval,
                           lambda: _compare(sized(), kind, pyramids, val_pyramids, compare), needs_ray=True,
-                          progress=lambda: Tracker("comparison training", _images(sized()), "images",
-                                                   lambda: read_done(compare.path, Run.PROGRESS))))
-    steps.append(Step("flow prior", run.prior, lambda: _train_prior(pyramids, run), needs_ray=True,
-                      progress=lambda: Tracker("flow prior", cfg.prior.steps, "steps",
-                                               lambda: read_done(run.path, Run.PRIOR_PROGRESS))))
+                          progress=lambda: counted("comparison training", sized().train.images, "images",
+                                                   compare.path, Run.PROGRESS)))
+    steps.append(Step("flow prior", run.prior, lambda: _flow("prior", pyramids, run), needs_ray=True,
+                      progress=lambda: counted("flow prior", cfg.prior.steps, "steps", run.path, Run.PRIOR_PROGRESS)))
     if cfg.distill.steps > 0:  # distill.steps=0: sampling stays with the prior's K steps
-        steps.append(Step("one-step prior (distillation)", run.student, lambda: _distill(pyramids, run), needs_ray=True,
-                          progress=lambda: Tracker("student", cfg.distill.steps, "steps",
-                                                   lambda: read_done(run.path, Run.STUDENT_PROGRESS))))
+        steps.append(Step("one-step prior (distillation)", run.student, lambda: _flow("student", pyramids, run),
+                          needs_ray=True, progress=lambda: counted("student", cfg.distill.steps, "steps", run.path,
+                                                                   Run.STUDENT_PROGRESS)))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep
         steps.append(Step("loss-weight sweep", sweep.best, lambda: _tune(sized(), pyramids, val_pyramids, sweep.path),
-                          needs_ray=True, progress=lambda: _sweep_tracker(cfg, sweep)))
+                          needs_ray=True, progress=lambda: sweep_progress(cfg, sweep)))
     steps += [
         Step("evaluation", run.eval, lambda: _eval(sized(), run, val_pyramids)),
         Step("samples", out.samples / Samples.MIX, lambda: _samples(sized(), run, val_pyramids, out.samples, compare)),

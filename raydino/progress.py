@@ -84,6 +84,11 @@ class Tracker:
     count: Callable[[], int]
 
 
+def counted(label: str, total: int, unit: str, root: str | Path, pattern: str) -> Tracker:
+    """A :class:`Tracker` of the counters matching ``pattern`` under ``root`` (:func:`read_done`)."""
+    return Tracker(label, total, unit, lambda: read_done(root, pattern))
+
+
 class Bar:
     """Renders a :class:`Tracker`'s count: in place on a terminal, as log lines elsewhere."""
 

@@ -51,6 +51,9 @@ def _nothing_written(tmp_path: Path, *keep: str) -> None:
     ("prior.condition=words", "prior.condition=words"),
     ("prior.caption_variants=0", "prior.caption_variants=0"),
     ("eval.compare_loss=fancy", "eval.compare_loss=fancy"),
+    ("distill.guidance=[5.0,1.0]", "distill.guidance=[5.0, 1.0]"),
+    ("distill.pairs=8", "distill.pairs=8 must be at least distill.batch_size=64"),
+    ("distill.uncond_share=1.5", "distill.uncond_share=1.5"),
 ])
 def test_a_bad_value_is_refused_where_the_config_is_loaded(capsys, tmp_path, train_pyramids, override, named):
     _fails(capsys, ["train", "--pyramids", str(train_pyramids), "--out", str(tmp_path / "run"), override], named)

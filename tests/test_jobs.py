@@ -44,12 +44,13 @@ RUNTIME_ENV = "cluster/runtime_env.yaml"
 JOB_TIMEOUT = 900  # a hung job fails the test; a loaded 2-core machine is slow
 # The demo, smaller: the session's 48 faces as a user's image folder (so no held-out pyramid), 4 steps
 # per stage, no sweep (tune.trials=0; tests/test_tune.py covers Tune), no CLIP (an unconditional prior),
-# 20 prior steps of 16 and no comparison run (eval.compare_loss=): what is under test here is the
-# submission, not the stages.
+# 20 prior steps of 16, no student (distill.steps=0) and no comparison run (eval.compare_loss=): what is
+# under test here is the submission, not the stages.
 SMALL = ["train.stages.0.images=64", "train.stages.1.images=64", "train.val_count=8",
          "tune.trials=0", "pyramids.clip=", "sample.prompts=[]", "sample.n=4", "prior.steps=20", "prior.cpus_per_worker=1",
          "prior.batch_size=16", "prior.width=64", "eval.compare_loss=", "data.synth_count=48",
-         "model.channels=[16,8]", "model.code_dim=8"]  # what the jobs are tested for is Ray's part, not the images
+         "model.channels=[16,8]", "model.code_dim=8",
+         "distill.steps=0"]  # what the jobs are tested for is Ray's part, not the images (the student: test_own_folder)
 
 
 def _free_port() -> int:

@@ -18,11 +18,15 @@ import yaml
 from conftest import write_messy_folder
 
 from raydino.cli import main
+from raydino.layout import Run
 
 SMALL = ["data.synth_count=8", "train.num_workers=1", "train.stages.0.images=32", "train.stages.1.images=32",
          "train.val_count=8", "train.sample_every=1000", "tune.trials=0", "eval.n=8", "eval.compare_loss=",
          "sample.n=2", "prior.steps=20", "prior.num_workers=1", "prior.width=64", "prior.cpus_per_worker=1",
-         "model.channels=[16,8]", "model.code_dim=8"]
+         "model.channels=[16,8]", "model.code_dim=8",
+         # the one-step student, its Ray Data teacher actor and Ray Train fit, at their smallest
+         "distill.steps=4", "distill.pairs=32", "distill.batch_size=16", "distill.teacher_steps=2",
+         "distill.teacher_batch=16", "distill.cpus_per_worker=1", "distill.checkpoint_every=2"]
 
 
 def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, faces_dir, tiny_models, ray_local,
@@ -51,6 +55,8 @@ def test_a_messy_folder_without_captions_goes_through_the_whole_run(tmp_path, fa
     assert any(c.startswith(f"prior.batch_size 64 -> {fitted['training_rows']}:") for c in fitted["changes"])
     assert f"fitted to the data: prior.batch_size 64 -> {fitted['training_rows']}" in caplog.text
     assert yaml.safe_load((out / "config.yaml").read_text())["pyramids"]["clip"] == ""
+    student = json.loads((out / "runs" / "train" / "student.json").read_text())  # distilled, unconditional
+    assert student["step"] == 4 and student["conditions"] == 0 and (out / "runs" / "train" / Run.STUDENT).is_file()
     manifests = [json.loads((out / p / "manifest.json").read_text()) for p in ("pyramids", "pyramids-val")]
     failed = {f["path"]: f["reason"] for m in manifests for f in m["failures"]}
     assert {p.removeprefix(f"{images}/"): r.split(":")[0] for p, r in failed.items()} == bad

@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 from raydino.config import load_config, override, to_dict
 from raydino.errors import UserError
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior, metadata, prior_from_header, student_of, teacher_codes
+from raydino.models.flow_prior import FlowPrior, metadata, prior_from_header
 from raydino.models.pca_prior import PCAGaussianPrior
 from raydino.models.saved import load_prior
+from raydino.models.student import student_of, teacher_codes
 from raydino.pyramids import schema
 from raydino.train import checkpoint, prior_loop
 from raydino.train.distill import TeacherPairs, draw

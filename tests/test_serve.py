@@ -29,8 +29,9 @@ from safetensors.torch import save_file
 from raydino.cli import main
 from raydino.config import load_config, save_config
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior, metadata, student_of
+from raydino.models.flow_prior import FlowPrior, metadata
 from raydino.models.generator import ProgressiveGenerator
+from raydino.models.student import student_of
 from raydino.sampling import Sampler
 from raydino.serve.faces import Ask, Faces
 from raydino.train import checkpoint

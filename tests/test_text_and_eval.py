@@ -177,3 +177,16 @@ def test_sample_cli_modes_and_errors(text_run, tmp_path, capsys):
         assert main(["sample", "--run", str(text_run["untrained"]), "--out", str(out), *flags]) == 2
         err = capsys.readouterr().err
         assert f"{flag}: " in err and "has no prior" in err and "raydino train-prior" in err, err
+
+
+def test_distill_prior_refuses_what_it_cannot_do_before_ray(text_run, capsys):
+    run, pyramids = str(text_run["run"]), str(text_run["pyramids"])
+    for args, message in (
+            (["--run", str(text_run["untrained"])], "has no flow prior"),
+            (["--run", run, "--resume"], "nothing to resume"),
+            (["--run", run, "--resume", "--overwrite"], "--resume and --overwrite: choose one"),
+            (["--run", run, "distill.steps=0"], "distill.steps=0: give the student some steps"),
+            (["--run", run, "distill.pairs=8"], "distill.pairs=8 must be at least distill.batch_size=64")):
+        assert main(["distill-prior", "--pyramids", pyramids, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not Run(run).student.exists() and not (text_run["run"] / Run.EXPERIMENTS["student"]).exists()

@@ -22,8 +22,9 @@ import torch
 from raydino.bench.measure import default_device, median_seconds, peak_gpu_mib
 from raydino.bench.record import header, save
 from raydino.config import PriorConfig, load_config
-from raydino.models.flow_prior import FlowPrior, student_of
+from raydino.models.flow_prior import FlowPrior
 from raydino.models.generator import ProgressiveGenerator
+from raydino.models.student import student_of
 
 
 def build_generator(preset: str, device: torch.device, dim: int = 768, grid: int = 4,

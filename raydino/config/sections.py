@@ -169,14 +169,17 @@ class ServeConfig:
     Concurrent ``/generate`` requests wait up to ``batch_wait_s`` for each
     other and share one generator pass, up to ``max_batch_size`` requests
     (clients that were answered together ask again together, spread by the
-    proxy's hop: 5 ms caught 1.75 of 8 on a 2-core CPU, 20 ms 7.4).
+    proxy's hop: 5 ms caught 1.75 of 8 on a 2-core CPU, 20 ms 7.4). With the
+    one-step prior a pass is ~9 ms, so a lone request's wait is most of its
+    latency: 5 ms gave one client 39 ms p50 and 32 clients 68 images/s, 20 ms
+    54 ms and 100 images/s (docs/serve.md).
     ``num_cpus``: per replica, also its torch threads. ``num_gpus``: per
     replica; -1 takes one when the cluster has a GPU. ``teacher``: the
     flow prior itself instead of its distilled student.
     """
 
     max_batch_size: int = 32
-    batch_wait_s: float = 0.02
+    batch_wait_s: float = 0.005
     max_images: int = 16  # n of one request
     max_prompt_chars: int = 300
     max_body_bytes: int = 8 << 20  # a /vary upload, or any JSON body

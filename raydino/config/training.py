@@ -53,6 +53,11 @@ class TrainConfig(RayWorkers):
     val_count: int = 16
     seed: int = 0
 
+    @property
+    def images(self) -> int:
+        """Images one run sees over all its stages (the progress line's total)."""
+        return sum(stage.images for stage in self.stages)
+
 
 @dataclass
 class TuneConfig:

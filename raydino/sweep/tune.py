@@ -22,7 +22,8 @@ from pathlib import Path
 
 from raydino.config import Config, ConfigError, from_dict, lookup, override, save_config, to_dict
 from raydino.data_fit import fit_to_rows
-from raydino.layout import Sweep
+from raydino.layout import Run, Sweep
+from raydino.progress import Tracker, counted
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +204,9 @@ def _write_results(cfg: Config, grid, sweep: Sweep) -> dict:
     print(f"best {metric} {summary['best_value']:.4f} with {summary['best']} (default {summary['default']}); "
           f"{summary['stopped_early']} of {len(rows)} trials stopped early; config: {sweep.best_config}")
     return summary
+
+
+def sweep_progress(cfg: Config, sweep: Sweep) -> Tracker:
+    """Images seen by all trials against all trials' full schedules (ASHA stops some early: the bar ends short)."""
+    return counted("sweep", cfg.tune.trials * trial_config(cfg, {}).train.images, "images", sweep.trials,
+                   f"*/{Run.PROGRESS}")

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from raydino.config import Config, DistillConfig, from_dict, to_dict
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior, teacher_codes
+from raydino.models.flow_prior import FlowPrior
 from raydino.models.saved import load_prior
+from raydino.models.student import teacher_codes
 from raydino.pyramids import schema
 from raydino.train import checkpoint
 from raydino.train.conditions import text_table

@@ -26,7 +26,8 @@ from torch import nn
 
 from raydino.config import Config, DistillConfig, PriorConfig
 from raydino.layout import Run
-from raydino.models.flow_prior import FlowPrior, distillation_loss, flow_matching_loss, metadata, student_of
+from raydino.models.flow_prior import FlowPrior, flow_matching_loss, metadata
+from raydino.models.student import distillation_loss, student_of
 from raydino.progress import CountFile
 from raydino.pyramids import schema
 from raydino.train import checkpoint
