@@ -116,7 +116,7 @@ class FlowPrior(nn.Module):
         for layer in (self.ada, self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        # a student's guidance scale enters beside the time (zero at first: the teacher's weights, unchanged)
+        # a student's guidance scale enters beside the time; its last layer starts at zero, adding nothing
         self.student = student
         self.g_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if student else None
         if student:

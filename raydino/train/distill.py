@@ -87,9 +87,8 @@ class TeacherPairs:
         pairs = draw(batch["id"], self.dc, t.tokens, t.dim, 0 if self.conds is None else len(self.conds))
         noise = torch.from_numpy(pairs[NOISE]).to(self.device)
         guidance = torch.from_numpy(pairs[GUIDANCE]).to(self.device)
-        cond = None if self.conds is None else torch.from_numpy(self.conds[pairs.pop("index")]).to(self.device)
-        if cond is None:
-            pairs.pop("index")
+        index = pairs.pop("index")
+        cond = None if self.conds is None else torch.from_numpy(self.conds[index]).to(self.device)
         code = teacher_codes(t, noise, cond, guidance, self.dc.teacher_steps)
         return pairs | {CODE: code.cpu().numpy()} | ({} if cond is None else {COND: cond.cpu().numpy()})
 
