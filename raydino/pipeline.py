@@ -85,13 +85,19 @@ def _train(cfg: Config, pyramids: Path, run: Run, holdout: Path) -> None:
     train(cfg, pyramids, run.path, resume=run.started(), holdout=holdout)  # resume: a crashed earlier attempt
 
 
-def _flow(model: str, pyramids: Path, run: Run) -> None:
-    """The flow ``prior`` or its ``student``, from the run's config (its encoders bound to the pyramid)."""
+def _flow(cfg: Config, model: str, pyramids: Path, run: Run) -> None:
+    """The flow ``prior`` or its ``student``, from the run's config (its encoders bound to the pyramid).
+
+    The student's ``distill.*`` are this command's: a run trained before it had a student keeps its own.
+    """
     from raydino.train.distill import distill_prior
     from raydino.train.prior_trainer import train_prior
 
-    fit = train_prior if model == "prior" else distill_prior
-    fit(run.config_of(), pyramids, run.path, resume=run.started(model))
+    if model == "prior":
+        train_prior(run.config_of(), pyramids, run.path, resume=run.started(model))
+    else:
+        distill_prior(dataclasses.replace(run.config_of(), distill=cfg.distill), pyramids, run.path,
+                      resume=run.started(model))
 
 
 def _compare(cfg: Config, kind: str, pyramids: Path, holdout: Path, run: Run) -> None:
@@ -198,10 +204,10 @@ def plan(cfg: Config) -> list[Step]:
                           lambda: _compare(sized(), kind, pyramids, val_pyramids, compare), needs_ray=True,
                           progress=lambda: counted("comparison training", sized().train.images, "images",
                                                    compare.path, Run.PROGRESS)))
-    steps.append(Step("flow prior", run.prior, lambda: _flow("prior", pyramids, run), needs_ray=True,
+    steps.append(Step("flow prior", run.prior, lambda: _flow(cfg, "prior", pyramids, run), needs_ray=True,
                       progress=lambda: counted("flow prior", cfg.prior.steps, "steps", run.path, Run.PRIOR_PROGRESS)))
     if cfg.distill.steps > 0:  # distill.steps=0: sampling stays with the prior's K steps
-        steps.append(Step("one-step prior (distillation)", run.student, lambda: _flow("student", pyramids, run),
+        steps.append(Step("one-step prior (distillation)", run.student, lambda: _flow(cfg, "student", pyramids, run),
                           needs_ray=True, progress=lambda: counted("student", cfg.distill.steps, "steps", run.path,
                                                                    Run.STUDENT_PROGRESS)))
     if cfg.tune.trials > 0:  # tune.trials=0: a run without the sweep

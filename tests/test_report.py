@@ -313,3 +313,26 @@ def test_report_shows_attribute_agreement_and_the_encoders_probes(tmp_path: Path
         if isinstance(value, float):
             assert f"{value:.4g}" in text, value
     assert "0a1b2c3d4e5f" in text and "FD encoder" in text and "random init" in text
+
+
+def test_report_shows_the_student_beside_its_teacher(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config("demo"), run / "config.yaml")
+    rows = [{"prior": "teacher", "steps": 16, "evaluations": 62, "fd_dinov2": 14.3031, "fd_dinov2/oracle": 15.9493,
+             "oracle": 0.7527, **{f"user_words/{n}": 0.9 + i / 100 for i, n in enumerate(CONTROLLED)},
+             "user_words": 0.915}]
+    rows += [{"prior": "student", "steps": k, "evaluations": k, "fd_dinov2": 18.7 + k, "fd_dinov2/oracle": 18.1 + k,
+              "oracle": 0.74 - k / 100, **{f"user_words/{n}": 0.8 + k / 100 + i / 1000 for i, n in enumerate(CONTROLLED)},
+              "user_words": 0.85 + k / 100} for k in (1, 2, 4)]
+    (run / "eval.json").write_text(json.dumps({"few_step": rows}))
+    (run / "student.json").write_text(json.dumps({"pairs": 2048, "step": 600, "pairs_time_s": 67.2, "time_s": 156.1,
+                                                  "teacher": "teacher, K=16 heun, 62 evaluations",
+                                                  "guidance": [1.0, 7.0]}))
+    section = _section(write_report(run, out=tmp_path / "report" / "index.html").read_text(), "one-step")
+    cells = [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", row)]
+             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", section)]
+    keys = ["prior", "steps", "evaluations", "fd_dinov2", "fd_dinov2/oracle", "oracle",
+            *[f"user_words/{n}" for n in CONTROLLED], "user_words"]
+    assert [c for c in cells if c] == [[fmt(r[k]) for k in keys] for r in rows]  # each row's figures, in order
+    assert "2048 teacher pairs" in section and "in 600 steps" in section and "156.1 s in all" in section
