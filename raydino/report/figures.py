@@ -203,8 +203,9 @@ def section_prior(ctx: Context) -> str:
     if "fd_dinov2/prior" not in ev:
         return missing(f"No prior figures in {ctx.run.eval.name}: the run has no prior.",
                        "raydino train-prior --run RUN --pyramids PYRAMIDS, then raydino eval")
+    kind = f" ({ev['fd_dinov2/prior_kind']})" if "fd_dinov2/prior_kind" in ev else ""  # student or teacher
     rows = [[esc(name), f"<b>{fmt(ev.get(key))}</b>"] for name, key in
-            (("flow prior, K = " + fmt(ev.get("fd_dinov2/prior_steps")), "fd_dinov2/prior"),
+            ((f"flow prior{kind}, K = " + fmt(ev.get("fd_dinov2/prior_steps")), "fd_dinov2/prior"),
              ("PCA Gaussian (baseline)", "fd_dinov2/prior_pca"), ("reconstructions", "fd_dinov2/reconstructions"),
              ("real vs real (floor)", "fd_dinov2/floor"))]
     parts = [f'<p class="lead">FD-DINOv2 (evaluation encoder) of {fmt(ev.get("fd_dinov2/n"))} unconditional samples '

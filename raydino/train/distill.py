@@ -129,8 +129,6 @@ def distill_prior(cfg: Config, pyramids_dir: str | Path, run_dir: str | Path, re
     if teacher is None:
         raise FileNotFoundError(f"{run.path}: no prior to distil ({run.prior.name} missing): train it first with "
                                 "`raydino train-prior`")
-    if teacher.student:
-        raise ValueError(f"{run.prior}: is a student already")
     run_exists(run, "student", resume, flag="--run")
     start = time.time()
     conds = training_conditions(cfg, pyramids_dir, teacher)
