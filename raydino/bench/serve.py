@@ -14,6 +14,7 @@ Heun steps) at every level (the ratio says what the student buys).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import threading
@@ -122,8 +123,6 @@ def run_bench(run: str | Path, clients: list[int], requests: int, prompt: str | 
 
     The run's default prior first (its student where it has one), then the teacher on the same levels.
     """
-    import dataclasses
-
     import ray
     from ray import serve
 

@@ -29,11 +29,13 @@ def few_step_rows(sampler, classifier: AttributeClassifier, labels: torch.Tensor
     """
     if not sampler.run.student.is_file():
         return []
+    def fd(images: torch.Tensor) -> float:
+        return fd_with_floor(dino_cls(fd_dino, images, size), real_feats)["value"]
+
     rows = []
     for teacher, steps in [(True, None), *((False, k) for k in STUDENT_STEPS)]:
         s = sampler.variant(teacher, steps)
         prior = s.flow("--prior")
-        fd = lambda images: fd_with_floor(dino_cls(fd_dino, images, size), real_feats)["value"]  # noqa: E731
         uncond = s.from_prior(len(oracle), seed)[0].images
         conditioned = s.from_condition(oracle, seed)
         words = prompt_rates(classifier, s, USER_WORDS, PER_PROMPT, seed)
