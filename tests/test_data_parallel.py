@@ -77,8 +77,21 @@ def ddp_worker(rank: int, init_file: str, dino_dir: str, pyramid_dir: str, out_d
         dist.destroy_process_group()
 
 
-def run_workers(args: tuple, timeout_s: float = 120) -> None:
-    ctx = mp.start_processes(ddp_worker, args=args, nprocs=WORKERS, join=False, start_method="spawn")
+def finite_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """A gloo worker that asks whether its batch is finite: rank 1's holds a NaN, rank 0's does not."""
+    from raydino.train.runtime import all_finite, inputs_finite
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORKERS)
+    try:
+        batch = [torch.ones(4, 3), torch.tensor([1.0, float("nan") if rank == 1 else 2.0])]
+        torch.save({"inputs": inputs_finite(batch), "loss": all_finite(batch[1].sum()),
+                    "clean": inputs_finite([torch.ones(2)])}, f"{out_dir}/finite{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_workers(args: tuple, timeout_s: float = 120, worker=ddp_worker) -> None:
+    ctx = mp.start_processes(worker, args=args, nprocs=WORKERS, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     try:
         while not ctx.join(timeout=1):  # raises with the worker's traceback if one fails
@@ -109,6 +122,16 @@ def test_ddp_averages_gradients_across_workers(tiny_models, train_pyramids, tmp_
     rel = lambda g: ((g - whole["grad"]).norm() / whole["grad"].norm()).item()  # noqa: E731
     assert rel(ranks[0]["grad"]) < 1e-5  # the mean over workers: the whole batch's gradient
     assert rel(own["grad"]) > 0.05  # while one half's own gradient is far from it
+
+
+def test_a_non_finite_batch_on_one_rank_stops_every_rank_at_once(tmp_path):
+    """The loop stops on ``inputs_finite`` and skips a step on ``all_finite``: one rank's NaN must be every rank's
+    answer, or the others would wait forever in the next all-reduce of gradients."""
+    run_workers((str(tmp_path / "rendezvous"), str(tmp_path)), worker=finite_worker)
+    ranks = [torch.load(tmp_path / f"finite{r}.pt", weights_only=True) for r in range(WORKERS)]
+    assert [r["inputs"] for r in ranks] == [False, False]  # rank 0's own batch is finite: it stops with rank 1
+    assert [r["loss"] for r in ranks] == [False, False]
+    assert [r["clean"] for r in ranks] == [True, True]
 
 
 def test_ray_workers_read_disjoint_shards_that_stay_theirs(ray_local, train_pyramids, tiny_models, tmp_path,

@@ -130,3 +130,62 @@ def test_messy_folder_decodes_as_expected(messy_images):
             assert info.value.kind == kind, rel
         else:
             assert decode_image(data, 56, **LIMITS).shape == (56, 56, 3), rel
+
+
+# What the unprivileged child does: list the folder and decode it as the extraction's Ray Data stage would, then
+# read the locked file as `raydino sample --from-image` would. Root reads any file, so as root the child drops to
+# "nobody": what a user's account meets on a folder with one file it may not open.
+_LOCKED_CHILD = """
+import json, sys, tempfile
+from raydino.data.images import UnreadableImage, read_image
+from raydino.data.sources import list_images
+from raydino.pyramids import schema
+from raydino.pyramids.extract import decode_batch
+
+folder, locked = sys.argv[1:]
+listing = list_images(folder)
+with tempfile.TemporaryDirectory() as failures:
+    out = decode_batch({schema.PATH: [listing.display(p) for p in listing.images]}, filesystem=listing.filesystem,
+                       prefix=listing.prefix, root=listing.root, size=56, min_side=32, max_pixels=4_000_000,
+                       failures_dir=failures)
+    failed = [f for path in __import__("pathlib").Path(failures).glob("*.json") for f in json.loads(path.read_text())]
+try:
+    read_image(locked, 56)
+    said = ""
+except UnreadableImage as exc:
+    said = f"{exc.kind}|{exc}"
+print(json.dumps({"listed": len(listing.images), "decoded": list(out[schema.PATH]), "failed": failed, "said": said}))
+"""
+
+
+def test_an_image_that_exists_but_cannot_be_opened_is_a_named_failure_and_the_rest_decode(faces_dir):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="raydino-locked-"))  # not under pytest's 0700 tmp: the child must enter it
+    try:
+        folder.chmod(0o755)
+        for face in sorted(faces_dir.glob("*.png"))[:3]:
+            shutil.copy(face, folder / face.name)
+            (folder / face.name).chmod(0o644)
+        locked = sorted(folder.glob("*.png"))[1]
+        locked.chmod(0o000)
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        if drop and shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no unprivileged account to meet the permission")
+        done = subprocess.run([*drop, sys.executable, "-c", _LOCKED_CHILD, str(folder), str(locked)],
+                              capture_output=True, text=True, timeout=120, cwd=folder)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert got["listed"] == 3  # it exists, so it is listed, and then accounted for
+    assert sorted(Path(p).name for p in got["decoded"]) == sorted(p.name for p in faces_dir.glob("*.png"))[:3:2]
+    assert [(Path(f["path"]).name, f["reason"].split(":")[0]) for f in got["failed"]] == [(locked.name, "unreadable")]
+    assert "Permission denied" in got["failed"][0]["reason"]
+    kind, said = got["said"].split("|", 1)
+    assert kind == "unreadable" and str(locked) in said and "Permission denied" in said, said

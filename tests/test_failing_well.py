@@ -174,7 +174,7 @@ def test_damaged_shards_are_named_with_what_is_wrong(tmp_path, train_pyramids):
     assert found[shard] == "6 non-finite values" and found[other].startswith("cannot be read") and len(found) == 2
 
 
-def test_a_run_meeting_non_finite_rows_stops_on_every_rank_at_once(train_pyramids, tiny_models, tmp_path):
+def test_a_run_meeting_non_finite_rows_stops_before_a_checkpoint_holds_them(train_pyramids, tiny_models, tmp_path):
     from test_train_loop import PoisonedSession, local_cfg
 
     from raydino.pyramids.batch import columns
@@ -184,6 +184,7 @@ def test_a_run_meeting_non_finite_rows_stops_on_every_rank_at_once(train_pyramid
     session = PoisonedSession(train_pyramids, columns(cfg.pyramids.sizes), bad={3}, checkpoints=tmp_path / "ckpt")
     assert loop.fit_generator(cfg, train_pyramids, tmp_path / "run", session) == {"nonfinite_input_step": 3}
     assert session.reports == []  # no checkpoint holds weights trained on them
+    # (every rank at once: tests/test_data_parallel.py, two gloo workers)
 
 
 def test_batches_the_data_cannot_fill_are_fitted_with_a_line_each(caplog):

@@ -59,6 +59,12 @@ EVAL |= {  # the text-control figures: every one distinct, so a figure in the wr
     "text_encoder/flip/glasses": 0.6041667, "text_encoder/flip/glasses/margin": 0.0034567,
     "text_encoder/flip/smile": 0.5208333, "text_encoder/flip/smile/margin": 0.0005678,
 }
+CARDS = {  # the report's headline cards: label -> eval.json key
+    "FD-DINOv2, reconstructions": "fd_dinov2/reconstructions", "FD-DINOv2, flow prior samples": "fd_dinov2/prior",
+    "FD-DINOv2, PCA Gaussian prior (baseline)": "fd_dinov2/prior_pca",
+    "Patch distance, training encoder": "train_encoder/dist_unweighted", "Colour error": "colour_error",
+    "CLIP score, own prompt": "clip_score/matched", "CLIP score, other prompts": "clip_score/mismatched",
+}
 COMPARE_EVAL = {"noise_spread": 0.0345678, "sharpness_ratio": 0.4123456, "fd_dinov2/reconstructions": 13.5791,
                  "train_encoder/dist_unweighted": 0.0791357}
 SEARCH = ["loss.level_weights.0", "loss.level_weights.1", "loss.color_weight"]
@@ -176,14 +182,21 @@ def test_report_of_a_full_run(layout: Path) -> None:
     assert {"stage_16_step10.png", "stage_16_step40.png"} <= names  # snapshots from TensorBoard
     assert sum(n.startswith("pyramid_") for n in names) == 4 * 3  # 4 images x (thumbnail + 2 levels)
     text = page.read_text()
-    # figures are printed with 4 significant digits, exactly as in eval.json / results.csv
-    assert "12.35" in text and "45.68" in text and "0.07654" in text
-    for key in ("fd_dinov2/reconstructions", "fd_dinov2/prior", "train_encoder/dist_unweighted", "colour_error",
-                "clip_score/a face with red hair", "clip_score/matched", "clip_score/mismatched"):
-        assert f"{EVAL[key]:.4g}" in text, key
+    # each headline figure on the card of its label, with 4 significant digits, exactly as in eval.json
+    cards = dict(re.findall(r'<div class="k">(.*?)</div><div class="v">(.*?)</div>', text))
+    assert cards == {label: fmt(EVAL[key]) for label, key in CARDS.items()}, cards
+    clip = _section(text, "samples")
+    assert _row(clip, "“a face with red hair”")[1] == fmt(EVAL["clip_score/a face with red hair"])
+    assert (f"own prompt <b>{fmt(EVAL['clip_score/matched'])}</b>, with the other prompts "
+            f"<b>{fmt(EVAL['clip_score/mismatched'])}</b>") in clip
     assert "83aa6a7a7883" in text and "1b2c3d4e5f60" in text  # which encoders were used
-    best_row = text.split('<tr class="best">', 1)[1].split("</tr>", 1)[0]
-    assert "65071_00001" in best_row  # a Tune trial id, not the number 6507100001 and f"{TRIALS[0]['val/dist_unweighted']:.4g}" in best_row
+    # the sweep: the best trial's id (not the number 6507100001) and every figure of it, in its row and the lead
+    tune = _section(text, "tune")
+    best_row = [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in
+                re.findall(r"<td>(.*?)</td>", tune.split('<tr class="best">', 1)[1].split("</tr>", 1)[0])]
+    shown = [c for c in TRIALS[0] if c != "error"]  # a column empty in every trial is left out
+    assert best_row == ["★ 65071_00001", *[fmt(TRIALS[0][c]) for c in shown[1:]]], best_row
+    assert f"<b>{fmt(TRIALS[0]['val/dist_unweighted'])}</b> (trial 65071_00001)" in tune
     assert text.count('<tr class="best">') == 1
     assert "No mix.png" in text  # a missing input is said, not a crash
     detail = text.split('<section id="detail">', 1)[1].split("</section>", 1)[0]
@@ -309,9 +322,12 @@ def test_report_shows_attribute_agreement_and_the_encoders_probes(tmp_path: Path
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "probes.json").write_text(json.dumps(probes))
     text = write_report(run).read_text()
-    for value in (*figures.values(), *probes["trained"].values(), *probes["random"].values()):
-        if isinstance(value, float):
-            assert f"{value:.4g}" in text, value
+    attributes, encoders = _section(text, "attributes"), _section(text, "encoders")
+    columns = ("real", "reconstructions", "chance", "prior_tv")  # real, reconstructions, chance, prior TV
+    assert _row(attributes, "smile")[1:] == [fmt(figures[f"attributes/{c}/smile"]) for c in columns]
+    assert _row(attributes, "mean")[1:] == [fmt(figures[f"attributes/{c}"]) for c in columns]
+    for label, key in (("patch parts, 56", "parts/56"), ("CLS: smile", "attributes/smile")):  # both encoders' probes
+        assert _row(encoders, label)[1:] == [fmt(probes[k][key]) for k in ("trained", "trained", "random", "majority")]
     assert "0a1b2c3d4e5f" in text and "FD encoder" in text and "random init" in text
 
 

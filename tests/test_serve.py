@@ -2,7 +2,10 @@
 
 The run is untrained (random generator and prior, the session's tiny
 encoders and CLIP): what is tested is the serving, and `raydino sample`'s
-images for the same seed are the reference.
+images for the same seed are the reference. Its prior's weights are all
+random, the layers a new prior starts at zero included: a zero prior's
+velocity is zero, so it would return its starting noise whatever the
+prompt, guidance or steps, and a server ignoring them would pass.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -40,6 +44,15 @@ LIMITS = ["serve.max_images=4", "serve.max_prompt_chars=40", "serve.max_body_byt
           "serve.num_cpus=0.5", "serve.replicas=1"]
 
 
+def moving(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Random noise on every weight: a prior whose output layers start at zero now answers its inputs."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(scale * torch.randn(weight.shape, generator=rng))
+    return model
+
+
 def write_run(folder, tiny_models, prior: bool = True, clip_dim: int = 32):
     """A finished run of the demo's shapes with random weights: a config, a generator and, with ``prior``, a prior.
 
@@ -55,6 +68,7 @@ def write_run(folder, tiny_models, prior: bool = True, clip_dim: int = 32):
     save_file(generator.state_dict(), str(folder / Run.GENERATOR), metadata=checkpoint.generator_metadata(generator))
     if prior:
         model = FlowPrior(cfg.prior, grid * grid, 48, clip_dim=clip_dim)
+        moving(model)
         save_file(model.state_dict(), str(Run(folder).prior), metadata=metadata(model))
     return folder
 
@@ -135,6 +149,16 @@ def test_generate_returns_the_faces_raydino_sample_draws_for_the_seed(server):
     assert np.abs(unconditional.astype(int) - as_uint8(row.images).astype(int)).max() <= 1
 
 
+def test_the_prompt_cfg_and_steps_of_a_request_each_change_its_faces(server):
+    """One seed, one thing changed at a time: a server that ignored any of them would answer the same images."""
+    base = dict(prompt="someone with red hair", n=2, seed=11, cfg=3.0, steps=4)
+    images = generate(server, **base)["images"]
+    for changed in ({"prompt": "someone with black hair"}, {"cfg": 1.0}, {"steps": 1}, {"prompt": None, "cfg": None}):
+        other = generate(server, **{k: v for k, v in {**base, **changed}.items() if v is not None})["images"]
+        diff = np.abs(np.stack([pixels(b) for b in other]).astype(int) - np.stack([pixels(b) for b in images]).astype(int))
+        assert diff.max() > 8, (changed, diff.max())  # well above a batched pass's last bits
+
+
 def test_one_image_comes_back_as_png_when_asked(server):
     status, kind, data = call(server, "POST", "/generate", json.dumps({"n": 1, "seed": 3}), {"Accept": "image/png"})
     assert (status, kind) == (200, "image/png")
@@ -175,12 +199,7 @@ def test_vary_at_t_0_with_a_prompt_gives_the_face_itself(server, faces_dir):
 
 
 def test_faces_vary_edits_toward_the_prompt_with_its_guidance(tmp_path, tiny_models, faces_dir):
-    """The served prior's zero output layers ignore the prompt; nudged, its edits show the prompt and cfg arrive."""
     faces = Faces(write_run(tmp_path / "run", tiny_models), device="cpu")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in faces.prior.parameters():
-            weight.add_(0.05 * torch.randn_like(weight))
     face = sorted(faces_dir.glob("*.png"))[0].read_bytes()
     smiling = faces.vary(face, 0.6, 3, 1, prompt="someone smiling", guidance=3.0)
     plain = faces.vary(face, 0.6, 3, 1)
@@ -190,15 +209,25 @@ def test_faces_vary_edits_toward_the_prompt_with_its_guidance(tmp_path, tiny_mod
     assert not torch.equal(smiling[1:], faces.vary(face, 0.6, 3, 1, prompt="someone smiling", guidance=1.0)[1:])
 
 
+def test_a_mixed_batch_gives_each_request_what_it_gets_alone(tmp_path, tiny_models):
+    """Prompted and unprompted asks, several guidances and steps in one call: the grouping must not mix them."""
+    faces = Faces(write_run(tmp_path / "run", tiny_models), device="cpu")
+    asks = [Ask("someone with red hair", 2, 7, guidance=3.0), Ask(None, 1, 3), Ask("someone with black hair", 1, 5, 3.0),
+            Ask("someone with red hair", 2, 7, guidance=1.5), Ask(None, 2, 4, steps=2), Ask("a smiling face", 1, 6, steps=2),
+            Ask("someone with red hair", 2, 7, guidance=3.0)]
+    together = faces.generate(asks)
+    for ask, got in zip(asks, together, strict=True):
+        (alone,) = faces.generate([ask])
+        assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-4), ask
+    assert not torch.allclose(together[0], together[3], atol=1e-2)  # the same prompt and seed at cfg 3 and 1.5
+    assert torch.equal(together[0], together[6])  # the same ask twice in one batch
+
+
 def test_the_serve_path_samples_the_student_where_the_run_has_one(tmp_path, tiny_models):
     """A run with a distilled student: the server's codes are the student's, one evaluation each, not the teacher's."""
     run = write_run(tmp_path / "run", tiny_models)
     teacher = Faces(run, device="cpu").prior
-    student = student_of(teacher, sample_steps=1)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a student that moves: its zero output layers would give every request the mean code
-        for weight in (*student.out.parameters(), *student.ada.parameters()):
-            weight.add_(0.05 * torch.randn_like(weight))
+    student = moving(student_of(teacher, sample_steps=1), seed=1)  # its zero layers would give every request the mean code
     save_file(student.state_dict(), str(Run(run).student), metadata=metadata(student))
     faces, taught = Faces(run, device="cpu"), Faces(run, device="cpu", teacher=True)
     assert faces.prior.student and faces.prior.describe().startswith("student, K=1 euler, 1 evaluations")
@@ -213,6 +242,13 @@ def test_the_serve_path_samples_the_student_where_the_run_has_one(tmp_path, tiny
 
 
 def test_a_prompt_for_an_unconditional_prior_is_refused(server, unconditional, faces_dir):
+    status, _, data = call(server, "POST", f"{unconditional}/generate", json.dumps({"prompt": "a face", "n": 1}),
+                           {"Content-Type": "application/json"})
+    assert status == 422 and "this run's prior is unconditional" in data.decode(), data
+    assert len(generate(server, prompt="a face", n=1)["images"]) == 1  # the conditional app beside it still does
+    status, _, data = call(server, "POST", f"{unconditional}/generate", json.dumps({"n": 2, "seed": 1}),
+                           {"Content-Type": "application/json"})
+    assert status == 200 and len(json.loads(data)["images"]) == 2, data
     face = sorted(faces_dir.glob("*.png"))[0].read_bytes()
     status, _, data = call(server, "POST", f"{unconditional}/vary?prompt=someone%20smiling", face)
     assert status == 422 and "this run's prior is unconditional" in data.decode() and "prompt" in data.decode(), data
@@ -373,9 +409,50 @@ def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_models):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/healthz")
         assert conn.getresponse().status == 200
+        ray = _processes_of(proc.pid)  # its Ray: the GCS, raylet, proxy, controller and replica, started by it
+        assert len(ray) >= 3, ray
         proc.send_signal(2)
         out, _ = proc.communicate(timeout=90)
     finally:
         proc.kill()
     assert proc.returncode == 0, out[-3000:]
     assert "raydino serve: stopped" in out
+    deadline = time.monotonic() + 30
+    while (left := {pid: name for pid, name in ray.items() if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes of the server still running after it stopped: {left}"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, session, ...), None if it is gone."""
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _processes_of(root: int) -> dict[int, str]:
+    """Every live process descended from ``root`` or in its session: pid -> command line."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            parents[int(entry)] = (int(stat[1]), int(stat[3]))
+    found, grew = {pid for pid, (_, sid) in parents.items() if sid == root}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in parents.items() if ppid in found | {root}} - found
+        found |= more
+        grew = bool(more)
+    found.discard(root)
+    names = {}
+    for pid in found:
+        try:
+            names[pid] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:80]
+        except OSError:
+            pass
+    return names

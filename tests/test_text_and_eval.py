@@ -17,9 +17,12 @@ from conftest import write_test_pyramid
 
 from raydino.cli import main
 from raydino.config import load_config, save_config
+from raydino.data.face_set import ATTRIBUTES
 from raydino.data.synth_faces import HAIR_COLOURS, write_faces
 from raydino.evaluation.evaluate import evaluate, prompt_scores
+from raydino.evaluation.text_control import CONTROLLED, PER_PROMPT, WORDINGS, prompt_rates
 from raydino.layout import Run
+from raydino.models.face_attributes import load_classifier
 from raydino.models.generator import ProgressiveGenerator
 from raydino.models.shipping import SHIPPED, expand_clip
 from raydino.models.tiny import SUMMARY
@@ -113,10 +116,17 @@ def test_eval_orders_untrained_below_trained_on_held_out_images(text_run):
     assert trained["prior/memorisation/ratio"] > 0.5, trained["prior/memorisation/ratio"]
     assert "prior/memorisation/ratio" not in untrained
     # text control: every wording and reference per attribute, the flip test, the curves (their values: test_text_control)
-    assert trained["text_control/n_per_prompt"] == 32 and trained["text_encoder/flip/n"] == 32
+    assert trained["text_control/n_per_prompt"] == PER_PROMPT and trained["text_encoder/flip/n"] == 32
     for what in ("caption_words", "user_words", "full_captions", "reconstructions", "oracle", "unconditional", "chance"):
-        assert all(0 <= trained[f"text_control/{what}/{a}"] <= 1 for a in ("hair_colour", "hair_style", "glasses",
-                                                                            "smile")), what
+        mean = sum(trained[f"text_control/{what}/{a}"] for a in CONTROLLED) / len(CONTROLLED)
+        assert trained[f"text_control/{what}"] == pytest.approx(mean, abs=1e-12), what  # the row's mean is its own
+    assert all(trained[f"text_control/chance/{a}"] == 1 / len(ATTRIBUTES[a]) for a in CONTROLLED)
+    # the prompt figures are what the run's sampler and classifier give, computed again here, attribute by attribute
+    s = Sampler(text_run["run"], device="cpu")
+    classifier, _ = load_classifier(s.cfg.eval.attribute_classifier)
+    for wording, prompts in WORDINGS.items():
+        again = prompt_rates(classifier, s, prompts, PER_PROMPT, seed=0)
+        assert {a: trained[f"text_control/{wording}/{a}"] for a in CONTROLLED} == {a: again[a] for a in CONTROLLED}
     assert [p["guidance"] for p in trained["text_control/curve"]] == [1.0, 2.0, 3.0, 5.0]
     assert "text_control/user_words" not in untrained
     # the faces have captions: the prior learned from their text embeddings, as a prompt will reach it
@@ -190,3 +200,22 @@ def test_distill_prior_refuses_what_it_cannot_do_before_ray(text_run, capsys):
         assert main(["distill-prior", "--pyramids", pyramids, *args]) == 2
         assert message in capsys.readouterr().err
     assert not Run(run).student.exists() and not (text_run["run"] / Run.EXPERIMENTS["student"]).exists()
+
+
+def test_mix_draws_each_face_with_half_of_the_others_code(text_run):
+    """`--mix A B --region top`: A, B, A with B's top half of the code and the reverse, all on one noise draw."""
+    s, faces = Sampler(text_run["run"], device="cpu"), sorted(text_run["faces"].glob("*.png"))
+    a, b = faces[0], next(f for f in faces[1:] if f.name != faces[0].name)
+    (row,) = s.mix(a, b, "top", seed=3)
+    assert row.captions == ["A", "B", "A + top of B", "B + top of A"] and row.images.shape[0] == 4
+    ca, cb = (s.code_from_image(s.load_image(p)) for p in (a, b))
+    alone = s.generate(torch.cat([ca, cb]), s.noise(1, 3).expand(4)[:2])
+    assert torch.allclose(row.images[:2], alone, atol=1e-5)  # A and B as themselves (a batch of 2, not 4: last bits)
+    q = row.images.shape[-1] // 4  # the image's top and bottom quarters: well inside each half of the code
+
+    def near(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((x - y).abs().mean())
+
+    for mixed, top, bottom in ((row.images[2], row.images[1], row.images[0]), (row.images[3], row.images[0], row.images[1])):
+        assert near(mixed[:, :q], top[:, :q]) < near(mixed[:, :q], bottom[:, :q])
+        assert near(mixed[:, -q:], bottom[:, -q:]) < near(mixed[:, -q:], top[:, -q:])

@@ -150,6 +150,45 @@ def test_checkpoint_round_trip_and_corrupt_files_named(tiny_models, tmp_path):
     assert checkpoint.restore_latest([], **kwargs) is None
 
 
+@pytest.mark.parametrize(("state", "problem"), [
+    ('{"stage": 0, "step": 8', "JSONDecodeError"),  # cut off mid-write
+    ('{"stage": 0, "step": 8, "lr": 0.1}', "unexpected keyword argument 'lr'"),  # another program's state file
+    ("[8]", "argument after ** must be a mapping"),
+])
+def test_a_corrupt_state_file_is_named_and_the_previous_checkpoint_taken(tiny_models, tmp_path, state, problem):
+    cfg = local_cfg(str(tiny_models["dino"]))
+    saved = _state(cfg, seed=0)
+    for step in (4, 8):
+        (tmp_path / f"step_{step:08d}").mkdir()
+        checkpoint.save(tmp_path / f"step_{step:08d}", rank=0, model=saved[0], ema=saved[1], opt=saved[2],
+                        progress=Progress(step=step), rng=saved[3], cfg=cfg, metadata={})
+    new, old = tmp_path / "step_00000008", tmp_path / "step_00000004"
+    (new / Checkpoint.STATE).write_text(state)
+    fresh = _state(cfg, seed=1)
+    kwargs = dict(rank=0, model=fresh[0], ema=fresh[1], opt=fresh[2], rng=fresh[3])
+    with pytest.raises(CheckpointError, match=r"step_00000008/state.json is corrupt or truncated") as refused:
+        checkpoint.load(new, **kwargs)
+    assert problem in str(refused.value)
+    assert checkpoint.restore_latest([new, old], **kwargs).step == 4
+
+
+def test_a_missing_rng_file_resumes_with_a_warning_naming_the_checkpoint_and_rank(tiny_models, tmp_path, caplog):
+    """A checkpoint written by fewer workers than resume it has no RNG for the new ranks: a new stream, said so."""
+    cfg = local_cfg(str(tiny_models["dino"]))
+    saved = _state(cfg, seed=0)
+    checkpoint.save(tmp_path, rank=0, model=saved[0], ema=saved[1], opt=saved[2], progress=Progress(step=8),
+                    rng=saved[3], cfg=cfg, metadata={})
+    (tmp_path / Checkpoint.rng(0)).unlink()
+    fresh = _state(cfg, seed=1)
+    stream = fresh[3].get_state()
+    with caplog.at_level("WARNING"):
+        progress = checkpoint.load(tmp_path, rank=0, model=fresh[0], ema=fresh[1], opt=fresh[2], rng=fresh[3])
+    assert progress.step == 8
+    assert_same(state_of(*saved)["model"], state_of(*fresh)["model"])  # the weights still come back
+    assert torch.equal(fresh[3].get_state(), stream)  # the RNG keeps its own stream, not a made-up one
+    assert f"{tmp_path} has no RNG state for rank 0" in caplog.text and "no longer bitwise reproducible" in caplog.text
+
+
 def test_exported_generator_loads_without_ray(tiny_models, tmp_path):
     cfg = local_cfg(str(tiny_models["dino"]))
     model, ema, opt, rng = _state(cfg)

@@ -12,26 +12,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raydino.config import load_config
-from raydino.errors import UserError
+from raydino.cli import main
+from raydino.config import load_config, save_config
 from raydino.layout import Checkpoint, Run
 from raydino.models.loading import EncoderMismatch
 from raydino.models.saved import load_generator
 from raydino.pyramids.schema import ManifestMismatch
-from raydino.train.trainer import FAIL_ENV, TrainingError, train
+from raydino.train.trainer import FAIL_ENV, train
 
 STEPS = 16  # 8 per stage; checkpoints every 5 steps and at each stage end: 5, 8, 10, 15, 16
 
 
-def tiny_cfg(dino: str, **train_overrides):
-    overrides = [
+def tiny_overrides(dino: str, **train_overrides) -> list[str]:
+    """The tiny run's ``key=value`` overrides of the demo preset, as the command line takes them."""
+    return [
         f"pyramids.dino={dino}", "model.channels=[32,24]", "model.code_dim=16", "model.noise_dim=8",
         "train.stages=[{resolution: 16, images: 64, batch_size: 8, lr: 0.005},"
         " {resolution: 32, images: 64, batch_size: 8, lr: 0.003, fade_images: 24}]",
         "train.num_workers=2", "train.checkpoint_every=5", "train.num_to_keep=3", "train.log_every=4",
         "train.sample_every=6", "train.val_count=8", "train.materialize=true", "train.ema_beta=0.9",
     ] + [f"{k if '.' in k else 'train.' + k}={v}" for k, v in train_overrides.items()]
-    return load_config("demo", overrides=overrides)
+
+
+def tiny_cfg(dino: str, **train_overrides):
+    return load_config("demo", overrides=tiny_overrides(dino, **train_overrides))
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
@@ -75,25 +79,39 @@ def test_two_stage_run_improves_and_leaves_a_loadable_generator(reference):
     assert image.shape == (2, 3, 32, 32) and 0 <= image.min() and image.max() <= 1
 
 
-def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(reference, train_pyramids, tiny_models, tmp_path,
-                                                              monkeypatch):
+def test_a_killed_run_resumes_through_the_command_line_bitwise_past_a_corrupt_checkpoint(
+        reference, train_pyramids, tiny_models, tmp_path, monkeypatch, capsys):
+    """`raydino train` killed mid stage 2, then `raydino train --resume`: the reference's weights, bit for bit."""
     run_dir = tmp_path / "killed"
-    cfg = tiny_cfg(str(tiny_models["dino"]), max_failures=0)
+    command = ["train", "--pyramids", str(train_pyramids), "--out", str(run_dir),
+               *tiny_overrides(str(tiny_models["dino"]), max_failures=0)]
     monkeypatch.setenv(FAIL_ENV, "12")  # mid stage 2, after the checkpoints at steps 5, 8, 10
-    with pytest.raises(TrainingError, match="training failed"):
-        train(cfg, train_pyramids, run_dir)
+    with pytest.raises(SystemExit, match="raydino train: error: .*training failed"):
+        main(command)
     monkeypatch.delenv(FAIL_ENV)
-    with pytest.raises(UserError, match="--resume"):
-        train(cfg, train_pyramids, run_dir)
+    assert main(command) == 2 and "pass --resume to continue it" in capsys.readouterr().err
 
     newest = sorted((run_dir / Run.EXPERIMENTS["generator"]).glob("step_*"))[-1]
     assert newest.name == "step_00000010"
     ema = newest / Checkpoint.EMA
     ema.write_bytes(ema.read_bytes()[:1000])  # truncated: the resume falls back to step 8
 
-    metrics = train(cfg, train_pyramids, run_dir, resume=True)
+    assert main(["train", "--pyramids", str(train_pyramids), "--out", str(run_dir), "--resume"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == STEPS and metrics["resumed_from_step"] == 8
     assert_bitwise_equal(weights(run_dir), weights(reference[0]))
+
+
+def test_resume_with_nothing_to_resume_is_refused_before_ray(train_pyramids, tiny_models, tmp_path, capsys):
+    resume = ["train", "--pyramids", str(train_pyramids), "--resume", "--out"]
+    assert main([*resume, str(tmp_path / "fresh")]) == 2
+    assert f"nothing to resume in {tmp_path / 'fresh'}: no config.yaml" in capsys.readouterr().err
+    started = tmp_path / "configured"  # a config but no Ray Train record: the run never reached a worker
+    started.mkdir()
+    save_config(tiny_cfg(str(tiny_models["dino"])), started / "config.yaml")
+    assert main([*resume, str(started)]) == 2
+    assert "nothing to resume (no Ray Train record in" in capsys.readouterr().err
+    assert sorted(p.name for p in started.iterdir()) == ["config.yaml"]
 
 
 def test_worker_failure_is_recovered_by_default_with_the_exact_step_count(reference, train_pyramids, tiny_models,

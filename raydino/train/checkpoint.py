@@ -90,7 +90,7 @@ def load(directory: str | Path, *, rank: int, model: nn.Module, ema: nn.Module, 
          rng: torch.Generator) -> Progress:
     """Restore a checkpoint in place; raises :class:`CheckpointError` naming the first bad file."""
     d = Path(directory)
-    progress = Progress(**read_file(d / Checkpoint.STATE, lambda p: json.loads(p.read_text())))
+    progress = read_file(d / Checkpoint.STATE, lambda p: Progress(**json.loads(p.read_text())))
     load_weights(d / Checkpoint.MODEL, model)
     load_weights(d / Checkpoint.EMA, ema)
     opt_state = read_file(d / Checkpoint.OPTIMIZER, lambda p: torch.load(p, weights_only=True))
