@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean browser
+.PHONY: run test lint clean browser mutants
 
 $(BIN)/python:
 	$(shell command -v $(PYTHON) || echo python3) -m venv $(VENV)
@@ -26,6 +26,10 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (timeout 200 apt-get install -y -q chromium >/dev/null 2>&1 || \
 		(timeout 120 apt-get update -q >/dev/null 2>&1 && timeout 200 apt-get install -y -q chromium >/dev/null 2>&1)) || \
 		echo "chromium could not be installed: the page test will be skipped"
+
+# Each hand-made break of what the suite guards must fail a test (tests/mutants.py; its output: docs/mutants.md)
+mutants: $(STAMP)
+	$(BIN)/python tests/mutants.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
