@@ -119,22 +119,40 @@ def test_vary_zero_keeps_the_code_and_one_forgets_it(toy_prior):
         prior.sample(1, steps=0)
 
 
-def test_killed_prior_training_resumes_bitwise(ray_local, toy_pyramid, tmp_path, monkeypatch):
-    """Ray Train, 2 DDP workers: a worker killed at step 50 (after the step-40 checkpoint) ends as the uninterrupted run.
+DRILL = dict(steps=60, checkpoint_every=20, batch_size=32, width=32, depth=1)
+
+
+def test_a_stopped_prior_resumes_bitwise(toy_pyramid, tmp_path):
+    """Stopped after its step-40 checkpoint and continued to 60, in one process: the run of 60 steps in one go."""
+    def fit(out, steps: int) -> dict:
+        cfg = prior_cfg(**DRILL | {"steps": steps})
+        shape, _ = code_shape(cfg, toy_pyramid, schema.read_manifest(toy_pyramid))
+        session = LocalSession(toy_pyramid, prior_loop.prior_columns(cfg, True), seed=cfg.prior.seed,
+                               checkpoints=out / "ckpt")
+        metrics = prior_loop.fit_prior(cfg, out, session, shape)
+        checkpoint.export_ema(next(session.checkpoint_dirs()), Run(out).prior)
+        return metrics
+
+    assert fit(tmp_path / "reference", 60)["resumed_from_step"] is None
+    fit(tmp_path / "stopped", 40)
+    metrics = fit(tmp_path / "stopped", 60)
+    assert metrics["resumed_from_step"] == 40 and metrics["step"] == 60
+    a, b = (load_file(str(Run(tmp_path / run).prior)) for run in ("reference", "stopped"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_prior_worker_is_restarted_from_its_last_checkpoint(ray_local, toy_pyramid, tmp_path, monkeypatch):
+    """Ray Train, 2 DDP workers: a worker killed at step 50 (after the step-40 checkpoint) is restarted there.
 
     The retry is ``prior.max_failures``'s: the generator's ``train.max_failures=0`` does not reach the prior.
+    That a restart continues bit for bit: the in-process resume above, and the generator's Ray drills.
     """
-    cfg = override(prior_cfg(steps=60, checkpoint_every=20, num_workers=2, batch_size=32, width=32, depth=1),
-                   ["train.max_failures=0"])
+    cfg = override(prior_cfg(**DRILL, num_workers=2), ["train.max_failures=0"])
     assert cfg.prior.max_failures >= 1
-    reference = train_prior(cfg, toy_pyramid, tmp_path / "reference")
     monkeypatch.setenv(FAIL_ENV, "50")
     killed = train_prior(cfg, toy_pyramid, tmp_path / "killed")
     assert (tmp_path / "killed" / FAULT_MARKER).is_file()  # the worker really died
-    assert reference["resumed_from_step"] is None and killed["resumed_from_step"] == 40
-    assert killed["step"] == reference["step"] == 60
-    a, b = (load_file(str(Run(tmp_path / run).prior)) for run in ("reference", "killed"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert killed["resumed_from_step"] == 40 and killed["step"] == 60 and killed["bad_steps"] == 0
     assert (tmp_path / "killed" / "prior_pca.safetensors").is_file()
     assert (tmp_path / "killed" / "tb" / "prior").is_dir()
     with pytest.raises(UserError, match=Run.EXPERIMENTS["prior"]):
