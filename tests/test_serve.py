@@ -185,6 +185,8 @@ def test_vary_with_a_prompt_answers_edits_and_echoes_prompt_and_cfg(server, face
                                                              guidance=1.5)
     assert got.shape == (3, 32, 32, 3)
     assert np.abs(got.astype(int) - as_uint8(row.images[1:]).astype(int)).max() <= 1
+    other = vary(server, path.read_bytes(), t=0.6, n=3, seed=1, prompt="someone with red hair", cfg=1.5)["images"]
+    assert other[0] == answer["images"][0] and other[1:] != answer["images"][1:]  # the same face, other words' edits
     guidance = json.loads(call(server, "GET", "/healthz")[2])["guidance"]
     assert vary(server, path.read_bytes(), n=2, prompt="someone smiling")["cfg"] == guidance  # the prior's own
     plain = vary(server, path.read_bytes(), n=2)

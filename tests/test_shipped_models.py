@@ -64,8 +64,8 @@ def test_a_tiny_build_is_the_same_whatever_the_threads_and_processes(tmp_path, m
 
     OMP_NUM_THREADS once changed the tiny CLIP fit's weights: the jobs fix their own thread count.
     """
-    budget = dict(encoder_steps=40, fd_encoder_steps=30, classifier_steps=40, segmenter_steps=40, probe_faces=32,
-                  clip_fit_steps=30)
+    budget = dict(encoder_steps=20, fd_encoder_steps=20, classifier_steps=20, segmenter_steps=20, probe_faces=32,
+                  clip_fit_steps=20)
     for threads, processes in (("3", 2), ("1", 1)):
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
         write_tiny_models(tmp_path / threads, faces_dir, seed=3, budget=TinyModelsConfig(**budget, processes=processes))
