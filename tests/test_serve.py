@@ -270,6 +270,8 @@ BAD = [
     ("POST", "/generate", {"colour": "red"}, 422, "unknown fields ['colour']"),
     ("POST", "/generate", [1, 2], 422, "the body must be a JSON object"),
     ("POST", "/generate", b'{"n": 1', 400, "the body is not JSON"),
+    ("POST", "/generate", b"[" * 9000 + b"]" * 9000, 400, "the body is not JSON: maximum recursion depth"),
+    ("POST", "/generate", {"prompt": "\u200b\u200d \ufeff"}, 422, "prompt must be a non-empty string"),
     ("POST", "/generate", b" " * 20001, 413, "over serve.max_body_bytes=20000"),
     ("POST", "/vary", b"not a picture", 415, "cannot read image (the upload): not an image"),
     ("POST", "/vary", b"\x89PNG" + b"\0" * 20000, 413, "over serve.max_body_bytes=20000"),

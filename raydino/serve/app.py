@@ -103,7 +103,7 @@ class FaceServer:
             raw = await _body(request, self.limits.max_body_bytes)
             try:
                 body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nested past the parser's depth
                 return _error(400, f"the body is not JSON: {exc}")
             ask = ask_from(body, self.limits, self.faces.text)
         except _TooLarge as exc:

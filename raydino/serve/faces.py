@@ -13,6 +13,7 @@ pass can differ from a single one in a float's last bits, below a PNG's
 from __future__ import annotations
 
 import io
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,18 @@ def _prompt(prompt: object, limits: ServeConfig, text: bool, without: str) -> st
     """A prompt, stripped, or None; ``without`` says what a request without one gets."""
     if prompt is None:
         return None
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str) or not _visible(prompt):
         raise BadRequest(f"prompt must be a non-empty string (leave it out for {without})")
     if len(prompt) > limits.max_prompt_chars:
         raise BadRequest(f"prompt is {len(prompt)} characters, over serve.max_prompt_chars={limits.max_prompt_chars}")
     if not text:
         raise BadRequest("this run's prior is unconditional (its pyramid had no CLIP column): leave out prompt")
     return prompt.strip()
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` shows anything: not only spaces and invisible format characters (a zero-width space)."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
 
 
 def _guidance(value: object) -> float | None:
