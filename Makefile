@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/raydino run --preset demo
 
-# The suite's longest files first (docs/benchmarks.md#the-test-suite), so neither worker starts one last while the
+# The suite's files of over ~15 s first, longest first (docs/benchmarks.md#the-test-suite), so neither worker starts one last while the
 # other sits idle; then the rest of tests/ (pytest keeps the order of the files it is given).
 LONGEST_FIRST := tests/test_jobs.py tests/test_text_and_eval.py tests/test_tune.py tests/test_train_ray.py tests/test_serve.py \
 	tests/test_own_folder.py tests/test_prior.py tests/test_shipped_models.py tests/test_failing_well.py tests/test_pyramids.py \
