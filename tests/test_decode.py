@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +143,7 @@ def test_messy_folder_decodes_as_expected(messy_images):
 # "nobody": what a user's account meets on a folder with one file it may not open.
 _LOCKED_CHILD = """
 import json, sys, tempfile
+from pathlib import Path
 from raydino.data.images import UnreadableImage, read_image
 from raydino.data.sources import list_images
 from raydino.pyramids import schema
@@ -148,7 +155,7 @@ with tempfile.TemporaryDirectory() as failures:
     out = decode_batch({schema.PATH: [listing.display(p) for p in listing.images]}, filesystem=listing.filesystem,
                        prefix=listing.prefix, root=listing.root, size=56, min_side=32, max_pixels=4_000_000,
                        failures_dir=failures)
-    failed = [f for path in __import__("pathlib").Path(failures).glob("*.json") for f in json.loads(path.read_text())]
+    failed = [f for path in Path(failures).glob("*.json") for f in json.loads(path.read_text())]
 try:
     read_image(locked, 56)
     said = ""
@@ -159,13 +166,6 @@ print(json.dumps({"listed": len(listing.images), "decoded": list(out[schema.PATH
 
 
 def test_an_image_that_exists_but_cannot_be_opened_is_a_named_failure_and_the_rest_decode(faces_dir):
-    import json
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="raydino-locked-"))  # not under pytest's 0700 tmp: the child must enter it
     try:
         folder.chmod(0o755)
